@@ -1,0 +1,212 @@
+//! The `pgtenant` command line: run the proxy and the tools around it.
+
+use clap::{Parser, Subcommand};
+use pgtenant::config::Config;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pgtenant", version, about = "Transparent PostgreSQL routing proxy for dual-database multi-tenant apps")]
+struct Cli {
+    /// Configuration file (TOML); PGTENANT_* environment variables override it.
+    #[arg(long, short, global = true, env = "PGTENANT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve,
+    /// Read a password on stdin, print a SCRAM-SHA-256 verifier for the users table.
+    Passwd,
+    /// Read a secret on stdin, print its encrypted form (iv:authTag:ciphertext).
+    Encrypt,
+    /// Show how a statement would be routed, or the error a client would get.
+    Explain {
+        /// Login whose allowed tenants apply (looked up with auth.query).
+        #[arg(long)]
+        user: Option<String>,
+        /// Tenant set in the session (as with SET app.tenant_id).
+        #[arg(long)]
+        tenant: Option<String>,
+        sql: String,
+    },
+    /// Manage tenants in the app DB registry.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Re-encrypt every tenant secret with ENCRYPTION_KEY (old key in ENCRYPTION_KEY_PREVIOUS).
+    RotateKey,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Register a tenant; the URL's password is encrypted before it is stored.
+    Add {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        subdomain: String,
+        /// postgres://user:pass@host:port/db (read from PGTENANT_TENANT_URL if omitted).
+        #[arg(long, env = "PGTENANT_TENANT_URL", hide_env_values = true)]
+        url: String,
+        #[arg(long)]
+        pool_size: Option<u32>,
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        tenant_id_in_data_source: Option<String>,
+    },
+    List,
+    Show { id: String },
+    /// Change a tenant's fields.
+    Set {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        subdomain: Option<String>,
+        #[arg(long, hide_env_values = true)]
+        url: Option<String>,
+        #[arg(long)]
+        pool_size: Option<u32>,
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long)]
+        max_connections_per_tenant: Option<u32>,
+        #[arg(long)]
+        notes: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+    },
+    Suspend { id: String },
+    Resume { id: String },
+    Remove { id: String },
+    /// Connect to the tenant's data source and report latency and server version.
+    Test { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Passwd => {
+            let pw = read_stdin_secret();
+            if pw.is_empty() {
+                eprintln!("pgtenant passwd: empty password on stdin");
+                return ExitCode::from(2);
+            }
+            println!("{}", pgtenant::auth::verifier::scram_verifier(&pw));
+            ExitCode::SUCCESS
+        }
+        Command::Encrypt => {
+            let secrets = match pgtenant::registry::SecretBox::from_env() {
+                Ok(s) => s,
+                Err(e) => return fail(&format!("ENCRYPTION_KEY: {e}")),
+            };
+            let secret = read_stdin_secret();
+            match secrets.encrypt(&secret) {
+                Ok(s) => {
+                    println!("{s}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        command => {
+            let config = match Config::load(cli.config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("pgtenant: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                match command {
+                    Command::Serve => pgtenant::run::serve(config).await,
+                    Command::Explain { user, tenant, sql } => {
+                        pgtenant::run::explain(config, user, tenant, sql).await
+                    }
+                    Command::Tenant { command } => tenant_command(config, command).await,
+                    Command::RotateKey => pgtenant::run::rotate_key(config).await,
+                    Command::Passwd | Command::Encrypt => unreachable!(),
+                }
+            })
+        }
+    }
+}
+
+async fn tenant_command(config: Config, command: TenantCommand) -> ExitCode {
+    use pgtenant::run::TenantOp;
+    let op = match command {
+        TenantCommand::Add {
+            id,
+            name,
+            subdomain,
+            url,
+            pool_size,
+            mode,
+            region,
+            tenant_id_in_data_source,
+        } => TenantOp::Add {
+            id,
+            name,
+            subdomain,
+            url,
+            pool_size,
+            mode,
+            region,
+            tenant_id_in_data_source,
+        },
+        TenantCommand::List => TenantOp::List,
+        TenantCommand::Show { id } => TenantOp::Show(id),
+        TenantCommand::Set {
+            id,
+            name,
+            subdomain,
+            url,
+            pool_size,
+            mode,
+            max_connections_per_tenant,
+            notes,
+            region,
+        } => TenantOp::Set {
+            id,
+            name,
+            subdomain,
+            url,
+            pool_size,
+            mode,
+            max_connections_per_tenant,
+            notes,
+            region,
+        },
+        TenantCommand::Suspend { id } => TenantOp::Suspend(id),
+        TenantCommand::Resume { id } => TenantOp::Resume(id),
+        TenantCommand::Remove { id } => TenantOp::Remove(id),
+        TenantCommand::Test { id } => TenantOp::Test(id),
+    };
+    pgtenant::run::tenant(config, op).await
+}
+
+fn read_stdin_secret() -> String {
+    let mut s = String::new();
+    let _ = std::io::stdin().read_to_string(&mut s);
+    s.trim_end_matches(['\n', '\r']).to_string()
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("pgtenant: {msg}");
+    ExitCode::from(1)
+}

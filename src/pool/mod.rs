@@ -1,0 +1,327 @@
+//! Backend connections, pooled per data source (URL + user).
+//!
+//! A [`DataSourcePool`] is shared by every tenant whose data lives on that
+//! source; the app DB has one too. Checkout waits up to the checkout timeout
+//! (then SQLSTATE 53300 naming the pool); each tenant is capped inside a
+//! shared pool so one heavy tenant cannot take every connection. A connection
+//! comes back only through [`PooledConn::release`] after the session saw it
+//! idle; dropping it instead (client vanished, protocol trouble) closes it, so
+//! a half-finished transaction is never handed to someone else.
+
+pub mod connect;
+pub mod url;
+
+pub use self::url::{BackendUrl, SslMode};
+pub use connect::ConnectError;
+
+use crate::net::Stream;
+use crate::protocol::backend::PgError;
+use crate::protocol::FrameReader;
+use dashmap::DashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Transaction pooling returns a connection after each transaction; session
+/// pooling keeps it for the client's whole session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Transaction,
+    Session,
+}
+
+impl PoolMode {
+    pub fn parse(s: &str) -> PoolMode {
+        if s == "session" {
+            PoolMode::Session
+        } else {
+            PoolMode::Transaction
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
+/// Size and timeouts of one pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub mode: PoolMode,
+    pub checkout_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    /// Cap per tenant inside this pool (default: half the pool, at least 1).
+    pub max_per_tenant: usize,
+    pub prepared_per_connection: usize,
+}
+
+impl PoolSettings {
+    pub fn from_defaults(d: &crate::config::PoolDefaults) -> PoolSettings {
+        PoolSettings {
+            size: d.size.max(1),
+            mode: PoolMode::parse(&d.mode),
+            checkout_timeout: Duration::from_millis(d.checkout_timeout_ms),
+            idle_timeout: Duration::from_millis(d.idle_timeout_ms),
+            max_lifetime: Duration::from_millis(d.max_lifetime_ms),
+            max_per_tenant: (d.size / 2).max(1),
+            prepared_per_connection: d.prepared_statements_per_connection.max(1),
+        }
+    }
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One authenticated backend connection and what the proxy knows of its state.
+pub struct ServerConn {
+    pub id: u64,
+    pub stream: Stream,
+    pub reader: FrameReader,
+    pub backend_key: (i32, i32),
+    pub params: Vec<(String, String)>,
+    /// Server-side prepared statement names present on this connection, oldest first.
+    pub prepared: VecDeque<Arc<str>>,
+    /// Which client Parse the unnamed statement currently holds.
+    pub unnamed_owner: Option<u64>,
+    /// Fingerprint of the session settings applied (0 = pristine).
+    pub settings_fingerprint: u64,
+    /// The tenant value last written to the tenant setting on this connection.
+    pub tenant_setting: Option<String>,
+    created: Instant,
+    lifetime: Duration,
+    last_used: Instant,
+}
+
+impl ServerConn {
+    pub fn has_prepared(&self, name: &str) -> bool {
+        self.prepared.iter().any(|n| &**n == name)
+    }
+}
+
+/// Counters for SHOW POOLS / metrics, kept lock-free.
+#[derive(Default)]
+pub struct PoolStats {
+    pub waiting: AtomicUsize,
+    pub active: AtomicUsize,
+    pub connect_errors: AtomicU64,
+    pub checkouts: AtomicU64,
+    pub wait_us_total: AtomicU64,
+    pub max_wait_us: AtomicU64,
+}
+
+/// The pool of one data source.
+pub struct DataSourcePool {
+    /// `user@host:port/db`: identity, metrics label, admin display. Never secret.
+    pub name: String,
+    pub url: BackendUrl,
+    pub settings: PoolSettings,
+    idle: Mutex<Vec<ServerConn>>,
+    permits: Arc<Semaphore>,
+    per_tenant: DashMap<String, Arc<Semaphore>>,
+    pub stats: PoolStats,
+    /// Set when the pool should close connections on release (tenant suspended, URL changed).
+    retired: std::sync::atomic::AtomicBool,
+}
+
+/// A checked-out connection. Drop it to discard; call `release` to reuse.
+pub struct PooledConn {
+    conn: Option<ServerConn>,
+    pool: Arc<DataSourcePool>,
+    _permit: OwnedSemaphorePermit,
+    _tenant_permit: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        self.conn.as_ref().expect("connection present until release")
+    }
+}
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("connection present until release")
+    }
+}
+
+impl PooledConn {
+    pub fn pool(&self) -> &Arc<DataSourcePool> {
+        &self.pool
+    }
+    /// Returns a connection the session saw idle (ReadyForQuery 'I') to the pool.
+    pub fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.last_used = Instant::now();
+            let expired = conn.created.elapsed() >= conn.lifetime;
+            if !expired && !self.pool.retired.load(Ordering::Relaxed) && conn.reader.buffered() == 0 {
+                self.pool.idle.lock().unwrap().push(conn);
+            }
+        }
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl DataSourcePool {
+    pub fn new(url: BackendUrl, settings: PoolSettings) -> Arc<DataSourcePool> {
+        Arc::new(DataSourcePool {
+            name: url.display(),
+            permits: Arc::new(Semaphore::new(settings.size)),
+            url,
+            settings,
+            idle: Mutex::new(Vec::new()),
+            per_tenant: DashMap::new(),
+            stats: PoolStats::default(),
+            retired: false.into(),
+        })
+    }
+
+    /// Number of idle connections (admin/metrics).
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap().len()
+    }
+
+    /// Stops reusing connections: idle ones close now, busy ones on release.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.idle.lock().unwrap().clear();
+    }
+
+    /// Closes idle connections past their idle timeout or lifetime.
+    pub fn prune(&self) {
+        let idle_timeout = self.settings.idle_timeout;
+        self.idle
+            .lock()
+            .unwrap()
+            .retain(|c| c.last_used.elapsed() < idle_timeout && c.created.elapsed() < c.lifetime);
+    }
+
+    /// Waits for a connection, up to the checkout timeout.
+    pub async fn checkout(self: &Arc<Self>, tenant: Option<&str>) -> Result<PooledConn, PgError> {
+        let started = Instant::now();
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let waited = tokio::time::timeout(self.settings.checkout_timeout, async {
+            let tenant_permit = match tenant {
+                Some(t) if self.settings.max_per_tenant < self.settings.size => {
+                    let sem = self
+                        .per_tenant
+                        .entry(t.to_string())
+                        .or_insert_with(|| Arc::new(Semaphore::new(self.settings.max_per_tenant)))
+                        .clone();
+                    Some(sem.acquire_owned().await.expect("never closed"))
+                }
+                _ => None,
+            };
+            let permit = self.permits.clone().acquire_owned().await.expect("never closed");
+            (permit, tenant_permit)
+        })
+        .await;
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        let wait_us = started.elapsed().as_micros() as u64;
+        self.stats.wait_us_total.fetch_add(wait_us, Ordering::Relaxed);
+        self.stats.max_wait_us.fetch_max(wait_us, Ordering::Relaxed);
+        let Ok((permit, tenant_permit)) = waited else {
+            return Err(PgError::error(
+                "53300",
+                format!(
+                    "no server connection available in pool \"{}\" within {} ms",
+                    self.name,
+                    self.settings.checkout_timeout.as_millis()
+                ),
+            )
+            .with_hint("The data source is saturated: retry later, or raise the pool size (connection_pool_config.pool_size)."));
+        };
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        let reused = loop {
+            let candidate = self.idle.lock().unwrap().pop();
+            match candidate {
+                Some(c) if c.created.elapsed() < c.lifetime && c.last_used.elapsed() < self.settings.idle_timeout => break Some(c),
+                Some(_) => continue,
+                None => break None,
+            }
+        };
+        let conn = match reused {
+            Some(c) => c,
+            None => self.open().await?,
+        };
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+            _tenant_permit: tenant_permit,
+        })
+    }
+
+    async fn open(&self) -> Result<ServerConn, PgError> {
+        match connect::connect(&self.url).await {
+            Ok(c) => {
+                // Jitter spreads reconnect storms when many connections age together.
+                let jitter = rand::random::<f64>() * 0.2;
+                Ok(ServerConn {
+                    id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+                    stream: c.stream,
+                    reader: c.reader,
+                    backend_key: c.backend_key,
+                    params: c.params,
+                    prepared: VecDeque::new(),
+                    unnamed_owner: None,
+                    settings_fingerprint: 0,
+                    tenant_setting: None,
+                    created: Instant::now(),
+                    lifetime: self.settings.max_lifetime.mul_f64(1.0 - jitter),
+                    last_used: Instant::now(),
+                })
+            }
+            Err(e) => {
+                self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(pool = %self.name, error = %e, "backend connection failed");
+                Err(PgError::error(
+                    "08006",
+                    format!("cannot connect to data source \"{}\": {e}", self.name),
+                )
+                .with_hint("The data source is down or refusing connections; pgtenant retries on the next statement."))
+            }
+        }
+    }
+}
+
+/// All pools, keyed by data source identity (`user@host:port/db`).
+#[derive(Default)]
+pub struct PoolSet {
+    pools: DashMap<String, Arc<DataSourcePool>>,
+}
+
+impl PoolSet {
+    /// The pool for `url`, created with `settings` on first use. A changed URL
+    /// (e.g. new password) under the same identity retires the old pool.
+    pub fn get_or_create(&self, url: &BackendUrl, settings: &PoolSettings) -> Arc<DataSourcePool> {
+        let key = url.display();
+        if let Some(p) = self.pools.get(&key) {
+            if p.url == *url {
+                return p.clone();
+            }
+        }
+        let pool = DataSourcePool::new(url.clone(), settings.clone());
+        if let Some(old) = self.pools.insert(key, pool.clone()) {
+            old.retire();
+        }
+        pool
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<DataSourcePool>> {
+        self.pools.get(name).map(|p| p.clone())
+    }
+
+    pub fn all(&self) -> Vec<Arc<DataSourcePool>> {
+        self.pools.iter().map(|p| p.clone()).collect()
+    }
+}

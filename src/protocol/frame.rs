@@ -1,0 +1,180 @@
+//! Framing: splitting a byte stream into whole messages without copying.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// A protocol violation by the peer. Always answered with SQLSTATE 08P01 and a
+/// closed connection: after a framing error the byte stream cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("invalid message length {0}")]
+    BadLength(i64),
+    #[error("message of {0} bytes exceeds the limit of {1} bytes")]
+    TooLarge(usize, usize),
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    #[error("unexpected message type '{0}'")]
+    Unexpected(char),
+}
+
+/// One whole tagged message: tag byte, length, body — the original bytes.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    bytes: Bytes,
+}
+
+impl Frame {
+    /// Wraps bytes already known to hold exactly one message.
+    pub fn from_bytes(bytes: Bytes) -> Frame {
+        Frame { bytes }
+    }
+    /// The message type byte.
+    pub fn tag(&self) -> u8 {
+        self.bytes[0]
+    }
+    /// The payload after tag and length.
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[5..]
+    }
+    /// The full original bytes, for forwarding unchanged.
+    pub fn raw(&self) -> &Bytes {
+        &self.bytes
+    }
+    pub fn into_raw(self) -> Bytes {
+        self.bytes
+    }
+}
+
+/// Buffers reads from a stream and yields complete frames.
+///
+/// Each frame is split off the shared buffer (`BytesMut::split_to`), so
+/// forwarding a frame costs no copy and no allocation once the buffer is warm.
+pub struct FrameReader {
+    buf: BytesMut,
+    max_len: usize,
+}
+
+impl FrameReader {
+    pub fn new(max_len: usize) -> FrameReader {
+        FrameReader {
+            buf: BytesMut::with_capacity(16 * 1024),
+            max_len,
+        }
+    }
+
+    /// Bytes read but not yet framed (e.g. a pipelined message after TLS
+    /// negotiation must not be lost).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete frame already in the buffer, if any.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as i64;
+        if len < 4 {
+            return Err(ProtocolError::BadLength(len));
+        }
+        let total = len as usize + 1;
+        if total > self.max_len {
+            return Err(ProtocolError::TooLarge(total, self.max_len));
+        }
+        if self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        Ok(Some(Frame {
+            bytes: self.buf.split_to(total).freeze(),
+        }))
+    }
+
+    /// Reads from `stream` until at least one more byte arrived.
+    /// Returns `Ok(false)` on a clean EOF.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, stream: &mut R) -> std::io::Result<bool> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        let n = stream.read_buf(&mut self.buf).await?;
+        Ok(n > 0)
+    }
+
+    /// Reads until one frame is complete; `Ok(None)` on EOF between messages.
+    pub async fn read_frame<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+    ) -> Result<Option<Frame>, ReadError> {
+        loop {
+            if let Some(f) = self.try_frame()? {
+                return Ok(Some(f));
+            }
+            if !self.fill(stream).await? {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Reads an untagged startup-phase packet (length first).
+    pub async fn read_startup_packet<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+    ) -> Result<Option<Bytes>, ReadError> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as i64;
+                if !(8..=10_000).contains(&len) {
+                    return Err(ProtocolError::BadLength(len).into());
+                }
+                if self.buf.len() >= len as usize {
+                    let mut packet = self.buf.split_to(len as usize);
+                    packet.advance(4);
+                    return Ok(Some(packet.freeze()));
+                }
+            }
+            if !self.fill(stream).await? {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+}
+
+/// Reading a frame fails either on the socket or on the bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_pipelined_frames_and_waits_for_partial_ones() {
+        let mut r = FrameReader::new(1024);
+        r.buf.extend_from_slice(b"Q\0\0\0\x0dSELECT 1\0S\0\0\0\x04Q\0\0");
+        assert_eq!(r.try_frame().unwrap().unwrap().body(), b"SELECT 1\0");
+        assert_eq!(r.try_frame().unwrap().unwrap().tag(), b'S');
+        assert!(r.try_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn rejects_bad_and_oversized_lengths() {
+        let mut r = FrameReader::new(64);
+        r.buf.extend_from_slice(b"Q\0\0\0\x02");
+        assert!(matches!(r.try_frame(), Err(ProtocolError::BadLength(2))));
+        let mut r = FrameReader::new(64);
+        r.buf.extend_from_slice(b"Q\x7f\xff\xff\xff");
+        assert!(matches!(r.try_frame(), Err(ProtocolError::TooLarge(..))));
+    }
+}

@@ -1,0 +1,326 @@
+//! Decoding of the client messages the proxy must look at (Query, Parse,
+//! Bind, Describe, Close, Execute) and re-encoding of the only thing it ever
+//! changes in them: a prepared statement's name.
+//!
+//! Decoders borrow from the frame; nothing is copied unless a name is rewritten.
+
+use super::ProtocolError;
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Client message type bytes.
+pub mod tag {
+    pub const QUERY: u8 = b'Q';
+    pub const PARSE: u8 = b'P';
+    pub const BIND: u8 = b'B';
+    pub const DESCRIBE: u8 = b'D';
+    pub const EXECUTE: u8 = b'E';
+    pub const CLOSE: u8 = b'C';
+    pub const SYNC: u8 = b'S';
+    pub const FLUSH: u8 = b'H';
+    pub const TERMINATE: u8 = b'X';
+    pub const FUNCTION_CALL: u8 = b'F';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const COPY_FAIL: u8 = b'f';
+    pub const PASSWORD: u8 = b'p';
+}
+
+/// A cursor over a message body with the two primitives the protocol uses.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Cursor { buf, pos: 0, what }
+    }
+    fn err(&self) -> ProtocolError {
+        ProtocolError::Malformed(self.what)
+    }
+    fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
+        let rest = &self.buf[self.pos..];
+        let end = rest.iter().position(|&b| b == 0).ok_or_else(|| self.err())?;
+        self.pos += end + 1;
+        std::str::from_utf8(&rest[..end]).map_err(|_| self.err())
+    }
+    fn i16(&mut self) -> Result<i16, ProtocolError> {
+        let b = self.buf.get(self.pos..self.pos + 2).ok_or_else(|| self.err())?;
+        self.pos += 2;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+    fn i32(&mut self) -> Result<i32, ProtocolError> {
+        let b = self.buf.get(self.pos..self.pos + 4).ok_or_else(|| self.err())?;
+        self.pos += 4;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        let b = self.buf.get(self.pos..self.pos + n).ok_or_else(|| self.err())?;
+        self.pos += n;
+        Ok(b)
+    }
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        Ok(self.bytes(1)?[0])
+    }
+}
+
+/// `Query`: the SQL text of a simple-protocol request.
+pub fn query_text(body: &[u8]) -> Result<&str, ProtocolError> {
+    Cursor::new(body, "Query").cstr()
+}
+
+/// `Parse`: statement name, SQL text and declared parameter types.
+#[derive(Debug)]
+pub struct Parse<'a> {
+    pub name: &'a str,
+    pub query: &'a str,
+    /// The raw parameter-type section (count + OIDs), kept for re-encoding.
+    pub param_types: &'a [u8],
+}
+
+pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
+    let mut c = Cursor::new(body, "Parse");
+    let name = c.cstr()?;
+    let query = c.cstr()?;
+    let start = c.pos;
+    let n = c.i16()?;
+    if n < 0 {
+        return Err(c.err());
+    }
+    c.bytes(n as usize * 4)?;
+    Ok(Parse {
+        name,
+        query,
+        param_types: &body[start..c.pos],
+    })
+}
+
+/// `Bind`: portal, statement and the parameter values routing may need.
+#[derive(Debug)]
+pub struct Bind<'a> {
+    pub portal: &'a str,
+    pub statement: &'a str,
+    formats: Vec<i16>,
+    values: Vec<Option<&'a [u8]>>,
+    /// Offset of the bytes after the statement name, for renaming.
+    rest_offset: usize,
+}
+
+impl<'a> Bind<'a> {
+    /// Parameter `n` (1-based) as text, when it was sent in text format or is
+    /// a binary int/text value that reads unambiguously as UTF-8 digits/text.
+    pub fn param_text(&self, n: u16) -> Option<String> {
+        let i = (n as usize).checked_sub(1)?;
+        let value = (*self.values.get(i)?)?;
+        let format = match self.formats.len() {
+            0 => 0,
+            1 => self.formats[0],
+            _ => *self.formats.get(i)?,
+        };
+        if format == 0 {
+            return std::str::from_utf8(value).ok().map(str::to_owned);
+        }
+        // Binary: int4/int8 ids are sent big-endian; text/varchar/uuid-as-text as bytes.
+        match value.len() {
+            4 => Some(i32::from_be_bytes(value.try_into().ok()?).to_string()),
+            8 => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
+            16 => Some(uuid_text(value)),
+            _ => std::str::from_utf8(value).ok().map(str::to_owned),
+        }
+    }
+}
+
+fn uuid_text(b: &[u8]) -> String {
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
+    let mut c = Cursor::new(body, "Bind");
+    let portal = c.cstr()?;
+    let statement = c.cstr()?;
+    let rest_offset = c.pos;
+    let nf = c.i16()?;
+    if nf < 0 {
+        return Err(c.err());
+    }
+    let mut formats = Vec::with_capacity(nf as usize);
+    for _ in 0..nf {
+        formats.push(c.i16()?);
+    }
+    let np = c.i16()?;
+    if np < 0 {
+        return Err(c.err());
+    }
+    let mut values = Vec::with_capacity(np as usize);
+    for _ in 0..np {
+        let len = c.i32()?;
+        if len < 0 {
+            values.push(None);
+        } else {
+            values.push(Some(c.bytes(len as usize)?));
+        }
+    }
+    let nr = c.i16()?;
+    if nr < 0 {
+        return Err(c.err());
+    }
+    c.bytes(nr as usize * 2)?;
+    Ok(Bind {
+        portal,
+        statement,
+        formats,
+        values,
+        rest_offset,
+    })
+}
+
+/// `Describe` / `Close`: a kind byte (`S` statement, `P` portal) and a name.
+#[derive(Debug)]
+pub struct Target<'a> {
+    pub kind: u8,
+    pub name: &'a str,
+}
+
+pub fn describe_or_close(body: &[u8]) -> Result<Target<'_>, ProtocolError> {
+    let mut c = Cursor::new(body, "Describe/Close");
+    let kind = c.u8()?;
+    if kind != b'S' && kind != b'P' {
+        return Err(c.err());
+    }
+    Ok(Target {
+        kind,
+        name: c.cstr()?,
+    })
+}
+
+/// `Execute`: the portal name (row limit is left in the original bytes).
+pub fn execute_portal(body: &[u8]) -> Result<&str, ProtocolError> {
+    let mut c = Cursor::new(body, "Execute");
+    let p = c.cstr()?;
+    c.i32()?;
+    Ok(p)
+}
+
+fn framed(tag: u8, body_len: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut out = BytesMut::with_capacity(body_len + 5);
+    out.put_u8(tag);
+    out.put_i32((body_len + 4) as i32);
+    fill(&mut out);
+    debug_assert_eq!(out.len(), body_len + 5);
+    out.freeze()
+}
+
+/// A `Parse` with the statement renamed to `server_name`.
+pub fn encode_parse(server_name: &str, query: &str, param_types: &[u8]) -> Bytes {
+    let len = server_name.len() + 1 + query.len() + 1 + param_types.len();
+    framed(tag::PARSE, len, |o| {
+        o.put_slice(server_name.as_bytes());
+        o.put_u8(0);
+        o.put_slice(query.as_bytes());
+        o.put_u8(0);
+        o.put_slice(param_types);
+    })
+}
+
+/// The original `Bind` bytes with only the statement name replaced.
+pub fn rename_bind(body: &[u8], b: &Bind<'_>, server_name: &str) -> Bytes {
+    let rest = &body[b.rest_offset..];
+    let len = b.portal.len() + 1 + server_name.len() + 1 + rest.len();
+    framed(tag::BIND, len, |o| {
+        o.put_slice(b.portal.as_bytes());
+        o.put_u8(0);
+        o.put_slice(server_name.as_bytes());
+        o.put_u8(0);
+        o.put_slice(rest);
+    })
+}
+
+/// A `Describe` or `Close` of a statement under its server-side name.
+pub fn encode_describe_or_close(tag: u8, kind: u8, name: &str) -> Bytes {
+    framed(tag, 1 + name.len() + 1, |o| {
+        o.put_u8(kind);
+        o.put_slice(name.as_bytes());
+        o.put_u8(0);
+    })
+}
+
+/// A simple `Query` message (used for the proxy's own statements on a backend).
+pub fn encode_query(sql: &str) -> Bytes {
+    framed(tag::QUERY, sql.len() + 1, |o| {
+        o.put_slice(sql.as_bytes());
+        o.put_u8(0);
+    })
+}
+
+/// `Sync`.
+pub fn encode_sync() -> Bytes {
+    Bytes::from_static(b"S\0\0\0\x04")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind_body(stmt: &str, params: &[Option<&[u8]>], formats: &[i16]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"\0");
+        b.extend_from_slice(stmt.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&(formats.len() as i16).to_be_bytes());
+        for f in formats {
+            b.extend_from_slice(&f.to_be_bytes());
+        }
+        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+            }
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn bind_params_and_rename_keep_the_rest_of_the_bytes() {
+        let body = bind_body("s1", &[Some(b"acme"), None], &[]);
+        let b = bind(&body).unwrap();
+        assert_eq!(b.statement, "s1");
+        assert_eq!(b.param_text(1).as_deref(), Some("acme"));
+        assert_eq!(b.param_text(2), None);
+        assert_eq!(b.param_text(3), None);
+        let renamed = rename_bind(&body, &b, "pgt_7");
+        let again = bind(&renamed[5..]).unwrap();
+        assert_eq!(again.statement, "pgt_7");
+        assert_eq!(again.param_text(1).as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn binary_int_params_read_as_numbers() {
+        let body = bind_body("", &[Some(&42i32.to_be_bytes())], &[1]);
+        assert_eq!(bind(&body).unwrap().param_text(1).as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn truncated_messages_are_errors_not_panics() {
+        for cut in 0..20 {
+            let body = bind_body("stmt", &[Some(b"abc")], &[0]);
+            let _ = bind(&body[..cut.min(body.len())]);
+            let _ = parse(&body[..cut.min(body.len())]);
+            let _ = describe_or_close(&body[..cut.min(body.len())]);
+        }
+        assert!(bind(b"\0\0\xff\xff").is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! What the attached backend still owes us, in order.
+//!
+//! Every message sent to a backend produces a known sequence of responses.
+//! Tracking them tells the session (a) when the backend is idle and can be
+//! given back, (b) which responses belong to messages the proxy injected
+//! (re-preparing a statement, replaying settings) and must be swallowed, and
+//! (c) when to emit responses the proxy answers itself (a client's Parse or
+//! Close that never reached this backend), in the position the client expects.
+
+use crate::protocol::backend::tag;
+use crate::protocol::Frame;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// A server-side statement operation that an error prevented from running.
+pub enum Undone {
+    /// An injected Parse: the statement is not on the connection after all.
+    Parse(Arc<str>),
+    /// An injected Close: the statement is still on the connection.
+    Close(Arc<str>),
+}
+
+/// The response that completes a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Await {
+    ParseComplete,
+    BindComplete,
+    CloseComplete,
+    /// RowDescription or NoData (after an optional ParameterDescription).
+    Describe,
+    /// CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// ReadyForQuery closing an extended-protocol batch.
+    Sync,
+    /// ReadyForQuery closing a simple Query or FunctionCall (errors do not end it).
+    Query,
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// `stmt` names the server-side statement an injected Parse/Close acts on,
+    /// so the connection's statement list can be corrected if it never ran.
+    Wait {
+        awaits: Await,
+        swallow: bool,
+        stmt: Option<Arc<str>>,
+    },
+    /// A response the proxy sends itself when its turn comes.
+    Local(Bytes),
+}
+
+#[derive(Default)]
+pub struct ExpectQueue {
+    q: VecDeque<Entry>,
+}
+
+impl ExpectQueue {
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// Records a message sent to the backend.
+    pub fn push(&mut self, awaits: Await, swallow: bool) {
+        self.q.push_back(Entry::Wait {
+            awaits,
+            swallow,
+            stmt: None,
+        });
+    }
+
+    /// Records an injected Parse or Close of server statement `stmt` (swallowed).
+    pub fn push_statement_op(&mut self, awaits: Await, stmt: Arc<str>) {
+        self.q.push_back(Entry::Wait {
+            awaits,
+            swallow: true,
+            stmt: Some(stmt),
+        });
+    }
+
+    /// Queues a response the proxy answers itself; emitted at once if nothing is ahead of it.
+    pub fn push_local(&mut self, bytes: Bytes, out: &mut BytesMut) {
+        if self.q.is_empty() {
+            out.extend_from_slice(&bytes);
+        } else {
+            self.q.push_back(Entry::Local(bytes));
+        }
+    }
+
+    /// Accounts for one backend message; returns whether to forward it.
+    pub fn on_backend_message(&mut self, f: &Frame, out: &mut BytesMut, undone: &mut Vec<Undone>) -> bool {
+        let (awaits, swallow) = match self.q.front() {
+            Some(Entry::Wait { awaits, swallow, .. }) => (*awaits, *swallow),
+            // Asynchronous messages (notices, notifications, parameter changes)
+            // can arrive while idle: always the client's.
+            _ => return true,
+        };
+        let t = f.tag();
+        let done = match t {
+            tag::ERROR_RESPONSE => {
+                if awaits == Await::Query || awaits == Await::Sync {
+                    false
+                } else {
+                    // The backend skips everything up to the next Sync, and so
+                    // do the responses we would have answered locally. Errors
+                    // are always the client's to see, even for injected
+                    // messages: hiding one could hide a failed re-prepare.
+                    while let Some(front) = self.q.front() {
+                        if matches!(front, Entry::Wait { awaits: Await::Sync, .. }) {
+                            break;
+                        }
+                        if let Some(Entry::Wait { awaits, stmt: Some(s), .. }) = self.q.pop_front() {
+                            undone.push(if awaits == Await::ParseComplete {
+                                Undone::Parse(s)
+                            } else {
+                                Undone::Close(s)
+                            });
+                        }
+                    }
+                    out.extend_from_slice(f.raw());
+                    return false;
+                }
+            }
+            tag::READY_FOR_QUERY => matches!(awaits, Await::Sync | Await::Query),
+            tag::PARSE_COMPLETE => awaits == Await::ParseComplete,
+            tag::BIND_COMPLETE => awaits == Await::BindComplete,
+            tag::CLOSE_COMPLETE => awaits == Await::CloseComplete,
+            tag::ROW_DESCRIPTION | tag::NO_DATA => awaits == Await::Describe,
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY | tag::PORTAL_SUSPENDED => awaits == Await::Execute,
+            _ => false,
+        };
+        let forward = if t == tag::NOTIFICATION || t == tag::ERROR_RESPONSE {
+            true
+        } else {
+            !swallow
+        };
+        if done {
+            self.q.pop_front();
+            if forward {
+                out.extend_from_slice(f.raw());
+            }
+            self.drain_locals(out);
+            return false;
+        }
+        forward
+    }
+
+    fn drain_locals(&mut self, out: &mut BytesMut) {
+        while let Some(Entry::Local(_)) = self.q.front() {
+            if let Some(Entry::Local(b)) = self.q.pop_front() {
+                out.extend_from_slice(&b);
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The extended query protocol in transaction pooling.
+//!
+//! Messages are held until Sync or Flush, then the batch is routed as a
+//! whole and translated for the connection it lands on: a client's statement
+//! names become content-addressed server names (`pgt_<hash>`), a statement
+//! missing on that connection is prepared there first (its ParseComplete
+//! swallowed), and the client's own Parse and Close-statement are answered by
+//! the proxy in their place in the response stream. Identical statements from
+//! different clients share one server-side statement per connection.
+
+use super::expect::Await;
+use super::{Prepared, Session};
+use crate::protocol::backend::{self as be, PgError};
+use crate::protocol::frontend::{self as fe, tag};
+use crate::protocol::Frame;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+fn malformed(e: crate::protocol::ProtocolError) -> PgError {
+    PgError::fatal("08P01", e.to_string())
+}
+
+/// `pgt_` + 128 bits of SHA-256 over the text and declared types.
+fn server_name(query: &str, param_types: &[u8]) -> Arc<str> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(query.as_bytes());
+    h.update([0]);
+    h.update(param_types);
+    let d = h.finalize();
+    format!("pgt_{}", hex::encode(&d[..16])).into()
+}
+
+impl Session {
+    /// Routes and sends (or answers) the batch of held extended-protocol messages.
+    pub(super) async fn dispatch_batch(&mut self) -> Result<(), PgError> {
+        let batch = std::mem::take(&mut self.pending);
+        let ends_with_sync = batch.last().is_some_and(|f| f.tag() == tag::SYNC);
+
+        // Parses first: later Binds in the same batch refer to them.
+        let mut needs_backend = false;
+        for f in &batch {
+            match f.tag() {
+                tag::PARSE | tag::SYNC | tag::FLUSH => {}
+                tag::CLOSE => {
+                    let t = fe::describe_or_close(f.body()).map_err(malformed)?;
+                    needs_backend |= t.kind == b'P';
+                }
+                _ => needs_backend = true,
+            }
+        }
+        let target = match self.route_batch(&batch).await {
+            Ok(t) => t,
+            Err(refusal) => return self.refuse_batch(refusal, ends_with_sync).await,
+        };
+        if !needs_backend && self.attached.is_none() {
+            return self.answer_batch_locally(&batch);
+        }
+        let target = match target {
+            Some(t) => t,
+            None => self.current_target()?,
+        };
+        if let Err(e) = self.ensure_attached(&target).await {
+            return self.refuse_batch(e, ends_with_sync).await;
+        }
+
+        let mut wire = BytesMut::new();
+        let out = &mut self.out;
+        let a = self.attached.as_mut().expect("attached above");
+        let cap = a.conn.pool().settings.prepared_per_connection;
+        let mut sent_extended = false;
+        for f in batch {
+            match f.tag() {
+                tag::PARSE => {
+                    let p = fe::parse(f.body()).map_err(malformed)?;
+                    let generation = self.next_generation;
+                    self.next_generation += 1;
+                    let prepared = Prepared {
+                        query: p.query.into(),
+                        param_types: Bytes::copy_from_slice(p.param_types),
+                        server_name: if p.name.is_empty() {
+                            "".into()
+                        } else {
+                            server_name(p.query, p.param_types)
+                        },
+                        generation,
+                    };
+                    if !p.name.is_empty() && self.prepared.contains_key(p.name) {
+                        let err = PgError::error(
+                            "42P05",
+                            format!("prepared statement \"{}\" already exists", p.name),
+                        );
+                        a.expect.push_local(err.encode(), out);
+                        // As in PostgreSQL, the rest of the batch is skipped up to Sync.
+                        self.skip_until_sync = true;
+                        continue;
+                    }
+                    self.prepared.insert(p.name.to_string(), prepared);
+                    a.expect.push_local(Bytes::from_static(b"1\0\0\0\x04"), out);
+                }
+                tag::BIND => {
+                    if self.skip_until_sync {
+                        continue;
+                    }
+                    let b = fe::bind(f.body()).map_err(malformed)?;
+                    match self.prepared.get(b.statement) {
+                        Some(stmt) => {
+                            ensure_on_connection(a, stmt, cap, &mut wire);
+                            wire.extend_from_slice(&fe::rename_bind(f.body(), &b, &stmt.server_name));
+                        }
+                        // Unknown name: PostgreSQL reports it (26000).
+                        None => wire.extend_from_slice(f.raw()),
+                    }
+                    a.expect.push(Await::BindComplete, false);
+                    sent_extended = true;
+                }
+                tag::DESCRIBE => {
+                    if self.skip_until_sync {
+                        continue;
+                    }
+                    let d = fe::describe_or_close(f.body()).map_err(malformed)?;
+                    match (d.kind, self.prepared.get(d.name)) {
+                        (b'S', Some(stmt)) => {
+                            ensure_on_connection(a, stmt, cap, &mut wire);
+                            wire.extend_from_slice(&fe::encode_describe_or_close(
+                                tag::DESCRIBE,
+                                b'S',
+                                &stmt.server_name,
+                            ));
+                        }
+                        _ => wire.extend_from_slice(f.raw()),
+                    }
+                    a.expect.push(Await::Describe, false);
+                    sent_extended = true;
+                }
+                tag::EXECUTE => {
+                    if self.skip_until_sync {
+                        continue;
+                    }
+                    wire.extend_from_slice(f.raw());
+                    a.expect.push(Await::Execute, false);
+                    sent_extended = true;
+                }
+                tag::CLOSE => {
+                    if self.skip_until_sync {
+                        continue;
+                    }
+                    let c = fe::describe_or_close(f.body()).map_err(malformed)?;
+                    if c.kind == b'S' {
+                        // Server statements are shared and evicted by LRU; the
+                        // client's name simply stops existing.
+                        self.prepared.remove(c.name);
+                        a.expect.push_local(be::close_complete(), out);
+                    } else {
+                        wire.extend_from_slice(f.raw());
+                        a.expect.push(Await::CloseComplete, false);
+                        sent_extended = true;
+                    }
+                }
+                tag::SYNC => {
+                    self.skip_until_sync = false;
+                    wire.extend_from_slice(f.raw());
+                    a.expect.push(Await::Sync, false);
+                    sent_extended = true;
+                }
+                tag::FLUSH => {
+                    wire.extend_from_slice(f.raw());
+                }
+                _ => unreachable!("only extended-protocol messages are batched"),
+            }
+        }
+        if sent_extended {
+            a.since_sync = true;
+        }
+        if !wire.is_empty() {
+            a.conn
+                .stream
+                .write_all(&wire)
+                .await
+                .map_err(|_| super::backend_lost())?;
+        }
+        Ok(())
+    }
+
+    /// A batch of only Parse / Close-statement / Sync touches no backend.
+    fn answer_batch_locally(&mut self, batch: &[Frame]) -> Result<(), PgError> {
+        for f in batch {
+            match f.tag() {
+                tag::PARSE => {
+                    if self.skip_until_sync {
+                        continue;
+                    }
+                    let p = fe::parse(f.body()).map_err(malformed)?;
+                    if !p.name.is_empty() && self.prepared.contains_key(p.name) {
+                        self.out.extend_from_slice(
+                            &PgError::error(
+                                "42P05",
+                                format!("prepared statement \"{}\" already exists", p.name),
+                            )
+                            .encode(),
+                        );
+                        self.skip_until_sync = true;
+                        continue;
+                    }
+                    let generation = self.next_generation;
+                    self.next_generation += 1;
+                    self.prepared.insert(
+                        p.name.to_string(),
+                        Prepared {
+                            query: p.query.into(),
+                            param_types: Bytes::copy_from_slice(p.param_types),
+                            server_name: if p.name.is_empty() {
+                                "".into()
+                            } else {
+                                server_name(p.query, p.param_types)
+                            },
+                            generation,
+                        },
+                    );
+                    self.out.extend_from_slice(b"1\0\0\0\x04");
+                }
+                tag::CLOSE => {
+                    if self.skip_until_sync {
+                        continue;
+                    }
+                    let c = fe::describe_or_close(f.body()).map_err(malformed)?;
+                    self.prepared.remove(c.name);
+                    self.out.extend_from_slice(&be::close_complete());
+                }
+                tag::SYNC => {
+                    self.skip_until_sync = false;
+                    let status = self.client_status();
+                    self.out.extend_from_slice(&be::ready_for_query(status));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a whole batch: the error now, ReadyForQuery at its Sync.
+    async fn refuse_batch(&mut self, err: PgError, ends_with_sync: bool) -> Result<(), PgError> {
+        if self.in_backend_transaction() {
+            // Make the backend's transaction fail exactly like PostgreSQL would.
+            return self.fail_backend_transaction(&err).await;
+        }
+        if self.held_begin.is_some() {
+            self.client_failed = true;
+        }
+        self.refuse(&err, ends_with_sync);
+        if !ends_with_sync {
+            self.skip_until_sync = true;
+        }
+        Ok(())
+    }
+}
+
+/// Makes sure `stmt` exists on the attached connection, queueing a Parse
+/// (and an LRU eviction Close) in `wire` when it does not.
+fn ensure_on_connection(a: &mut super::Attached, stmt: &Prepared, cap: usize, wire: &mut BytesMut) {
+    if stmt.server_name.is_empty() {
+        if a.conn.unnamed_owner != Some(stmt.generation) {
+            wire.extend_from_slice(&fe::encode_parse("", &stmt.query, &stmt.param_types));
+            a.expect.push_statement_op(Await::ParseComplete, stmt.server_name.clone());
+            a.conn.unnamed_owner = Some(stmt.generation);
+        }
+        return;
+    }
+    if let Some(pos) = a.conn.prepared.iter().position(|n| *n == stmt.server_name) {
+        // Most recently used goes to the back.
+        let n = a.conn.prepared.remove(pos).expect("position is valid");
+        a.conn.prepared.push_back(n);
+        return;
+    }
+    while a.conn.prepared.len() >= cap {
+        let oldest = a.conn.prepared.pop_front().expect("non-empty");
+        wire.extend_from_slice(&fe::encode_describe_or_close(tag::CLOSE, b'S', &oldest));
+        a.expect.push_statement_op(Await::CloseComplete, oldest);
+    }
+    wire.extend_from_slice(&fe::encode_parse(&stmt.server_name, &stmt.query, &stmt.param_types));
+    a.expect.push_statement_op(Await::ParseComplete, stmt.server_name.clone());
+    a.conn.prepared.push_back(stmt.server_name.clone());
+}

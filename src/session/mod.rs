@@ -1,0 +1,607 @@
+//! One client's life: startup, then the relay loop that decides, per
+//! transaction, which backend serves it, and forwards bytes both ways.
+//!
+//! The session owns at most one *attached* backend connection at a time (the
+//! one serving the current transaction). In transaction pooling it is given
+//! back as soon as the backend reports ReadyForQuery 'I' with nothing else in
+//! flight; in session pooling it is parked per target and reused. Routing is
+//! decided in `route.rs`; the extended protocol's prepared-statement mapping in
+//! `extended.rs`; response bookkeeping in `expect.rs`.
+
+pub mod cancel;
+mod expect;
+mod extended;
+mod route;
+pub mod startup;
+
+use crate::net::Stream;
+use crate::pool::{DataSourcePool, PoolMode, PooledConn};
+use crate::protocol::backend::{self as be, PgError, TxStatus};
+use crate::protocol::frontend::tag;
+use crate::protocol::{Frame, FrameReader};
+use crate::server::Shared;
+use bytes::{Bytes, BytesMut};
+use cancel::{CancelSlot, CancelTarget};
+use expect::{Await, ExpectQueue};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Where a transaction runs: a pool, and the tenant it runs for (`None` = app DB).
+#[derive(Clone)]
+pub struct Target {
+    pub pool: Arc<DataSourcePool>,
+    pub tenant: Option<String>,
+}
+
+impl Target {
+    fn same(&self, other: &Target) -> bool {
+        Arc::ptr_eq(&self.pool, &other.pool) && self.tenant == other.tenant
+    }
+    /// For messages: "the app DB" or "tenant acme's data source (pool)".
+    pub fn describe(&self) -> String {
+        match &self.tenant {
+            None => format!("the app DB ({})", self.pool.name),
+            Some(t) => format!("tenant \"{t}\" data source ({})", self.pool.name),
+        }
+    }
+}
+
+/// The backend connection serving the current transaction.
+struct Attached {
+    target: Target,
+    conn: PooledConn,
+    expect: ExpectQueue,
+    /// Extended-protocol messages were sent since the last ReadyForQuery.
+    since_sync: bool,
+    status: TxStatus,
+    copy_in: bool,
+}
+
+/// A client's prepared statement, as the proxy remembers it for re-preparing
+/// on whichever connection a later transaction lands on.
+pub struct Prepared {
+    pub query: Arc<str>,
+    pub param_types: Bytes,
+    /// Content-addressed server-side name (`pgt_…`), shared by identical statements.
+    pub server_name: Arc<str>,
+    /// Distinguishes successive unnamed statements.
+    pub generation: u64,
+}
+
+/// Session-level settings made by the client, replayed on a connection that
+/// does not have them yet.
+#[derive(Default, Clone)]
+struct Settings {
+    stmts: Vec<String>,
+    fingerprint: u64,
+}
+
+impl Settings {
+    fn push(&mut self, stmt: String) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.fingerprint.hash(&mut h);
+        stmt.hash(&mut h);
+        self.fingerprint = h.finish() | 1;
+        self.stmts.push(stmt);
+    }
+}
+
+pub struct Session {
+    id: u64,
+    shared: Arc<Shared>,
+    client: Stream,
+    creader: FrameReader,
+    out: BytesMut,
+    pub user: String,
+    pub allowed_tenants: Option<Vec<String>>,
+    pub startup_tenant: Option<String>,
+    pub database_tenant: Option<String>,
+    /// `SET app.tenant_id` at session level.
+    pub session_tenant: Option<String>,
+    /// `SET LOCAL app.tenant_id` inside the current transaction.
+    pub local_tenant: Option<String>,
+    attached: Option<Attached>,
+    parked: HashMap<String, PooledConn>,
+    cancel_slot: CancelSlot,
+    /// Extended-protocol messages waiting for Sync/Flush.
+    pending: Vec<Frame>,
+    prepared: HashMap<String, Prepared>,
+    next_generation: u64,
+    /// A BEGIN not yet sent: it goes to the backend the next statement picks.
+    held_begin: Option<String>,
+    /// The client saw an error inside a held or refused transaction.
+    client_failed: bool,
+    /// An error was reported mid-batch: drop messages until the client's Sync.
+    skip_until_sync: bool,
+    settings: HashMap<String, Settings>,
+    startup_settings: Settings,
+}
+
+impl Session {
+    /// Runs a client connection to the end. Never panics on client or backend bytes.
+    pub async fn run(tcp: tokio::net::TcpStream, peer: std::net::SocketAddr, shared: Arc<Shared>) {
+        let auth = match startup::handshake(tcp, peer, &shared).await {
+            Ok(a) => a,
+            Err(startup::StartupEnd::Quiet) => return,
+            Err(startup::StartupEnd::Fatal(mut stream, err)) => {
+                let _ = stream.write_all(&err.encode()).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+        };
+        let (key, cancel_slot) = shared.cancels.register();
+        let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+        let _guard = crate::metrics::ClientGuard::new();
+        let mut session = Session::new(id, shared.clone(), auth, cancel_slot);
+        let result = session.start(key).await;
+        if let Err(e) = result {
+            session.out.extend_from_slice(&e.encode());
+            let _ = session.client.write_all(&session.out).await;
+        }
+        let _ = session.client.shutdown().await;
+        shared.cancels.unregister(key.0);
+        session.close_backends().await;
+        tracing::debug!(session = id, "client session ended");
+    }
+
+    fn new(id: u64, shared: Arc<Shared>, a: startup::Authenticated, cancel_slot: CancelSlot) -> Session {
+        let tenant_setting = shared.config().routing.tenant_setting.clone();
+        let startup_tenant = a
+            .params
+            .options()
+            .into_iter()
+            .find(|(k, _)| *k == tenant_setting)
+            .map(|(_, v)| v);
+        let database_tenant = a
+            .params
+            .database()
+            .and_then(|db| shared.tenant_by_subdomain(db));
+        let mut startup_settings = Settings::default();
+        for name in ["application_name", "DateStyle", "TimeZone", "IntervalStyle", "search_path", "extra_float_digits", "client_encoding"] {
+            if let Some(v) = a.params.get(name) {
+                if name == "client_encoding" && v.eq_ignore_ascii_case("UTF8") {
+                    continue;
+                }
+                startup_settings.push(set_statement(name, v));
+            }
+        }
+        for (k, v) in a.params.options() {
+            if k != tenant_setting && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                startup_settings.push(set_statement(&k, &v));
+            }
+        }
+        Session {
+            id,
+            shared,
+            client: a.stream,
+            creader: a.reader,
+            out: BytesMut::with_capacity(16 * 1024),
+            user: a.user,
+            allowed_tenants: a.allowed_tenants,
+            startup_tenant,
+            database_tenant,
+            session_tenant: None,
+            local_tenant: None,
+            attached: None,
+            parked: HashMap::new(),
+            cancel_slot,
+            pending: Vec::new(),
+            prepared: HashMap::new(),
+            next_generation: 1,
+            held_begin: None,
+            client_failed: false,
+            skip_until_sync: false,
+            settings: HashMap::new(),
+            startup_settings,
+        }
+    }
+
+    async fn start(&mut self, key: (i32, i32)) -> Result<(), PgError> {
+        let params = self.shared.server_params().await?;
+        let greeting = startup::greeting(&params, &self.client_params_for_greeting(), key);
+        self.out.extend_from_slice(&greeting);
+        self.flush_client().await.map_err(|_| closed())?;
+        self.relay().await
+    }
+
+    fn client_params_for_greeting(&self) -> crate::protocol::startup::StartupParams {
+        // Only the values we replay are echoed back as the client's own.
+        let mut p = crate::protocol::startup::StartupParams::default();
+        for s in &self.startup_settings.stmts {
+            if let Some((k, v)) = parse_set_statement(s) {
+                p.params.push((k, v));
+            }
+        }
+        p
+    }
+
+    /// The relay loop: read whichever side has bytes, process whole messages,
+    /// write what is due. Returns `Err` only for errors to send before closing.
+    async fn relay(&mut self) -> Result<(), PgError> {
+        loop {
+            // 1. Whole client messages already buffered.
+            loop {
+                if self.attached.as_ref().is_some_and(|a| a.copy_in) {
+                    match self.creader.try_frame() {
+                        Ok(Some(f)) => {
+                            self.forward_copy_from_client(f).await?;
+                            continue;
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Err(PgError::fatal("08P01", e.to_string())),
+                    }
+                }
+                match self.creader.try_frame() {
+                    Ok(Some(f)) => {
+                        if !self.client_message(f).await? {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(PgError::fatal("08P01", e.to_string())),
+                }
+            }
+            // 2. Whole backend messages already buffered.
+            self.backend_messages()?;
+            self.flush_client().await.map_err(|_| closed())?;
+            self.maybe_detach().await;
+
+            // 3. Wait for more bytes from either side.
+            let Session {
+                client,
+                creader,
+                attached,
+                ..
+            } = self;
+            match attached {
+                Some(a) => {
+                    let conn = &mut *a.conn;
+                    tokio::select! {
+                        r = creader.fill(client) => match r {
+                            Ok(true) => {}
+                            _ => return Ok(()),
+                        },
+                        r = conn.reader.fill(&mut conn.stream) => match r {
+                            Ok(true) => {}
+                            _ => {
+                                self.attached = None; // broken: dropped, never reused
+                                self.set_cancel_target(None).await;
+                                return Err(PgError::fatal("08006", "the data source closed the connection unexpectedly"));
+                            }
+                        },
+                    }
+                }
+                None => match creader.fill(client).await {
+                    Ok(true) => {}
+                    _ => return Ok(()),
+                },
+            }
+        }
+    }
+
+    /// Handles one client message; `Ok(false)` ends the session (Terminate).
+    async fn client_message(&mut self, f: Frame) -> Result<bool, PgError> {
+        crate::metrics::bytes_received(f.raw().len());
+        match f.tag() {
+            tag::QUERY => {
+                if !self.pending.is_empty() {
+                    self.dispatch_batch().await?;
+                }
+                let sql = crate::protocol::frontend::query_text(f.body())
+                    .map_err(|e| PgError::fatal("08P01", e.to_string()))?
+                    .to_string();
+                self.simple_query(f, &sql).await?;
+            }
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE => {
+                self.pending.push(f);
+            }
+            tag::SYNC | tag::FLUSH => {
+                self.pending.push(f);
+                self.dispatch_batch().await?;
+            }
+            tag::FUNCTION_CALL => {
+                if !self.pending.is_empty() {
+                    self.dispatch_batch().await?;
+                }
+                let target = self.current_target()?;
+                self.attach(&target).await?;
+                self.send_to_backend(f.raw().clone(), Await::Query, false).await?;
+            }
+            tag::TERMINATE => return Ok(false),
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                // Outside COPY these are ignored, as PostgreSQL does after a failed COPY.
+            }
+            other => {
+                return Err(PgError::fatal(
+                    "08P01",
+                    format!("invalid frontend message type {}", other as char),
+                ))
+            }
+        }
+        Ok(true)
+    }
+
+    async fn forward_copy_from_client(&mut self, f: Frame) -> Result<(), PgError> {
+        let a = self.attached.as_mut().expect("copy_in implies attached");
+        match f.tag() {
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL | tag::FLUSH | tag::SYNC => {
+                // PostgreSQL ignores Flush/Sync during copy-in (libpq sends them
+                // without knowing the command was COPY): forward, expect nothing.
+                if f.tag() == tag::COPY_DONE || f.tag() == tag::COPY_FAIL {
+                    a.copy_in = false;
+                }
+                a.conn.stream.write_all(f.raw()).await.map_err(|_| backend_lost())?;
+                Ok(())
+            }
+            tag::TERMINATE => Err(PgError::fatal("08P01", "connection terminated during COPY")),
+            other => Err(PgError::fatal(
+                "08P01",
+                format!("unexpected message type {} during COPY from stdin", other as char),
+            )),
+        }
+    }
+
+    /// Processes every whole message the attached backend has sent.
+    fn backend_messages(&mut self) -> Result<(), PgError> {
+        let Some(a) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let f = match a.conn.reader.try_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::error!(pool = %a.target.pool.name, error = %e, "malformed backend message");
+                    self.attached = None;
+                    return Err(PgError::fatal("08P01", "the data source sent a malformed message"));
+                }
+            };
+            match f.tag() {
+                be::tag::COPY_IN_RESPONSE | be::tag::COPY_BOTH_RESPONSE => a.copy_in = true,
+                be::tag::READY_FOR_QUERY => {
+                    a.status = f.body().first().copied().and_then(TxStatus::from_byte).unwrap_or(TxStatus::Idle);
+                    a.copy_in = false;
+                }
+                be::tag::ERROR_RESPONSE => {
+                    a.copy_in = false;
+                    crate::metrics::backend_error(be::error_code(f.body()).unwrap_or("XX000"));
+                }
+                _ => {}
+            }
+            let mut undone = Vec::new();
+            let forward = a.expect.on_backend_message(&f, &mut self.out, &mut undone);
+            for u in undone {
+                match u {
+                    expect::Undone::Parse(name) if name.is_empty() => a.conn.unnamed_owner = None,
+                    expect::Undone::Parse(name) => a.conn.prepared.retain(|n| *n != name),
+                    expect::Undone::Close(name) => a.conn.prepared.push_back(name),
+                }
+            }
+            if f.tag() == be::tag::READY_FOR_QUERY && a.expect.is_empty() {
+                a.since_sync = false;
+            }
+            if forward {
+                self.out.extend_from_slice(f.raw());
+            }
+        }
+    }
+
+    /// Gives the connection back once the backend is idle and nothing is in flight.
+    async fn maybe_detach(&mut self) {
+        let Some(a) = self.attached.as_ref() else {
+            return;
+        };
+        if !a.expect.is_empty() || a.since_sync || a.copy_in || !self.pending.is_empty() {
+            return;
+        }
+        if a.status != TxStatus::Idle {
+            return;
+        }
+        self.local_tenant = None;
+        self.client_failed = false;
+        let a = self.attached.take().expect("checked");
+        self.set_cancel_target(None).await;
+        if a.conn.pool().settings.mode == PoolMode::Session {
+            self.parked.insert(park_key(&a.target), a.conn);
+        } else {
+            a.conn.release();
+        }
+    }
+
+    /// Makes `target`'s connection the attached one, checking out (or
+    /// unparking) as needed and bringing its settings in line with the session.
+    async fn attach(&mut self, target: &Target) -> Result<(), PgError> {
+        if let Some(a) = &self.attached {
+            if a.target.same(target) {
+                return Ok(());
+            }
+            // Only reachable when idle (routing refuses switches inside a transaction).
+            self.maybe_detach().await;
+            if self.attached.is_some() {
+                return Err(PgError::error("0A000", "cannot switch data source while a request is in flight"));
+            }
+        }
+        let conn = match self.parked.remove(&park_key(target)) {
+            Some(c) => c,
+            None => target.pool.checkout(target.tenant.as_deref()).await?,
+        };
+        self.set_cancel_target(Some(CancelTarget {
+            url: target.pool.url.clone(),
+            key: conn.backend_key,
+        }))
+        .await;
+        let mut a = Attached {
+            target: target.clone(),
+            conn,
+            expect: ExpectQueue::default(),
+            since_sync: false,
+            status: TxStatus::Idle,
+            copy_in: false,
+        };
+        // Setup statements go out in the same write as the client's request.
+        let mut setup = String::new();
+        let wanted = self.settings_for(target);
+        if a.conn.settings_fingerprint != wanted.fingerprint {
+            if a.conn.settings_fingerprint != 0 {
+                setup.push_str("RESET ALL;");
+            }
+            for s in &wanted.stmts {
+                setup.push_str(s);
+                setup.push(';');
+            }
+            a.conn.settings_fingerprint = wanted.fingerprint;
+        }
+        if let Some(t) = &target.tenant {
+            if a.conn.tenant_setting.as_deref() != Some(t.as_str()) {
+                let setting = &self.shared.config().routing.tenant_setting;
+                setup.push_str(&format!(
+                    "SELECT set_config({}, {}, false);",
+                    quote_literal(setting),
+                    quote_literal(t)
+                ));
+                a.conn.tenant_setting = Some(t.clone());
+            }
+        }
+        if !setup.is_empty() {
+            let q = crate::protocol::frontend::encode_query(&setup);
+            a.expect.push(Await::Query, true);
+            a.conn.stream.write_all(&q).await.map_err(|_| backend_lost())?;
+        }
+        self.attached = Some(a);
+        if let Some(begin) = self.held_begin.take() {
+            self.send_to_backend(crate::protocol::frontend::encode_query(&begin), Await::Query, true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn settings_for(&self, target: &Target) -> Settings {
+        self.settings
+            .get(&target.pool.name)
+            .cloned()
+            .unwrap_or_else(|| self.startup_settings.clone())
+    }
+
+    /// Records a session-level SET the client ran on `target`, so it is replayed elsewhere.
+    fn record_setting(&mut self, target: &Target, stmt: &str) {
+        let startup = self.startup_settings.clone();
+        let s = self.settings.entry(target.pool.name.clone()).or_insert(startup);
+        s.push(stmt.to_string());
+        if let Some(a) = self.attached.as_mut() {
+            if a.target.pool.name == target.pool.name {
+                a.conn.settings_fingerprint = s.fingerprint;
+            }
+        }
+    }
+
+    /// Forgets recorded settings (RESET ALL / DISCARD ALL by the client).
+    fn reset_settings(&mut self) {
+        self.settings.clear();
+        self.startup_settings = Settings::default();
+        if let Some(a) = self.attached.as_mut() {
+            a.conn.settings_fingerprint = 0;
+        }
+    }
+
+    /// Writes one message to the attached backend and records what it expects.
+    async fn send_to_backend(&mut self, bytes: Bytes, awaits: Await, swallow: bool) -> Result<(), PgError> {
+        let a = self.attached.as_mut().expect("attached before sending");
+        a.expect.push(awaits, swallow);
+        a.conn.stream.write_all(&bytes).await.map_err(|_| backend_lost())
+    }
+
+    async fn set_cancel_target(&self, t: Option<CancelTarget>) {
+        *self.cancel_slot.lock().await = t;
+    }
+
+    async fn flush_client(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            crate::metrics::bytes_sent(self.out.len());
+            self.client.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends an error the proxy decided on, followed by ReadyForQuery when the
+    /// client expects one (end of a simple query or of an extended batch).
+    fn refuse(&mut self, err: &PgError, ready: bool) {
+        crate::metrics::refused(err.code);
+        tracing::info!(session = self.id, user = %self.user, code = err.code, message = %err.message, "statement refused");
+        self.out.extend_from_slice(&err.encode());
+        if ready {
+            let status = self.client_status();
+            self.out.extend_from_slice(&be::ready_for_query(status));
+        }
+    }
+
+    /// The transaction status the client should see now.
+    fn client_status(&self) -> TxStatus {
+        if self.client_failed {
+            TxStatus::Failed
+        } else if let Some(a) = &self.attached {
+            a.status
+        } else if self.held_begin.is_some() {
+            TxStatus::InTransaction
+        } else {
+            TxStatus::Idle
+        }
+    }
+
+    /// Releases or closes every backend connection when the client leaves.
+    async fn close_backends(&mut self) {
+        self.set_cancel_target(None).await;
+        if let Some(a) = self.attached.take() {
+            if a.expect.is_empty() && !a.since_sync && a.status == TxStatus::Idle && !a.copy_in {
+                a.conn.release();
+            }
+            // else: dropped → socket closed → PostgreSQL rolls back and frees locks.
+        }
+        for (_, c) in self.parked.drain() {
+            // Session-pooled connections carry the client's session state: reset on next use.
+            c.release();
+        }
+    }
+}
+
+fn park_key(t: &Target) -> String {
+    format!("{}|{}", t.pool.name, t.tenant.as_deref().unwrap_or(""))
+}
+
+fn closed() -> PgError {
+    PgError::fatal("08006", "client connection lost")
+}
+
+fn backend_lost() -> PgError {
+    PgError::fatal("08006", "lost the connection to the data source")
+}
+
+/// A SQL string literal with standard_conforming_strings semantics.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn set_statement(name: &str, value: &str) -> String {
+    format!("SET {} = {}", quote_ident_path(name), quote_literal(value))
+}
+
+fn quote_ident_path(name: &str) -> String {
+    name.split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Inverse of [`set_statement`] for the greeting; `None` for anything else.
+fn parse_set_statement(s: &str) -> Option<(String, String)> {
+    let rest = s.strip_prefix("SET ")?;
+    let (name, value) = rest.split_once(" = ")?;
+    let name = name.trim_matches('"').replace("\"\"", "\"");
+    let value = value.strip_prefix('\'')?.strip_suffix('\'')?.replace("''", "'");
+    Some((name, value))
+}

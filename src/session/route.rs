@@ -1,0 +1,393 @@
+//! Where each request goes: the bridge between the pure router
+//! (`crate::router`) and the session's connections.
+//!
+//! Decisions happen here, before any byte is sent: a request the router
+//! refuses never reaches a backend, and a transaction stays on the backend
+//! its first deciding statement picked.
+
+use super::expect::Await;
+use super::{Session, Target};
+use crate::protocol::backend::{self as be, PgError, TxStatus};
+use crate::protocol::frontend::{self as fe, tag};
+use crate::protocol::Frame;
+use crate::router::{self, Analysis, RouteDecision, SessionEffect, TenantValue, TxnControl};
+use std::sync::Arc;
+
+impl From<router::RouteError> for PgError {
+    fn from(e: router::RouteError) -> PgError {
+        let mut p = PgError::error(e.sqlstate, e.message);
+        p.hint = e.hint;
+        p
+    }
+}
+
+impl Session {
+    pub(super) fn routing(&self) -> router::SessionRouting<'_> {
+        router::SessionRouting {
+            session_tenant: self.session_tenant.as_deref(),
+            local_tenant: self.local_tenant.as_deref(),
+            startup_tenant: self.startup_tenant.as_deref(),
+            database_tenant: self.database_tenant.as_deref(),
+            allowed_tenants: self.allowed_tenants.as_deref(),
+        }
+    }
+
+    /// The target of table-less statements: the session's tenant if one is
+    /// set (by any session-level means), else the app DB.
+    pub(super) fn current_target(&self) -> Result<Target, PgError> {
+        if let Some(a) = &self.attached {
+            return Ok(a.target.clone());
+        }
+        if !self.shared.routing_enabled() {
+            return Ok(self.shared.app_target());
+        }
+        let r = self.routing();
+        let tenant = r
+            .local_tenant
+            .or(r.session_tenant)
+            .or(r.startup_tenant)
+            .or(r.database_tenant)
+            .or(match r.allowed_tenants {
+                Some([only]) => Some(only.as_str()),
+                _ => None,
+            });
+        match tenant {
+            Some(t) => self.shared.tenant_target(t),
+            None => Ok(self.shared.app_target()),
+        }
+    }
+
+    /// Turns a router decision into a target, checking row-level security
+    /// where the router asks for it.
+    async fn target_of(&self, d: &RouteDecision) -> Result<Target, PgError> {
+        match &d.target {
+            router::Target::App => Ok(self.shared.app_target()),
+            router::Target::Current => self.current_target(),
+            router::Target::Tenant { tenant_id, .. } => {
+                let target = self.shared.tenant_target(tenant_id)?;
+                if !d.rls_required.is_empty() {
+                    self.shared
+                        .check_rls(&target, &d.rls_required)
+                        .await?;
+                }
+                Ok(target)
+            }
+        }
+    }
+
+    fn decide(&self, analysis: &Analysis, params: &dyn Fn(u16) -> Option<String>) -> Result<RouteDecision, PgError> {
+        let dir = self.shared.directory();
+        router::decide(analysis, &self.routing(), params, &dir).map_err(PgError::from)
+    }
+
+    /// True while the attached backend is inside a transaction block.
+    pub(super) fn in_backend_transaction(&self) -> bool {
+        self.attached
+            .as_ref()
+            .is_some_and(|a| a.status != TxStatus::Idle)
+    }
+
+    /// Reports `err` *through* the transaction's backend so that it fails
+    /// there too: the client then sees 25P02 until ROLLBACK, exactly as
+    /// PostgreSQL behaves after any error.
+    pub(super) async fn fail_backend_transaction(&mut self, err: &PgError) -> Result<(), PgError> {
+        crate::metrics::refused(err.code);
+        tracing::info!(session = self.id, user = %self.user, code = err.code, message = %err.message, "statement refused inside a transaction");
+        let mut sql = format!(
+            "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}",
+            super::quote_literal(err.code),
+            super::quote_literal(&err.message)
+        );
+        if let Some(h) = &err.hint {
+            sql.push_str(&format!(", HINT = {}", super::quote_literal(h)));
+        }
+        sql.push_str("; END$pgtenant$");
+        if sql.matches("$pgtenant$").count() != 2 {
+            // Cannot happen with our own messages; refuse locally rather than guess.
+            self.refuse(err, true);
+            return Ok(());
+        }
+        self.skip_until_sync = false;
+        self.send_to_backend(fe::encode_query(&sql), Await::Query, false).await
+    }
+
+    /// Attaches `target`, refusing a switch inside a transaction.
+    pub(super) async fn ensure_attached(&mut self, target: &Target) -> Result<(), PgError> {
+        if let Some(a) = &self.attached {
+            if a.target.same(target) {
+                return Ok(());
+            }
+            if a.status != TxStatus::Idle {
+                return Err(cross_target(&a.target, target));
+            }
+            // Idle but responses still in flight: finish them before switching.
+            self.drain_attached().await?;
+            if self.in_backend_transaction() {
+                let a = self.attached.as_ref().expect("still attached");
+                return Err(cross_target(&a.target, target));
+            }
+            self.maybe_detach().await;
+        }
+        self.attach(target).await
+    }
+
+    /// Reads and forwards backend responses until nothing is outstanding.
+    async fn drain_attached(&mut self) -> Result<(), PgError> {
+        loop {
+            self.backend_messages()?;
+            let Some(a) = self.attached.as_mut() else {
+                return Ok(());
+            };
+            if a.expect.is_empty() {
+                return Ok(());
+            }
+            let conn = &mut *a.conn;
+            match conn.reader.fill(&mut conn.stream).await {
+                Ok(true) => {}
+                _ => {
+                    self.attached = None;
+                    return Err(super::backend_lost());
+                }
+            }
+        }
+    }
+
+    /// Routes the targets of an extended-protocol batch. `Ok(None)`: nothing
+    /// in it decides (the session's current target applies).
+    pub(super) async fn route_batch(&mut self, batch: &[Frame]) -> Result<Option<Target>, PgError> {
+        if !self.shared.routing_enabled() {
+            return Ok(None);
+        }
+        let mut chosen: Option<Target> = None;
+        let mut parsed: Vec<(String, Arc<Analysis>)> = Vec::new();
+        for f in batch {
+            let decision = match f.tag() {
+                tag::PARSE => {
+                    let p = fe::parse(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+                    if let Some(a) = self.shared.analyze(p.query)? {
+                        parsed.retain(|(n, _)| n != p.name);
+                        parsed.push((p.name.to_string(), a));
+                    }
+                    None
+                }
+                tag::BIND => {
+                    let b = fe::bind(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+                    let analysis = parsed
+                        .iter()
+                        .rev()
+                        .find(|(n, _)| n == b.statement)
+                        .map(|(_, a)| a.clone())
+                        .or_else(|| {
+                            self.prepared
+                                .get(b.statement)
+                                .and_then(|p| self.shared.analyze(&p.query).ok().flatten())
+                        });
+                    match analysis {
+                        Some(a) => {
+                            let d = self.decide(&a, &|n| b.param_text(n))?;
+                            self.apply_effects(&a, &|n| b.param_text(n))?;
+                            Some(d)
+                        }
+                        None => None,
+                    }
+                }
+                tag::DESCRIBE => {
+                    let d = fe::describe_or_close(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+                    if d.kind != b'S' || batch.iter().any(|m| m.tag() == tag::BIND) {
+                        None
+                    } else {
+                        let analysis = parsed
+                            .iter()
+                            .rev()
+                            .find(|(n, _)| n == d.name)
+                            .map(|(_, a)| a.clone())
+                            .or_else(|| {
+                                self.prepared
+                                    .get(d.name)
+                                    .and_then(|p| self.shared.analyze(&p.query).ok().flatten())
+                            });
+                        match analysis {
+                            Some(a) => Some(self.describe_decision(&a)?),
+                            None => None,
+                        }
+                    }
+                }
+                _ => None,
+            };
+            if let Some(d) = decision {
+                let t = self.target_of(&d).await?;
+                match &chosen {
+                    Some(c) if !c.same(&t) => return Err(cross_target(c, &t)),
+                    Some(_) => {}
+                    None => chosen = Some(t),
+                }
+            }
+        }
+        Ok(chosen)
+    }
+
+    /// Describing a statement whose tenant only arrives at Bind (`tenant_id =
+    /// $1`) needs *a* tenant data source for its column types. Any the user may
+    /// use has the same schema, and Describe reads no rows, so the first allowed
+    /// tenant serves; with no tenant at all the normal refusal stands.
+    fn describe_decision(&self, a: &Analysis) -> Result<RouteDecision, PgError> {
+        match self.decide(a, &|_| None) {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                let probe = match self.allowed_tenants.as_deref() {
+                    Some(list) => list.first().cloned(),
+                    None => self.shared.any_active_tenant(),
+                };
+                let Some(probe) = probe else {
+                    return Err(e);
+                };
+                self.decide(a, &move |_| Some(probe.clone())).map_err(|_| e)
+            }
+        }
+    }
+
+    /// Applies the session effects of a statement about to be sent (SET of
+    /// the tenant setting, RESET); a tenant the user may not use is refused.
+    fn apply_effects(&mut self, a: &Analysis, params: &dyn Fn(u16) -> Option<String>) -> Result<(), PgError> {
+        for st in &a.statements {
+            for e in &st.effects {
+                match e {
+                    SessionEffect::SetTenant { value, local } => {
+                        let v = match value {
+                            TenantValue::Literal(s) => Some(s.clone()),
+                            TenantValue::Param(n) => params(*n),
+                        };
+                        let Some(v) = v else {
+                            return Err(PgError::error("22023", "the tenant setting needs a value"));
+                        };
+                        if v.is_empty() {
+                            if *local { self.local_tenant = None } else { self.session_tenant = None }
+                            continue;
+                        }
+                        if let Some(allowed) = &self.allowed_tenants {
+                            if !allowed.iter().any(|t| *t == v) {
+                                return Err(PgError::error(
+                                    "42501",
+                                    format!("user \"{}\" may not use tenant \"{v}\"", self.user),
+                                )
+                                .with_hint("Ask an administrator to grant the tenant to this user."));
+                            }
+                        }
+                        self.shared.tenant_target(&v)?;
+                        if *local {
+                            self.local_tenant = Some(v);
+                        } else {
+                            self.session_tenant = Some(v);
+                        }
+                    }
+                    SessionEffect::ResetTenant => {
+                        self.session_tenant = None;
+                        self.local_tenant = None;
+                    }
+                    SessionEffect::ResetAll => {
+                        self.session_tenant = None;
+                        self.local_tenant = None;
+                        self.reset_settings();
+                    }
+                    SessionEffect::Other => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A simple-protocol Query: hold BEGIN, route, refuse, or forward.
+    pub(super) async fn simple_query(&mut self, f: Frame, sql: &str) -> Result<(), PgError> {
+        let analysis = match self.shared.analyze(sql) {
+            Ok(a) => a,
+            Err(e) => {
+                self.refuse_query(e).await?;
+                return Ok(());
+            }
+        };
+        let attached = self.attached.is_some();
+        if let Some(a) = analysis.as_deref() {
+            // Transaction control while no backend is involved yet.
+            if !attached && a.statements.len() == 1 && self.shared.routing_enabled() {
+                match (&a.statements[0].txn, self.held_begin.is_some() || self.client_failed) {
+                    (TxnControl::Begin, false) => {
+                        self.held_begin = Some(sql.to_string());
+                        self.out.extend_from_slice(&be::command_complete("BEGIN"));
+                        self.out.extend_from_slice(&be::ready_for_query(TxStatus::InTransaction));
+                        return Ok(());
+                    }
+                    (TxnControl::Commit | TxnControl::Rollback, true) => {
+                        let failed = self.client_failed;
+                        self.held_begin = None;
+                        self.client_failed = false;
+                        self.local_tenant = None;
+                        let tag = if failed || matches!(a.statements[0].txn, TxnControl::Rollback) { "ROLLBACK" } else { "COMMIT" };
+                        self.out.extend_from_slice(&be::command_complete(tag));
+                        self.out.extend_from_slice(&be::ready_for_query(TxStatus::Idle));
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+            if !attached && self.client_failed {
+                self.refuse(
+                    &PgError::error("25P02", "current transaction is aborted, commands ignored until end of transaction block"),
+                    true,
+                );
+                return Ok(());
+            }
+        }
+        let target = match &analysis {
+            Some(a) if self.shared.routing_enabled() => {
+                let decided = self.decide(a, &|_| None);
+                let decided = match decided {
+                    Ok(d) => self.target_of(&d).await,
+                    Err(e) => Err(e),
+                };
+                match decided {
+                    Ok(t) => t,
+                    Err(e) => return self.refuse_query(e).await,
+                }
+            }
+            _ => self.current_target()?,
+        };
+        if let Some(a) = analysis.as_deref() {
+            if let Err(e) = self.apply_effects(a, &|_| None) {
+                return self.refuse_query(e).await;
+            }
+        }
+        if let Err(e) = self.ensure_attached(&target).await {
+            return self.refuse_query(e).await;
+        }
+        self.send_to_backend(f.into_raw(), Await::Query, false).await?;
+        if let Some(a) = analysis.as_deref() {
+            if a.statements.iter().any(|s| s.effects.contains(&SessionEffect::Other)) {
+                self.record_setting(&target, sql);
+            }
+        }
+        Ok(())
+    }
+
+    async fn refuse_query(&mut self, err: PgError) -> Result<(), PgError> {
+        if self.in_backend_transaction() {
+            return self.fail_backend_transaction(&err).await;
+        }
+        if self.held_begin.is_some() {
+            self.client_failed = true;
+        }
+        self.refuse(&err, true);
+        Ok(())
+    }
+}
+
+fn cross_target(current: &Target, wanted: &Target) -> PgError {
+    PgError::error(
+        "0A000",
+        format!(
+            "this transaction runs on {}; the statement needs {}",
+            current.describe(),
+            wanted.describe()
+        ),
+    )
+    .with_hint("A transaction cannot span databases: COMMIT or ROLLBACK first, then run the statement in its own transaction.")
+}

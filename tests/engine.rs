@@ -1,0 +1,396 @@
+//! Issue #2: the protocol engine against real PostgreSQL and real clients
+//! (psql, pgbench, tokio-postgres), all statements passing through to the app DB.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+const PW: &str = "alice-secret-1";
+
+/// An app DB with users for every verifier kind, and a proxy in front of it.
+struct Setup {
+    app: Cluster,
+    proxy: Proxy,
+}
+
+fn setup_with(extra_config: &str) -> Setup {
+    let app = Cluster::start();
+    app.createdb("app");
+    app.psql("app", APP_SCHEMA);
+    add_user(&app, "app", "alice@example.com", &scram(PW), None);
+    add_user(&app, "app", "md5user", &postgres_protocol::password::md5(PW.as_bytes(), "md5user"), None);
+    add_user(&app, "app", "bcryptuser", &bcrypt::hash(PW, 4).unwrap(), None);
+    app.psql("app", "CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'one'), (2, 'two');");
+    let config = format!(
+        "[app_db]\nurl = \"{}\"\n[auth]\nquery = \"{}\"\n[routing]\nenabled = false\n{extra_config}",
+        app.url("app"),
+        auth_query()
+    );
+    let proxy = Proxy::start(&config, &[]);
+    Setup { app, proxy }
+}
+
+fn setup() -> Setup {
+    setup_with("")
+}
+
+async fn client(p: &Proxy, user: &str, pw: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(&p.conninfo(user, pw, "app"), tokio_postgres::NoTls)
+        .await
+        .expect("connect through pgtenant");
+    tokio::spawn(conn);
+    c
+}
+
+#[test]
+fn psql_query_copy_both_ways_and_error_sqlstate() {
+    let s = setup();
+    let (ok, out, err) = s.proxy.psql("alice@example.com", PW, "app", "SELECT name FROM items ORDER BY id");
+    assert!(ok, "{err}");
+    assert_eq!(out, "one\ntwo");
+
+    // Multi-statement simple query string.
+    let (ok, out, _) = s.proxy.psql("alice@example.com", PW, "app", "SELECT 1; SELECT 2");
+    assert!(ok);
+    assert_eq!(out, "1\n2");
+
+    let dir = s.proxy.dir.clone();
+    let csv = dir.join("in.csv");
+    std::fs::write(&csv, "10,ten\n11,eleven\n").unwrap();
+    let (ok, _, err) = s.proxy.psql("alice@example.com", PW, "app", &format!("\\copy items FROM '{}' CSV", csv.display()));
+    assert!(ok, "{err}");
+    assert_eq!(s.app.psql("app", "SELECT count(*) FROM items"), "4");
+    let outcsv = dir.join("out.csv");
+    let (ok, _, err) = s.proxy.psql("alice@example.com", PW, "app", &format!("\\copy (SELECT * FROM items ORDER BY id) TO '{}' CSV", outcsv.display()));
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&outcsv).unwrap(), "1,one\n2,two\n10,ten\n11,eleven\n");
+
+    let (ok, _, err) = s.proxy.psql("alice@example.com", PW, "app", "SELECT * FROM no_such_table");
+    assert!(!ok);
+    assert!(err.contains("42P01"), "psql should show the backend's SQLSTATE: {err}");
+    // The session survives errors.
+    let (ok, out, _) = s.proxy.psql("alice@example.com", PW, "app", "SELECT 1/0; ");
+    assert!(!ok && out.is_empty());
+}
+
+#[test]
+fn psql_lo_import_uses_function_call() {
+    let s = setup();
+    let file = s.proxy.dir.join("blob.bin");
+    std::fs::write(&file, b"large object payload").unwrap();
+    let (ok, out, err) = s.proxy.psql("alice@example.com", PW, "app", &format!("\\lo_import '{}'", file.display()));
+    assert!(ok, "{err}");
+    assert!(out.contains("lo_import"), "{out}");
+    assert_eq!(s.app.psql("app", "SELECT count(*) FROM pg_largeobject_metadata"), "1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokio_postgres_prepared_pipelined_copy_listen_cancel() {
+    let s = setup();
+    let c = client(&s.proxy, "alice@example.com", PW).await;
+
+    // Prepared statements, executed repeatedly.
+    let stmt = c.prepare("SELECT name FROM items WHERE id = $1").await.unwrap();
+    for (id, name) in [(1, "one"), (2, "two"), (1, "one")] {
+        let row = c.query_one(&stmt, &[&id]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), name);
+    }
+
+    // Pipelining: several queries in flight at once.
+    let f1 = c.query_one("SELECT $1::int + 1", &[&1i32]);
+    let f2 = c.query_one("SELECT $1::text || 'x'", &[&"a"]);
+    let f3 = c.query_one("SELECT count(*) FROM items", &[]);
+    let (r1, r2, r3) = tokio::join!(f1, f2, f3);
+    assert_eq!(r1.unwrap().get::<_, i32>(0), 2);
+    assert_eq!(r2.unwrap().get::<_, String>(0), "ax");
+    assert_eq!(r3.unwrap().get::<_, i64>(0), 2);
+
+    // COPY both ways.
+    use futures::{SinkExt, StreamExt};
+    let sink = c.copy_in("COPY items FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"20\ttwenty\n21\ttwenty-one\n")).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    let stream = c.copy_out("COPY (SELECT id FROM items ORDER BY id) TO STDOUT").await.unwrap();
+    let chunks: Vec<_> = stream.collect().await;
+    let text: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+    assert_eq!(String::from_utf8(text).unwrap(), "1\n2\n20\n21\n");
+
+    // Errors carry the backend's SQLSTATE.
+    let err = c.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "22012");
+
+    // Cancel of pg_sleep reaches the right backend.
+    let token = c.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        let r = c.simple_query("SELECT pg_sleep(30)").await;
+        (r, c)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (r, c) = tokio::time::timeout(Duration::from_secs(10), sleeper).await.expect("cancel took effect").unwrap();
+    assert_eq!(r.unwrap_err().code().unwrap().code(), "57014");
+    // The session is still usable after the cancel.
+    assert_eq!(c.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_notify_reaches_the_listening_client() {
+    let s = setup_with("[pool]\nmode = \"session\"\n");
+    let (listener, mut conn) = tokio_postgres::connect(&s.proxy.conninfo("alice@example.com", PW, "app"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        use futures::StreamExt;
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN jobs").await.unwrap();
+    let other = client(&s.proxy, "alice@example.com", PW).await;
+    other.batch_execute("NOTIFY jobs, 'hello'").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, ("jobs".to_string(), "hello".to_string()));
+}
+
+fn pgbench(s: &Setup, args: &[&str]) -> String {
+    let out = Command::new("pgbench")
+        .args(args)
+        .args(["-h", "127.0.0.1", "-p", &s.proxy.port.to_string(), "-U", "alice@example.com", "app"])
+        .env("PGPASSWORD", PW)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("pgbench");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn pgbench_all_three_modes_without_failures() {
+    let s = setup_with("[pool]\nsize = 4\n");
+    pgbench(&s, &["-i", "-s", "1", "-q"]);
+    for mode in ["simple", "extended", "prepared"] {
+        let out = pgbench(&s, &["-M", mode, "-c", "8", "-j", "2", "-t", "200"]);
+        assert!(out.contains("number of failed transactions: 0"), "{mode}: {out}");
+        assert!(out.contains("number of transactions actually processed: 1600/1600"), "{mode}: {out}");
+    }
+}
+
+#[test]
+fn auth_matrix() {
+    let s = setup_with("[auth]\n");
+    let try_login = |user: &str, pw: &str| s.proxy.psql(user, pw, "app", "SELECT 1");
+    assert!(try_login("alice@example.com", PW).0, "scram ok");
+    let (ok, _, err) = try_login("alice@example.com", "wrong");
+    assert!(!ok && err.contains("28P01") && err.contains("password authentication failed"), "{err}");
+    assert!(try_login("md5user", PW).0, "md5 ok");
+    assert!(!try_login("md5user", "wrong").0, "md5 bad");
+    // bcrypt needs TLS: refused in plaintext.
+    let (ok, _, err) = try_login("bcryptuser", PW);
+    assert!(!ok && err.contains("requires an SSL connection"), "{err}");
+    // Unknown user: the same error as a wrong password.
+    let (ok, _, err) = try_login("nobody@example.com", "whatever");
+    assert!(!ok && err.contains("28P01") && err.contains("password authentication failed for user \"nobody@example.com\""), "{err}");
+}
+
+fn make_cert(dir: &std::path::Path) -> (String, String) {
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    (cert.display().to_string(), key.display().to_string())
+}
+
+#[test]
+fn tls_bcrypt_scram_plus_and_tls_required() {
+    let tmp = std::env::temp_dir().join(format!("pgtenant-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (cert, key) = make_cert(&tmp);
+    let s = setup_with(&format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nrequire = true\n"));
+    let psql = |user: &str, sslmode: &str, extra: &str| {
+        let out = Command::new("psql")
+            .args(["-X", "-A", "-t"])
+            .arg(format!(
+                "host=127.0.0.1 port={} user={user} password={PW} dbname=app sslmode={sslmode} {extra}",
+                s.proxy.port
+            ))
+            .args(["-c", "SELECT 42"])
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, out, err) = psql("bcryptuser", "require", "");
+    assert!(ok, "bcrypt over TLS: {err}");
+    assert_eq!(out, "42");
+    let (ok, _, err) = psql("alice@example.com", "require", "channel_binding=require");
+    assert!(ok, "SCRAM-SHA-256-PLUS: {err}");
+    let (ok, _, err) = psql("alice@example.com", "disable", "");
+    assert!(!ok && err.contains("SSL connection is required"), "{err}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn malformed_input_gets_08p01_and_nothing_else_breaks() {
+    use std::io::{Read, Write};
+    let s = setup();
+    // Garbage instead of a startup packet.
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.proxy.port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(&[0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef]).unwrap();
+    let mut buf = Vec::new();
+    let _ = sock.read_to_end(&mut buf);
+    assert_eq!(buf.first(), Some(&b'E'));
+    assert!(String::from_utf8_lossy(&buf).contains("08P01"));
+
+    // An absurd length word.
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.proxy.port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(&[0x7f, 0xff, 0xff, 0xff]).unwrap();
+    let mut buf = Vec::new();
+    let _ = sock.read_to_end(&mut buf);
+    assert!(String::from_utf8_lossy(&buf).contains("08P01"));
+
+    // After authentication: an unknown message type and an oversized message.
+    for bad in [&b"?\0\0\0\x04"[..], &b"Q\x7f\xff\xff\xff"[..], &b"Q\0\0\0\x02"[..]] {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let text = rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&s.proxy.conninfo("alice@example.com", PW, "app"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            drop((c, conn));
+            raw_session_then(s.proxy.port, bad).await
+        });
+        assert!(text.contains("08P01"), "{text}");
+    }
+    // The proxy still serves everyone else.
+    assert!(s.proxy.psql("alice@example.com", PW, "app", "SELECT 1").0);
+    assert!(!s.proxy.log_text().contains("panicked"));
+}
+
+/// Logs in with a raw socket (SCRAM via postgres-protocol), sends `bad`, returns what came back.
+async fn raw_session_then(port: u16, bad: &[u8]) -> String {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&0i32.to_be_bytes());
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    for (k, v) in [("user", "alice@example.com"), ("database", "app")] {
+        startup.extend_from_slice(k.as_bytes());
+        startup.push(0);
+        startup.extend_from_slice(v.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let len = startup.len() as i32;
+    startup[..4].copy_from_slice(&len.to_be_bytes());
+    s.write_all(&startup).await.unwrap();
+    let mut scram = ScramSha256::new(PW.as_bytes(), ChannelBinding::unsupported());
+    let mut buf = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await.unwrap();
+        let len = i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize - 4;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        match head[0] {
+            b'R' => {
+                let code = i32::from_be_bytes(body[..4].try_into().unwrap());
+                let msg: Vec<u8> = match code {
+                    10 => {
+                        let mut m = b"SCRAM-SHA-256\0".to_vec();
+                        m.extend_from_slice(&(scram.message().len() as i32).to_be_bytes());
+                        m.extend_from_slice(scram.message());
+                        m
+                    }
+                    11 => {
+                        scram.update(&body[4..]).unwrap();
+                        scram.message().to_vec()
+                    }
+                    _ => continue,
+                };
+                let mut out = vec![b'p'];
+                out.extend_from_slice(&((msg.len() + 4) as i32).to_be_bytes());
+                out.extend_from_slice(&msg);
+                s.write_all(&out).await.unwrap();
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    s.write_all(bad).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+#[test]
+fn client_vanishing_mid_transaction_releases_its_backend() {
+    let s = setup_with("[pool]\nsize = 2\n");
+    for _ in 0..5 {
+        let mut child = Command::new("psql")
+            .arg(s.proxy.conninfo("alice@example.com", PW, "app"))
+            .args(["-c", "BEGIN; UPDATE items SET name = 'locked' WHERE id = 1; SELECT pg_sleep(30)"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // The row lock is gone and the pool (size 2) still serves.
+    let (ok, out, err) = s.proxy.psql("alice@example.com", PW, "app", "SET lock_timeout = '2s'; UPDATE items SET name = 'free' WHERE id = 1 RETURNING name");
+    assert!(ok, "{err}");
+    assert_eq!(out, "free");
+    let active = s.app.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' OR query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()");
+    assert_eq!(active, "0");
+}
+
+#[test]
+fn bad_config_is_one_line_naming_the_key_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        .args(["serve"])
+        .env_remove("PGTENANT_APP_DB__URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("app_db.url") && err.lines().count() == 1, "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        .args(["serve"])
+        .env("PGTENANT_APP_DB__URL", "postgres://u@localhost/db")
+        .env("PGTENANT_LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
+}
+
+#[test]
+fn passwd_prints_a_scram_verifier_postgres_accepts() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        .arg("passwd")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v = String::from_utf8(out.stdout).unwrap();
+    assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
+    assert!(pgtenant::auth::Verifier::parse(v.trim()).is_some());
+}

@@ -1,0 +1,333 @@
+//! Test support: throwaway PostgreSQL clusters from the system's binaries,
+//! and a pgtenant process in front of them. No mocks: everything real.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SUPERUSER_PASSWORD: &str = "test-superuser-pw";
+
+/// Where initdb/pg_ctl live: `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin.
+pub fn pg_bindir() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries not found: apt-get install postgresql")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    dirs.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop().expect("no initdb under /usr/lib/postgresql/*/bin")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Runs a server binary, as `postgres` when we are root (PostgreSQL refuses root).
+fn pg_command(bin: &str) -> Command {
+    let path = pg_bindir().join(bin);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running throwaway cluster; stopped and deleted on drop.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        Self::start_with(&[])
+    }
+
+    /// `extra` lines are appended to postgresql.conf.
+    pub fn start_with(extra: &[&str]) -> Cluster {
+        let dir = tempdir();
+        let data = dir.join("data");
+        let pwfile = dir.join("pw");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD).unwrap();
+        chown_postgres(&dir);
+        let out = pg_command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .expect("initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let mut conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\nshared_buffers = 32MB\npassword_encryption = 'scram-sha-256'\n",
+            dir.display()
+        );
+        for l in extra {
+            conf.push_str(l);
+            conf.push('\n');
+        }
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).unwrap_or_default();
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).unwrap();
+        chown_postgres(&dir);
+        let c = Cluster { dir, port };
+        c.pg_ctl_start();
+        c
+    }
+
+    fn pg_ctl_start(&self) {
+        let out = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-w", "-t", "60", "start"])
+            .stdout(Stdio::null())
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        );
+    }
+
+    pub fn stop(&self) {
+        let _ = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    pub fn restart(&self) {
+        self.stop();
+        self.pg_ctl_start();
+    }
+
+    /// A URL for `user`/`password` on database `db`.
+    pub fn url_as(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        self.url_as("postgres", SUPERUSER_PASSWORD, db)
+    }
+
+    /// Runs SQL through psql as the superuser; panics on error.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self.psql_output(db, sql);
+        assert!(out.status.success(), "psql failed: {}\nSQL: {sql}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn psql_output(&self, db: &str, sql: &str) -> std::process::Output {
+        Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", db, "-c", sql])
+            .env("PGPASSWORD", SUPERUSER_PASSWORD)
+            .env("PGSSLMODE", "disable")
+            .output()
+            .expect("psql")
+    }
+
+    pub fn createdb(&self, name: &str) {
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tempdir() -> PathBuf {
+    let base = std::env::temp_dir().join(format!(
+        "pgtenant-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&base).unwrap();
+    base
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{:x}{}", t & 0xffffff, N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn chown_postgres(dir: &Path) {
+    if is_root() {
+        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status();
+    }
+}
+
+/// A pgtenant process; killed on drop. Its stderr log is kept for assertions.
+pub struct Proxy {
+    pub port: u16,
+    pub child: Child,
+    pub log: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Proxy {
+    /// Starts `pgtenant serve` with `config` (TOML; `listen` is added) and `env`.
+    pub fn start(config: &str, env: &[(&str, &str)]) -> Proxy {
+        let dir = tempdir();
+        let port = free_port();
+        let cfg_path = dir.join("pgtenant.toml");
+        std::fs::write(&cfg_path, format!("listen = \"127.0.0.1:{port}\"\n{config}")).unwrap();
+        let log = dir.join("pgtenant.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtenant"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg_path)
+            .env("PGTENANT_LOG", "pgtenant=debug,info")
+            .stdout(Stdio::null())
+            .stderr(logf);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn pgtenant");
+        let p = Proxy { port, child, log, dir };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("pgtenant did not start:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A libpq connection string for `user`/`password` to `db` through the proxy.
+    pub fn conninfo(&self, user: &str, password: &str, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} password={password} dbname={db} sslmode=disable", self.port)
+    }
+
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable", urlenc(user), urlenc(password), self.port)
+    }
+
+    /// psql through the proxy: (success, stdout, stderr).
+    pub fn psql(&self, user: &str, password: &str, db: &str, sql: &str) -> (bool, String, String) {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"])
+            .arg(self.conninfo(user, password, db))
+            .args(["-c", sql])
+            .output()
+            .expect("psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
+    /// Sends SIGTERM and waits.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().unwrap()
+    }
+}
+
+pub fn urlenc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The app DB schema used by the tests: users with verifiers and allowed
+/// tenants, plus the demo tables. `auth_query()` reads it.
+pub const APP_SCHEMA: &str = "
+CREATE TABLE users (id serial PRIMARY KEY, email text UNIQUE NOT NULL, password_hash text NOT NULL, is_service_account boolean NOT NULL DEFAULT false);
+CREATE TABLE tenant_users (user_id int REFERENCES users(id), tenant_id text NOT NULL, PRIMARY KEY (user_id, tenant_id));
+CREATE TABLE audit_log (id bigserial PRIMARY KEY, actor text, action text, tenant_id text, details jsonb, created_at timestamptz DEFAULT now());
+";
+
+pub fn auth_query() -> &'static str {
+    "SELECT password_hash AS password, CASE WHEN is_service_account THEN NULL ELSE ARRAY(SELECT tenant_id FROM tenant_users tu WHERE tu.user_id = users.id) END AS tenants FROM users WHERE email = $1"
+}
+
+/// Inserts a user with `verifier` and allowed tenants (`None` = service account).
+pub fn add_user(app: &Cluster, db: &str, email: &str, verifier: &str, tenants: Option<&[&str]>) {
+    let service = tenants.is_none();
+    app.psql(
+        db,
+        &format!(
+            "INSERT INTO users (email, password_hash, is_service_account) VALUES ('{email}', '{}', {service})",
+            verifier.replace('\'', "''")
+        ),
+    );
+    for t in tenants.unwrap_or(&[]) {
+        app.psql(
+            db,
+            &format!("INSERT INTO tenant_users SELECT id, '{t}' FROM users WHERE email = '{email}'"),
+        );
+    }
+}
+
+pub fn scram(pw: &str) -> String {
+    postgres_protocol::password::scram_sha_256(pw.as_bytes())
+}
