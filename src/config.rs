@@ -245,6 +245,20 @@ impl Default for LogConfig {
     }
 }
 
+/// Top-level keys, for telling config variables from other `PGTENANT_*` ones.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "app_db",
+    "auth",
+    "tls",
+    "pool",
+    "routing",
+    "metrics",
+    "log",
+    "shutdown_timeout_secs",
+    "max_message_bytes",
+];
+
 /// A configuration problem, phrased for a one-line error naming the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -264,8 +278,19 @@ impl Config {
             }
             builder = builder.add_source(config::File::from(path.to_path_buf()));
         }
+        // Only variables naming a config section are config; PGTENANT_CONFIG,
+        // PGTENANT_ACTOR and friends belong to the CLI.
+        let env: std::collections::HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| {
+                k.strip_prefix("PGTENANT_").is_some_and(|rest| {
+                    let top = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+                    TOP_LEVEL_KEYS.contains(&top.as_str())
+                })
+            })
+            .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("PGTENANT")
+                .source(Some(env))
                 .prefix_separator("_")
                 .separator("__")
                 .list_separator(",")

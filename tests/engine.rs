@@ -185,7 +185,7 @@ fn pgbench_all_three_modes_without_failures() {
 
 #[test]
 fn auth_matrix() {
-    let s = setup_with("[auth]\n");
+    let s = setup();
     let try_login = |user: &str, pw: &str| s.proxy.psql(user, pw, "app", "SELECT 1");
     assert!(try_login("alice@example.com", PW).0, "scram ok");
     let (ok, _, err) = try_login("alice@example.com", "wrong");

@@ -224,9 +224,9 @@ fn value_of(n: &Node, drop_params: bool) -> Option<Valued> {
             };
             Some((TenantValue::Literal(text), Some(c.location)))
         }
-        NodeEnum::ParamRef(p) if !drop_params => {
-            u16::try_from(p.number).ok().map(|n| (TenantValue::Param(n), None))
-        }
+        NodeEnum::ParamRef(p) if !drop_params => u16::try_from(p.number)
+            .ok()
+            .map(|n| (TenantValue::Param(n), None)),
         NodeEnum::TypeCast(t) => value_of(t.arg.as_deref()?, drop_params),
         _ => None,
     }
@@ -668,8 +668,7 @@ impl<'a> Walker<'a> {
         for t in targets {
             if let Some(NodeEnum::ResTarget(r)) = t.node.as_ref() {
                 if r.name == self.cfg.tenant_column {
-                    if let Some(v) = r.val.as_deref().and_then(|v| value_of(v, self.drop_params))
-                    {
+                    if let Some(v) = r.val.as_deref().and_then(|v| value_of(v, self.drop_params)) {
                         self.mention(vec![v]);
                     }
                 }
@@ -708,7 +707,9 @@ impl<'a> Walker<'a> {
                         "0A000",
                         "set_config() with a non-literal setting name cannot be routed",
                     )
-                    .with_hint(format!("call set_config('{setting}', ...) with literal names")),
+                    .with_hint(format!(
+                        "call set_config('{setting}', ...) with literal names"
+                    )),
                 );
                 return;
             }

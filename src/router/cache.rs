@@ -91,8 +91,8 @@ impl ParseCache {
                 return Ok(a);
             }
         }
-        let tokens = pg_query::scan_tokens(sql)
-            .map_err(|e| RouteError::new("42601", e.to_string()))?;
+        let tokens =
+            pg_query::scan_tokens(sql).map_err(|e| RouteError::new("42601", e.to_string()))?;
         let key = l2_key(sql, &tokens);
         let template = self.lock().l2.get(&key).cloned();
         if let Some(t) = template {

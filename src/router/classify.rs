@@ -69,18 +69,33 @@ mod tests {
 
     #[test]
     fn patterns() {
-        let c = cfg(&["users", "auth.*", "app_*", "public.tenants", "billing.plans"]);
+        let c = cfg(&[
+            "users",
+            "auth.*",
+            "app_*",
+            "public.tenants",
+            "billing.plans",
+        ]);
         assert_eq!(classify_table(None, "users", &c), TableClass::App);
         assert_eq!(classify_table(Some("public"), "users", &c), TableClass::App);
         assert_eq!(classify_table(Some("crm"), "users", &c), TableClass::Tenant);
-        assert_eq!(classify_table(Some("auth"), "sessions", &c), TableClass::App);
+        assert_eq!(
+            classify_table(Some("auth"), "sessions", &c),
+            TableClass::App
+        );
         assert_eq!(classify_table(None, "sessions", &c), TableClass::Tenant);
         assert_eq!(classify_table(None, "app_flags", &c), TableClass::App);
         assert_eq!(classify_table(None, "apps", &c), TableClass::Tenant);
         assert_eq!(classify_table(None, "tenants", &c), TableClass::App);
-        assert_eq!(classify_table(Some("public"), "tenants", &c), TableClass::App);
+        assert_eq!(
+            classify_table(Some("public"), "tenants", &c),
+            TableClass::App
+        );
         assert_eq!(classify_table(None, "plans", &c), TableClass::Tenant);
-        assert_eq!(classify_table(Some("billing"), "plans", &c), TableClass::App);
+        assert_eq!(
+            classify_table(Some("billing"), "plans", &c),
+            TableClass::App
+        );
         assert_eq!(classify_table(None, "pg_class", &c), TableClass::Catalog);
         assert_eq!(
             classify_table(Some("information_schema"), "tables", &c),

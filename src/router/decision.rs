@@ -2,9 +2,8 @@
 //! state and the tenant directory.
 
 use crate::router::{
-    Analysis, ResolvedBy, RouteDecision, RouteError, SessionEffect, SessionRouting,
-    StatementInfo, TableClass, TableRef, Target, TenantDirectory, TenantPlacement, TenantValue,
-    TxnControl,
+    Analysis, ResolvedBy, RouteDecision, RouteError, SessionEffect, SessionRouting, StatementInfo,
+    TableClass, TableRef, Target, TenantDirectory, TenantPlacement, TenantValue, TxnControl,
 };
 
 /// Hint text for the "no tenant" error, listing every way to name one.
@@ -85,7 +84,7 @@ pub fn decide(
         let this = if !app.is_empty() {
             Some((Target::App, None))
         } else if !tenant.is_empty() || st.assume_tenant_tables {
-            let Some((id, by)) = resolve(st, &sim, &ctx, true)? else {
+            let Some((id, by)) = resolve(st, &sim, &ctx)? else {
                 let what = if tenant.is_empty() {
                     "a DO block whose tables cannot be listed".to_string()
                 } else {
@@ -231,17 +230,13 @@ fn placement(ctx: &Ctx, id: &str) -> Result<TenantPlacement, RouteError> {
     }
 }
 
-/// Resolves the tenant of a statement touching tenant tables (`required`)
-/// or of a table-less one, applying the conflict rules.
+/// Resolves the tenant of a statement touching tenant tables, refusing
+/// statements whose tenant conditions can match several tenants.
 fn resolve(
     st: &StatementInfo,
     sim: &Sim,
     ctx: &Ctx,
-    required: bool,
 ) -> Result<Option<(String, ResolvedBy)>, RouteError> {
-    if !required {
-        return resolve_sources(st.hint_tenant.clone(), None, &[], sim, ctx);
-    }
     let filters: Vec<String> = st
         .tenant_filters
         .iter()
@@ -303,7 +298,9 @@ fn resolve_sources(
         if let Some(other) = named.iter().find(|n| *n != h) {
             return Err(RouteError::new(
                 "0A000",
-                format!("tenant hint \"{h}\" conflicts with tenant \"{other}\" named in the statement"),
+                format!(
+                    "tenant hint \"{h}\" conflicts with tenant \"{other}\" named in the statement"
+                ),
             ));
         }
     }
@@ -334,9 +331,13 @@ fn resolve_sources(
         if n != cur {
             return Err(RouteError::new(
                 "42501",
-                format!("statement names tenant \"{n}\" but the session is set to tenant \"{cur}\""),
+                format!(
+                    "statement names tenant \"{n}\" but the session is set to tenant \"{cur}\""
+                ),
             )
-            .with_hint("change the session's tenant first, or drop the tenant from the statement"));
+            .with_hint(
+                "change the session's tenant first, or drop the tenant from the statement",
+            ));
         }
     }
     for n in hint.iter().chain(named) {

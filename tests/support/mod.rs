@@ -220,21 +220,24 @@ impl Proxy {
         cmd.arg("serve")
             .arg("--config")
             .arg(&cfg_path)
-            .env("PGTENANT_LOG", "pgtenant=debug,info")
+            .env("RUST_LOG", "pgtenant=debug,info")
             .stdout(Stdio::null())
             .stderr(logf);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn pgtenant");
-        let p = Proxy { port, child, log, dir };
+        let mut p = Proxy { port, child, log, dir };
         p.wait_ready();
         p
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("pgtenant exited with {status}:\n{}", self.log_text());
+            }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
