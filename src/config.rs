@@ -303,7 +303,7 @@ impl Config {
             .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         let cfg: Config = raw.try_deserialize().map_err(|e| {
             let msg = e.to_string();
-            if msg.contains("missing field `app_db`") || msg.contains("missing field `url`") {
+            if msg.contains("app_db") || msg.contains("missing field `url`") {
                 ConfigError(
                     "missing key app_db.url (set it in the config file or PGTENANT_APP_DB__URL)"
                         .into(),

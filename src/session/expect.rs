@@ -145,6 +145,18 @@ impl ExpectQueue {
         forward
     }
 
+    /// The backend entered copy-in: it ignores every Sync it reads until
+    /// CopyDone/CopyFail, and those already sent behind the COPY's Execute
+    /// (drivers pipeline Bind/Execute/Sync) will never be answered.
+    pub fn on_copy_in(&mut self) {
+        let mut first = true;
+        self.q.retain(|e| {
+            let keep = first || !matches!(e, Entry::Wait { awaits: Await::Sync, .. });
+            first = false;
+            keep
+        });
+    }
+
     fn drain_locals(&mut self, out: &mut BytesMut) {
         while let Some(Entry::Local(_)) = self.q.front() {
             if let Some(Entry::Local(b)) = self.q.pop_front() {

@@ -116,6 +116,8 @@ pub struct Session {
     held_begin: Option<String>,
     /// The client saw an error inside a held or refused transaction.
     client_failed: bool,
+    /// Set while changing target, so even a session-pooled connection is parked.
+    switching: bool,
     /// An error was reported mid-batch: drop messages until the client's Sync.
     skip_until_sync: bool,
     settings: HashMap<String, Settings>,
@@ -196,6 +198,7 @@ impl Session {
             held_begin: None,
             client_failed: false,
             skip_until_sync: false,
+            switching: false,
             settings: HashMap::new(),
             startup_settings,
         }
@@ -362,7 +365,10 @@ impl Session {
                 }
             };
             match f.tag() {
-                be::tag::COPY_IN_RESPONSE | be::tag::COPY_BOTH_RESPONSE => a.copy_in = true,
+                be::tag::COPY_IN_RESPONSE | be::tag::COPY_BOTH_RESPONSE => {
+                    a.copy_in = true;
+                    a.expect.on_copy_in();
+                }
                 be::tag::READY_FOR_QUERY => {
                     a.status = f.body().first().copied().and_then(TxStatus::from_byte).unwrap_or(TxStatus::Idle);
                     a.copy_in = false;
@@ -402,6 +408,11 @@ impl Session {
         if a.status != TxStatus::Idle {
             return;
         }
+        // Session pooling: the connection is the client's until it leaves or
+        // switches target (LISTEN, temp tables and session state stay put).
+        if a.conn.pool().settings.mode == PoolMode::Session && !self.switching {
+            return;
+        }
         self.local_tenant = None;
         self.client_failed = false;
         let a = self.attached.take().expect("checked");
@@ -421,7 +432,9 @@ impl Session {
                 return Ok(());
             }
             // Only reachable when idle (routing refuses switches inside a transaction).
+            self.switching = true;
             self.maybe_detach().await;
+            self.switching = false;
             if self.attached.is_some() {
                 return Err(PgError::error("0A000", "cannot switch data source while a request is in flight"));
             }
@@ -555,12 +568,20 @@ impl Session {
 
     /// Releases or closes every backend connection when the client leaves.
     async fn close_backends(&mut self) {
-        self.set_cancel_target(None).await;
         if let Some(a) = self.attached.take() {
             if a.expect.is_empty() && !a.since_sync && a.status == TxStatus::Idle && !a.copy_in {
+                self.set_cancel_target(None).await;
                 a.conn.release();
+            } else {
+                // A running statement (pg_sleep, a long scan) would not notice
+                // the closed socket until it finishes, holding its locks: cancel
+                // it, then drop the connection so PostgreSQL rolls back.
+                if !a.expect.is_empty() {
+                    let _ = crate::pool::connect::send_cancel(&a.target.pool.url, a.conn.backend_key).await;
+                }
+                self.set_cancel_target(None).await;
+                drop(a);
             }
-            // else: dropped → socket closed → PostgreSQL rolls back and frees locks.
         }
         for (_, c) in self.parked.drain() {
             // Session-pooled connections carry the client's session state: reset on next use.

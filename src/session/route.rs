@@ -126,7 +126,9 @@ impl Session {
                 let a = self.attached.as_ref().expect("still attached");
                 return Err(cross_target(&a.target, target));
             }
+            self.switching = true;
             self.maybe_detach().await;
+            self.switching = false;
         }
         self.attach(target).await
     }
