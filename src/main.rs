@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "pgtenant", version, about = "Transparent PostgreSQL routing proxy for dual-database multi-tenant apps")]
+#[command(
+    name = "pgtenant",
+    version,
+    about = "Transparent PostgreSQL routing proxy for dual-database multi-tenant apps"
+)]
 struct Cli {
     /// Configuration file (TOML); PGTENANT_* environment variables override it.
     #[arg(long, short, global = true, env = "PGTENANT_CONFIG")]
@@ -66,7 +70,9 @@ enum TenantCommand {
         tenant_id_in_data_source: Option<String>,
     },
     List,
-    Show { id: String },
+    Show {
+        id: String,
+    },
     /// Change a tenant's fields.
     Set {
         id: String,
@@ -87,11 +93,19 @@ enum TenantCommand {
         #[arg(long)]
         region: Option<String>,
     },
-    Suspend { id: String },
-    Resume { id: String },
-    Remove { id: String },
+    Suspend {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Remove {
+        id: String,
+    },
     /// Connect to the tenant's data source and report latency and server version.
-    Test { id: String },
+    Test {
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {

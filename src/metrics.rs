@@ -3,9 +3,7 @@
 //! refusal reason, auth method, pool name — never tenant ids on per-query
 //! series, so 10k tenants do not explode cardinality.
 
-use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::sync::LazyLock;
 
 /// Everything pgtenant exports, registered once.
@@ -21,24 +19,42 @@ pub struct Metrics {
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let registry = Registry::new();
-    let clients = IntGauge::new("pgtenant_client_connections", "Client connections currently open").unwrap();
+    let clients = IntGauge::new(
+        "pgtenant_client_connections",
+        "Client connections currently open",
+    )
+    .unwrap();
     let auth = IntCounterVec::new(
-        Opts::new("pgtenant_auth_attempts_total", "Client authentication attempts"),
+        Opts::new(
+            "pgtenant_auth_attempts_total",
+            "Client authentication attempts",
+        ),
         &["method", "result"],
     )
     .unwrap();
     let refused = IntCounterVec::new(
-        Opts::new("pgtenant_refused_statements_total", "Statements refused by the proxy, by SQLSTATE"),
+        Opts::new(
+            "pgtenant_refused_statements_total",
+            "Statements refused by the proxy, by SQLSTATE",
+        ),
         &["sqlstate"],
     )
     .unwrap();
     let backend_errors = IntCounterVec::new(
-        Opts::new("pgtenant_backend_errors_total", "ErrorResponses from backends, by SQLSTATE class"),
+        Opts::new(
+            "pgtenant_backend_errors_total",
+            "ErrorResponses from backends, by SQLSTATE class",
+        ),
         &["class"],
     )
     .unwrap();
-    let bytes_received = IntCounter::new("pgtenant_client_received_bytes_total", "Bytes received from clients").unwrap();
-    let bytes_sent = IntCounter::new("pgtenant_client_sent_bytes_total", "Bytes sent to clients").unwrap();
+    let bytes_received = IntCounter::new(
+        "pgtenant_client_received_bytes_total",
+        "Bytes received from clients",
+    )
+    .unwrap();
+    let bytes_sent =
+        IntCounter::new("pgtenant_client_sent_bytes_total", "Bytes sent to clients").unwrap();
     for c in [
         Box::new(clients.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(auth.clone()),

@@ -11,7 +11,9 @@ use std::time::Duration;
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log.format == "json" {
         let _ = builder.json().try_init();
     } else {
@@ -121,7 +123,12 @@ async fn app_client(config: &Config) -> Result<tokio_postgres::Client, String> {
 }
 
 /// `pgtenant explain`.
-pub async fn explain(config: Config, user: Option<String>, tenant: Option<String>, sql: String) -> ExitCode {
+pub async fn explain(
+    config: Config,
+    user: Option<String>,
+    tenant: Option<String>,
+    sql: String,
+) -> ExitCode {
     let registry = Arc::new(TenantRegistry::new());
     let mut allowed: Option<Vec<String>> = None;
     if let Ok(client) = app_client(&config).await {
@@ -132,7 +139,10 @@ pub async fn explain(config: Config, user: Option<String>, tenant: Option<String
         }
         if let Some(u) = &user {
             let appdb = Arc::new(crate::appdb::AppDb::new(&config.app_db.url).expect("validated"));
-            match crate::auth::AuthQuery::new(config.auth.query.clone(), appdb).lookup(u).await {
+            match crate::auth::AuthQuery::new(config.auth.query.clone(), appdb)
+                .lookup(u)
+                .await
+            {
                 Ok(Some(rec)) => allowed = rec.tenants,
                 Ok(None) => {
                     eprintln!("pgtenant: unknown user {u}");
@@ -223,10 +233,22 @@ pub async fn tenant(config: Config, op: TenantOp) -> ExitCode {
     let actor = ops::default_actor();
     let result: Result<(), String> = async {
         match op {
-            TenantOp::Add { id, name, subdomain, url, pool_size, mode, region, tenant_id_in_data_source } => {
+            TenantOp::Add {
+                id,
+                name,
+                subdomain,
+                url,
+                pool_size,
+                mode,
+                region,
+                tenant_id_in_data_source,
+            } => {
                 let mode = match mode.as_deref() {
                     None => None,
-                    Some(m) => Some(registry::PoolMode::parse(m).ok_or(format!("--mode {m}: expected transaction or session"))?),
+                    Some(m) => Some(
+                        registry::PoolMode::parse(m)
+                            .ok_or(format!("--mode {m}: expected transaction or session"))?,
+                    ),
                 };
                 let rec = ops::add(
                     &client,
@@ -249,21 +271,45 @@ pub async fn tenant(config: Config, op: TenantOp) -> ExitCode {
                 println!("added tenant {} ({})", rec.id, rec.name);
             }
             TenantOp::List => {
-                let list = ops::list(&client, need_secrets()?).await.map_err(|e| e.to_string())?;
-                println!("{:<38} {:<24} {:<16} {:<10} data source", "id", "name", "subdomain", "status");
+                let list = ops::list(&client, need_secrets()?)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "{:<38} {:<24} {:<16} {:<10} data source",
+                    "id", "name", "subdomain", "status"
+                );
                 for r in list {
                     let ds = match &r.data_source {
                         Ok(s) => s.url_without_password.clone(),
                         Err(e) => format!("ERROR: {e}"),
                     };
-                    println!("{:<38} {:<24} {:<16} {:<10} {}", r.id, r.name, r.subdomain, r.status.as_str(), ds);
+                    println!(
+                        "{:<38} {:<24} {:<16} {:<10} {}",
+                        r.id,
+                        r.name,
+                        r.subdomain,
+                        r.status.as_str(),
+                        ds
+                    );
                 }
             }
             TenantOp::Show(id) => {
-                let d = ops::show(&client, need_secrets()?, &id).await.map_err(|e| e.to_string())?;
+                let d = ops::show(&client, need_secrets()?, &id)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 print!("{d}");
             }
-            TenantOp::Set { id, name, subdomain, url, pool_size, mode, max_connections_per_tenant, notes, region } => {
+            TenantOp::Set {
+                id,
+                name,
+                subdomain,
+                url,
+                pool_size,
+                mode,
+                max_connections_per_tenant,
+                notes,
+                region,
+            } => {
                 let mut changes = ops::TenantChanges {
                     name,
                     subdomain,
@@ -279,21 +325,31 @@ pub async fn tenant(config: Config, op: TenantOp) -> ExitCode {
                     changes.pool.insert("mode".into(), m.into());
                 }
                 if let Some(n) = max_connections_per_tenant {
-                    changes.pool.insert("max_connections_per_tenant".into(), n.into());
+                    changes
+                        .pool
+                        .insert("max_connections_per_tenant".into(), n.into());
                 }
-                let rec = ops::set(&client, need_secrets()?, &id, changes, &actor).await.map_err(|e| e.to_string())?;
+                let rec = ops::set(&client, need_secrets()?, &id, changes, &actor)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 println!("updated tenant {}", rec.id);
             }
             TenantOp::Suspend(id) => {
-                ops::suspend(&client, &id, &actor).await.map_err(|e| e.to_string())?;
+                ops::suspend(&client, &id, &actor)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 println!("suspended tenant {id}");
             }
             TenantOp::Resume(id) => {
-                ops::resume(&client, &id, &actor).await.map_err(|e| e.to_string())?;
+                ops::resume(&client, &id, &actor)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 println!("resumed tenant {id}");
             }
             TenantOp::Remove(id) => {
-                ops::remove(&client, &id, &actor).await.map_err(|e| e.to_string())?;
+                ops::remove(&client, &id, &actor)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 println!("removed tenant {id}");
             }
             TenantOp::Test(id) => {

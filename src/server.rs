@@ -24,7 +24,8 @@ pub struct TlsMaterial {
 
 impl TlsMaterial {
     pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsMaterial, String> {
-        let cert_pem = std::fs::read(cert).map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
+        let cert_pem =
+            std::fs::read(cert).map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
         let key_pem = std::fs::read(key).map_err(|e| format!("tls.key {}: {e}", key.display()))?;
         let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
             .collect::<Result<Vec<_>, _>>()
@@ -74,9 +75,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, registry: Arc<TenantRegistry>, secrets: Option<Arc<SecretBox>>) -> Result<Arc<Shared>, String> {
-        let app_url = BackendUrl::parse(&config.app_db.url).map_err(|e| format!("app_db.url: {e}"))?;
-        let app_db = Arc::new(AppDb::new(&config.app_db.url).map_err(|e| format!("app_db.url: {e}"))?);
+    pub fn new(
+        config: Config,
+        registry: Arc<TenantRegistry>,
+        secrets: Option<Arc<SecretBox>>,
+    ) -> Result<Arc<Shared>, String> {
+        let app_url =
+            BackendUrl::parse(&config.app_db.url).map_err(|e| format!("app_db.url: {e}"))?;
+        let app_db =
+            Arc::new(AppDb::new(&config.app_db.url).map_err(|e| format!("app_db.url: {e}"))?);
         let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(c), Some(k)) => Some(Arc::new(TlsMaterial::load(c, k)?)),
             _ => None,
@@ -124,7 +131,8 @@ impl Shared {
             (Some(c), Some(k)) => Some(Arc::new(TlsMaterial::load(c, k)?)),
             _ => None,
         };
-        let app_url = BackendUrl::parse(&config.app_db.url).map_err(|e| format!("app_db.url: {e}"))?;
+        let app_url =
+            BackendUrl::parse(&config.app_db.url).map_err(|e| format!("app_db.url: {e}"))?;
         *self.app_pool.write().unwrap() = self
             .pools
             .get_or_create(&app_url, &PoolSettings::from_defaults(&config.pool));
@@ -198,10 +206,16 @@ impl Shared {
         self.placements.read().unwrap()
     }
 
-    fn build_target(&self, r: &TenantRecord, defaults: &crate::config::PoolDefaults) -> Result<Target, PgError> {
+    fn build_target(
+        &self,
+        r: &TenantRecord,
+        defaults: &crate::config::PoolDefaults,
+    ) -> Result<Target, PgError> {
         if r.status != TenantStatus::Active {
-            return Err(PgError::error("08004", format!("tenant \"{}\" is suspended", r.id))
-                .with_hint("An administrator can resume it with `pgtenant tenant resume`."));
+            return Err(
+                PgError::error("08004", format!("tenant \"{}\" is suspended", r.id))
+                    .with_hint("An administrator can resume it with `pgtenant tenant resume`."),
+            );
         }
         let spec = r.data_source.as_ref().map_err(|e| {
             PgError::error(
@@ -226,11 +240,16 @@ impl Shared {
         };
         let mut settings = PoolSettings::from_defaults(defaults);
         settings.size = r.pool.pool_size.max(1) as usize;
-        settings.mode = if r.pool.mode.as_str() == "session" { PoolMode::Session } else { PoolMode::Transaction };
+        settings.mode = if r.pool.mode.as_str() == "session" {
+            PoolMode::Session
+        } else {
+            PoolMode::Transaction
+        };
         settings.checkout_timeout = r.pool.checkout_timeout;
         settings.idle_timeout = r.pool.idle_timeout;
         settings.max_lifetime = r.pool.max_lifetime;
-        settings.max_per_tenant = (r.pool.max_connections_per_tenant as usize).clamp(1, settings.size);
+        settings.max_per_tenant =
+            (r.pool.max_connections_per_tenant as usize).clamp(1, settings.size);
         Ok(Target {
             pool: self.pools.get_or_create(&url, &settings),
             tenant: Some(r.data_tenant_id().to_string()),
@@ -241,13 +260,20 @@ impl Shared {
     pub fn tenant_target(&self, tenant: &str) -> Result<Target, PgError> {
         match self.placements().1.get(tenant) {
             Some(p) => p.target.clone(),
-            None => Err(PgError::error("3D000", format!("tenant \"{tenant}\" does not exist"))
-                .with_hint("List tenants with `pgtenant tenant list`.")),
+            None => Err(
+                PgError::error("3D000", format!("tenant \"{tenant}\" does not exist"))
+                    .with_hint("List tenants with `pgtenant tenant list`."),
+            ),
         }
     }
 
     /// What `pgtenant explain` and `EXPLAIN ROUTE` print for `sql`.
-    pub fn explain(&self, sql: &str, allowed: Option<&[String]>, session_tenant: Option<&str>) -> String {
+    pub fn explain(
+        &self,
+        sql: &str,
+        allowed: Option<&[String]>,
+        session_tenant: Option<&str>,
+    ) -> String {
         let cfg = self.router_config.read().unwrap().clone();
         router::explain(sql, allowed, session_tenant, &cfg, &self.directory())
     }
@@ -264,7 +290,11 @@ impl Shared {
     /// Some active tenant, for describing statements whose tenant comes at Bind.
     pub fn any_active_tenant(&self) -> Option<String> {
         let p = self.placements();
-        let mut ids: Vec<&String> = p.1.iter().filter(|(_, v)| v.target.is_ok()).map(|(k, _)| k).collect();
+        let mut ids: Vec<&String> =
+            p.1.iter()
+                .filter(|(_, v)| v.target.is_ok())
+                .map(|(k, _)| k)
+                .collect();
         ids.sort();
         ids.first().map(|s| s.to_string())
     }
@@ -279,9 +309,17 @@ impl Shared {
             let ok = match self.rls_verified.get(&key) {
                 Some(v) => *v,
                 None => {
-                    let v = rls_protected(&target.pool.url, t, &setting).await.map_err(|e| {
-                        PgError::error("08006", format!("cannot check row-level security on {}: {e}", target.pool.name))
-                    })?;
+                    let v = rls_protected(&target.pool.url, t, &setting)
+                        .await
+                        .map_err(|e| {
+                            PgError::error(
+                                "08006",
+                                format!(
+                                    "cannot check row-level security on {}: {e}",
+                                    target.pool.name
+                                ),
+                            )
+                        })?;
                     self.rls_verified.insert(key, v);
                     v
                 }
@@ -337,7 +375,10 @@ async fn rls_protected(url: &BackendUrl, table: &TableRef, setting: &str) -> Res
     if let Some(p) = &url.password {
         cfg.password(p.expose());
     }
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let row = client
         .query_opt(
@@ -357,7 +398,12 @@ async fn rls_protected(url: &BackendUrl, table: &TableRef, setting: &str) -> Res
 
 /// Accepts clients until `shutdown` fires, then stops accepting and waits
 /// for sessions to finish (up to `drain`).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: tokio::sync::watch::Receiver<bool>, drain: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+) {
     let mut shutdown = shutdown;
     let tracker = tokio_util_tracker::Tracker::default();
     loop {

@@ -20,8 +20,20 @@ fn setup_with(extra_config: &str) -> Setup {
     app.createdb("app");
     app.psql("app", APP_SCHEMA);
     add_user(&app, "app", "alice@example.com", &scram(PW), None);
-    add_user(&app, "app", "md5user", &postgres_protocol::password::md5(PW.as_bytes(), "md5user"), None);
-    add_user(&app, "app", "bcryptuser", &bcrypt::hash(PW, 4).unwrap(), None);
+    add_user(
+        &app,
+        "app",
+        "md5user",
+        &postgres_protocol::password::md5(PW.as_bytes(), "md5user"),
+        None,
+    );
+    add_user(
+        &app,
+        "app",
+        "bcryptuser",
+        &bcrypt::hash(PW, 4).unwrap(),
+        None,
+    );
     app.psql("app", "CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'one'), (2, 'two');");
     let config = format!(
         "[app_db]\nurl = \"{}\"\n[auth]\nquery = \"{}\"\n[routing]\nenabled = false\n{extra_config}",
@@ -47,29 +59,60 @@ async fn client(p: &Proxy, user: &str, pw: &str) -> tokio_postgres::Client {
 #[test]
 fn psql_query_copy_both_ways_and_error_sqlstate() {
     let s = setup();
-    let (ok, out, err) = s.proxy.psql("alice@example.com", PW, "app", "SELECT name FROM items ORDER BY id");
+    let (ok, out, err) = s.proxy.psql(
+        "alice@example.com",
+        PW,
+        "app",
+        "SELECT name FROM items ORDER BY id",
+    );
     assert!(ok, "{err}");
     assert_eq!(out, "one\ntwo");
 
     // Multi-statement simple query string.
-    let (ok, out, _) = s.proxy.psql("alice@example.com", PW, "app", "SELECT 1; SELECT 2");
+    let (ok, out, _) = s
+        .proxy
+        .psql("alice@example.com", PW, "app", "SELECT 1; SELECT 2");
     assert!(ok);
     assert_eq!(out, "1\n2");
 
     let dir = s.proxy.dir.clone();
     let csv = dir.join("in.csv");
     std::fs::write(&csv, "10,ten\n11,eleven\n").unwrap();
-    let (ok, _, err) = s.proxy.psql("alice@example.com", PW, "app", &format!("\\copy items FROM '{}' CSV", csv.display()));
+    let (ok, _, err) = s.proxy.psql(
+        "alice@example.com",
+        PW,
+        "app",
+        &format!("\\copy items FROM '{}' CSV", csv.display()),
+    );
     assert!(ok, "{err}");
     assert_eq!(s.app.psql("app", "SELECT count(*) FROM items"), "4");
     let outcsv = dir.join("out.csv");
-    let (ok, _, err) = s.proxy.psql("alice@example.com", PW, "app", &format!("\\copy (SELECT * FROM items ORDER BY id) TO '{}' CSV", outcsv.display()));
+    let (ok, _, err) = s.proxy.psql(
+        "alice@example.com",
+        PW,
+        "app",
+        &format!(
+            "\\copy (SELECT * FROM items ORDER BY id) TO '{}' CSV",
+            outcsv.display()
+        ),
+    );
     assert!(ok, "{err}");
-    assert_eq!(std::fs::read_to_string(&outcsv).unwrap(), "1,one\n2,two\n10,ten\n11,eleven\n");
+    assert_eq!(
+        std::fs::read_to_string(&outcsv).unwrap(),
+        "1,one\n2,two\n10,ten\n11,eleven\n"
+    );
 
-    let (ok, _, err) = s.proxy.psql("alice@example.com", PW, "app", "SELECT * FROM no_such_table");
+    let (ok, _, err) = s.proxy.psql(
+        "alice@example.com",
+        PW,
+        "app",
+        "SELECT * FROM no_such_table",
+    );
     assert!(!ok);
-    assert!(err.contains("42P01"), "psql should show the backend's SQLSTATE: {err}");
+    assert!(
+        err.contains("42P01"),
+        "psql should show the backend's SQLSTATE: {err}"
+    );
     // The session survives errors.
     let (ok, out, _) = s.proxy.psql("alice@example.com", PW, "app", "SELECT 1/0; ");
     assert!(!ok && out.is_empty());
@@ -80,10 +123,18 @@ fn psql_lo_import_uses_function_call() {
     let s = setup();
     let file = s.proxy.dir.join("blob.bin");
     std::fs::write(&file, b"large object payload").unwrap();
-    let (ok, out, err) = s.proxy.psql("alice@example.com", PW, "app", &format!("\\lo_import '{}'", file.display()));
+    let (ok, out, err) = s.proxy.psql(
+        "alice@example.com",
+        PW,
+        "app",
+        &format!("\\lo_import '{}'", file.display()),
+    );
     assert!(ok, "{err} {out}\n{}", s.proxy.log_text());
     assert_eq!(
-        s.app.psql("app", "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata"),
+        s.app.psql(
+            "app",
+            "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata"
+        ),
         "large object payload"
     );
 }
@@ -94,7 +145,10 @@ async fn tokio_postgres_prepared_pipelined_copy_listen_cancel() {
     let c = client(&s.proxy, "alice@example.com", PW).await;
 
     // Prepared statements, executed repeatedly.
-    let stmt = c.prepare("SELECT name FROM items WHERE id = $1").await.unwrap();
+    let stmt = c
+        .prepare("SELECT name FROM items WHERE id = $1")
+        .await
+        .unwrap();
     for (id, name) in [(1, "one"), (2, "two"), (1, "one")] {
         let row = c.query_one(&stmt, &[&id]).await.unwrap();
         assert_eq!(row.get::<_, String>(0), name);
@@ -116,14 +170,22 @@ async fn tokio_postgres_prepared_pipelined_copy_listen_cancel() {
         Err(e) => panic!("copy_in: {e:?}\n{}", s.proxy.log_text()),
     };
     futures::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"20\ttwenty\n21\ttwenty-one\n")).await.unwrap();
+    sink.send(bytes::Bytes::from_static(b"20\ttwenty\n21\ttwenty-one\n"))
+        .await
+        .unwrap();
     assert_eq!(sink.finish().await.unwrap(), 2);
-    let stream = match c.copy_out("COPY (SELECT id FROM items ORDER BY id) TO STDOUT").await {
+    let stream = match c
+        .copy_out("COPY (SELECT id FROM items ORDER BY id) TO STDOUT")
+        .await
+    {
         Ok(s) => s,
         Err(e) => panic!("copy_out: {e:?}\n{}", s.proxy.log_text()),
     };
     let chunks: Vec<_> = stream.collect().await;
-    let text: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+    let text: Vec<u8> = chunks
+        .into_iter()
+        .flat_map(|c| c.unwrap().to_vec())
+        .collect();
     assert_eq!(String::from_utf8(text).unwrap(), "1\n2\n20\n21\n");
 
     // Errors carry the backend's SQLSTATE.
@@ -138,18 +200,27 @@ async fn tokio_postgres_prepared_pipelined_copy_listen_cancel() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let (r, c) = tokio::time::timeout(Duration::from_secs(10), sleeper).await.expect("cancel took effect").unwrap();
+    let (r, c) = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("cancel took effect")
+        .unwrap();
     assert_eq!(r.unwrap_err().code().unwrap().code(), "57014");
     // The session is still usable after the cancel.
-    assert_eq!(c.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+    assert_eq!(
+        c.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0),
+        7
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_notify_reaches_the_listening_client() {
     let s = setup_with("[pool]\nmode = \"session\"\n");
-    let (listener, mut conn) = tokio_postgres::connect(&s.proxy.conninfo("alice@example.com", PW, "app"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (listener, mut conn) = tokio_postgres::connect(
+        &s.proxy.conninfo("alice@example.com", PW, "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -163,19 +234,34 @@ async fn listen_notify_reaches_the_listening_client() {
     listener.batch_execute("LISTEN jobs").await.unwrap();
     let other = client(&s.proxy, "alice@example.com", PW).await;
     other.batch_execute("NOTIFY jobs, 'hello'").await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, ("jobs".to_string(), "hello".to_string()));
 }
 
 fn pgbench(s: &Setup, args: &[&str]) -> String {
     let out = Command::new("pgbench")
         .args(args)
-        .args(["-h", "127.0.0.1", "-p", &s.proxy.port.to_string(), "-U", "alice@example.com", "app"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &s.proxy.port.to_string(),
+            "-U",
+            "alice@example.com",
+            "app",
+        ])
         .env("PGPASSWORD", PW)
         .env("PGSSLMODE", "disable")
         .output()
         .expect("pgbench");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
     text
 }
@@ -186,8 +272,14 @@ fn pgbench_all_three_modes_without_failures() {
     pgbench(&s, &["-i", "-s", "1", "-q"]);
     for mode in ["simple", "extended", "prepared"] {
         let out = pgbench(&s, &["-M", mode, "-c", "8", "-j", "2", "-t", "200"]);
-        assert!(out.contains("number of failed transactions: 0"), "{mode}: {out}");
-        assert!(out.contains("number of transactions actually processed: 1600/1600"), "{mode}: {out}");
+        assert!(
+            out.contains("number of failed transactions: 0"),
+            "{mode}: {out}"
+        );
+        assert!(
+            out.contains("number of transactions actually processed: 1600/1600"),
+            "{mode}: {out}"
+        );
     }
 }
 
@@ -197,9 +289,18 @@ fn auth_matrix() {
     let try_login = |user: &str, pw: &str| s.proxy.psql(user, pw, "app", "SELECT 1");
     assert!(try_login("alice@example.com", PW).0, "scram ok");
     let (ok, _, err) = try_login("alice@example.com", "wrong");
-    assert!(!ok && err.contains("password authentication failed"), "{err}");
-    assert_eq!(login_error_code(&s.proxy, "alice@example.com", "wrong"), "28P01");
-    assert_eq!(login_error_code(&s.proxy, "nobody@example.com", "wrong"), "28P01");
+    assert!(
+        !ok && err.contains("password authentication failed"),
+        "{err}"
+    );
+    assert_eq!(
+        login_error_code(&s.proxy, "alice@example.com", "wrong"),
+        "28P01"
+    );
+    assert_eq!(
+        login_error_code(&s.proxy, "nobody@example.com", "wrong"),
+        "28P01"
+    );
     assert!(try_login("md5user", PW).0, "md5 ok");
     assert!(!try_login("md5user", "wrong").0, "md5 bad");
     // bcrypt needs TLS: refused in plaintext.
@@ -207,7 +308,10 @@ fn auth_matrix() {
     assert!(!ok && err.contains("requires an SSL connection"), "{err}");
     // Unknown user: the same error as a wrong password.
     let (ok, _, err) = try_login("nobody@example.com", "whatever");
-    assert!(!ok && err.contains("password authentication failed for user \"nobody@example.com\""), "{err}");
+    assert!(
+        !ok && err.contains("password authentication failed for user \"nobody@example.com\""),
+        "{err}"
+    );
 }
 
 /// The SQLSTATE a failed login gets (via tokio-postgres, which exposes it).
@@ -216,7 +320,10 @@ fn login_error_code(p: &Proxy, user: &str, pw: &str) -> String {
     rt.block_on(async {
         match tokio_postgres::connect(&p.conninfo(user, pw, "app"), tokio_postgres::NoTls).await {
             Ok(_) => "ok".to_string(),
-            Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_else(|| e.to_string()),
+            Err(e) => e
+                .code()
+                .map(|c| c.code().to_string())
+                .unwrap_or_else(|| e.to_string()),
         }
     })
 }
@@ -225,7 +332,17 @@ fn make_cert(dir: &std::path::Path) -> (String, String) {
     let cert = dir.join("server.crt");
     let key = dir.join("server.key");
     let st = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -241,7 +358,9 @@ fn tls_bcrypt_scram_plus_and_tls_required() {
     let tmp = std::env::temp_dir().join(format!("pgtenant-cert-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let (cert, key) = make_cert(&tmp);
-    let s = setup_with(&format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nrequire = true\n"));
+    let s = setup_with(&format!(
+        "[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nrequire = true\n"
+    ));
     let psql = |user: &str, sslmode: &str, extra: &str| {
         let out = Command::new("psql")
             .args(["-X", "-A", "-t"])
@@ -252,7 +371,11 @@ fn tls_bcrypt_scram_plus_and_tls_required() {
             .args(["-c", "SELECT 42"])
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let (ok, out, err) = psql("bcryptuser", "require", "");
     assert!(ok, "bcrypt over TLS: {err}");
@@ -271,7 +394,8 @@ fn malformed_input_gets_08p01_and_nothing_else_breaks() {
     // Garbage instead of a startup packet.
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.proxy.port)).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    sock.write_all(&[0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef]).unwrap();
+    sock.write_all(&[0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef])
+        .unwrap();
     let mut buf = Vec::new();
     let _ = sock.read_to_end(&mut buf);
     assert_eq!(buf.first(), Some(&b'E'));
@@ -286,12 +410,19 @@ fn malformed_input_gets_08p01_and_nothing_else_breaks() {
     assert!(String::from_utf8_lossy(&buf).contains("08P01"));
 
     // After authentication: an unknown message type and an oversized message.
-    for bad in [&b"?\0\0\0\x04"[..], &b"Q\x7f\xff\xff\xff"[..], &b"Q\0\0\0\x02"[..]] {
+    for bad in [
+        &b"?\0\0\0\x04"[..],
+        &b"Q\x7f\xff\xff\xff"[..],
+        &b"Q\0\0\0\x02"[..],
+    ] {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let text = rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&s.proxy.conninfo("alice@example.com", PW, "app"), tokio_postgres::NoTls)
-                .await
-                .unwrap();
+            let (c, conn) = tokio_postgres::connect(
+                &s.proxy.conninfo("alice@example.com", PW, "app"),
+                tokio_postgres::NoTls,
+            )
+            .await
+            .unwrap();
             drop((c, conn));
             raw_session_then(s.proxy.port, bad).await
         });
@@ -306,7 +437,9 @@ fn malformed_input_gets_08p01_and_nothing_else_breaks() {
 async fn raw_session_then(port: u16, bad: &[u8]) -> String {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let mut startup = Vec::new();
     startup.extend_from_slice(&0i32.to_be_bytes());
     startup.extend_from_slice(&196608i32.to_be_bytes());
@@ -364,7 +497,10 @@ fn client_vanishing_mid_transaction_releases_its_backend() {
     for _ in 0..5 {
         let mut child = Command::new("psql")
             .arg(s.proxy.conninfo("alice@example.com", PW, "app"))
-            .args(["-c", "BEGIN; UPDATE items SET name = 'locked' WHERE id = 1; SELECT pg_sleep(30)"])
+            .args([
+                "-c",
+                "BEGIN; UPDATE items SET name = 'locked' WHERE id = 1; SELECT pg_sleep(30)",
+            ])
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(700));
@@ -373,7 +509,12 @@ fn client_vanishing_mid_transaction_releases_its_backend() {
     }
     std::thread::sleep(Duration::from_millis(500));
     // The row lock is gone and the pool (size 2) still serves.
-    let (ok, out, err) = s.proxy.psql("alice@example.com", PW, "app", "SET lock_timeout = '2s'; UPDATE items SET name = 'free' WHERE id = 1 RETURNING name");
+    let (ok, out, err) = s.proxy.psql(
+        "alice@example.com",
+        PW,
+        "app",
+        "SET lock_timeout = '2s'; UPDATE items SET name = 'free' WHERE id = 1 RETURNING name",
+    );
     assert!(ok, "{err}");
     assert_eq!(out, "free");
     let active = s.app.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' OR query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()");
@@ -389,7 +530,10 @@ fn bad_config_is_one_line_naming_the_key_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("app_db.url") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("app_db.url") && err.lines().count() == 1,
+        "{err}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
         .args(["serve"])
         .env("PGTENANT_APP_DB__URL", "postgres://u@localhost/db")

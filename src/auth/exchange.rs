@@ -1,10 +1,10 @@
 //! The authentication dialogue with a client, after the StartupMessage.
 
 use super::verifier::Verifier;
+use crate::net::Stream;
 use crate::protocol::backend::{self as be, PgError};
 use crate::protocol::frontend::tag;
 use crate::protocol::FrameReader;
-use crate::net::Stream;
 use pgwire::api::auth::sasl::scram::{ScramSecret, ScramServerAuth};
 use tokio::io::AsyncWriteExt;
 
@@ -12,8 +12,13 @@ use tokio::io::AsyncWriteExt;
 /// 28P01 text for wrong password and unknown user).
 #[derive(Debug)]
 pub enum AuthOutcome {
-    Ok { method: &'static str },
-    Failed { method: &'static str, error: PgError },
+    Ok {
+        method: &'static str,
+    },
+    Failed {
+        method: &'static str,
+        error: PgError,
+    },
 }
 
 /// The one message every failed login gets, whatever the reason.
@@ -171,7 +176,8 @@ async fn scram(
         return Ok(failed(METHOD, ctx.user));
     }
     let client_first = &rest[4..];
-    let Ok((server_first, waiting)) = server.on_client_first_message_with_secret(client_first, secret)
+    let Ok((server_first, waiting)) =
+        server.on_client_first_message_with_secret(client_first, secret)
     else {
         return Ok(failed(METHOD, ctx.user));
     };

@@ -44,7 +44,10 @@ impl Verifier {
             }
             return None;
         }
-        if ["$2a$", "$2b$", "$2y$"].iter().any(|p| stored.starts_with(p)) {
+        if ["$2a$", "$2b$", "$2y$"]
+            .iter()
+            .any(|p| stored.starts_with(p))
+        {
             return Some(Verifier::Bcrypt(stored.to_string()));
         }
         None

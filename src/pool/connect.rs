@@ -4,7 +4,7 @@
 use super::url::{BackendUrl, SslMode};
 use crate::net::Stream;
 use crate::protocol::backend::{self as be, tag};
-use crate::protocol::{FrameReader, Frame};
+use crate::protocol::{Frame, FrameReader};
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use std::sync::Arc;
@@ -110,10 +110,7 @@ pub async fn connect(url: &BackendUrl) -> Result<Connected, ConnectError> {
                     }
                     10 => {
                         let mechs = &body[4..];
-                        if !mechs
-                            .split(|&b| b == 0)
-                            .any(|m| m == b"SCRAM-SHA-256")
-                        {
+                        if !mechs.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256") {
                             return Err(ConnectError::Rejected(
                                 who,
                                 "no supported SASL mechanism".into(),
@@ -130,14 +127,18 @@ pub async fn connect(url: &BackendUrl) -> Result<Connected, ConnectError> {
                         scram = Some(s);
                     }
                     11 => {
-                        let s = scram.as_mut().ok_or_else(|| ConnectError::Protocol(who.clone()))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| ConnectError::Protocol(who.clone()))?;
                         s.update(&body[4..])
                             .map_err(|e| ConnectError::Rejected(who.clone(), e.to_string()))?;
                         let m = s.message().to_vec();
                         send(&mut stream, b'p', &m).await.map_err(io)?;
                     }
                     12 => {
-                        let s = scram.as_mut().ok_or_else(|| ConnectError::Protocol(who.clone()))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| ConnectError::Protocol(who.clone()))?;
                         s.finish(&body[4..])
                             .map_err(|e| ConnectError::Rejected(who.clone(), e.to_string()))?;
                     }
@@ -150,7 +151,9 @@ pub async fn connect(url: &BackendUrl) -> Result<Connected, ConnectError> {
                 }
             }
             tag::ERROR_RESPONSE => {
-                let msg = be::error_field(frame.body(), b'M').unwrap_or("error").to_string();
+                let msg = be::error_field(frame.body(), b'M')
+                    .unwrap_or("error")
+                    .to_string();
                 return Err(ConnectError::Rejected(who, msg));
             }
             tag::BACKEND_KEY_DATA => {
@@ -181,7 +184,11 @@ pub async fn connect(url: &BackendUrl) -> Result<Connected, ConnectError> {
     }
 }
 
-async fn next(stream: &mut Stream, reader: &mut FrameReader, who: &str) -> Result<Frame, ConnectError> {
+async fn next(
+    stream: &mut Stream,
+    reader: &mut FrameReader,
+    who: &str,
+) -> Result<Frame, ConnectError> {
     match reader.read_frame(stream).await {
         Ok(Some(f)) => Ok(f),
         Ok(None) => Err(ConnectError::Io(
@@ -281,7 +288,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -289,7 +301,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()

@@ -139,12 +139,16 @@ pub struct PooledConn {
 impl std::ops::Deref for PooledConn {
     type Target = ServerConn;
     fn deref(&self) -> &ServerConn {
-        self.conn.as_ref().expect("connection present until release")
+        self.conn
+            .as_ref()
+            .expect("connection present until release")
     }
 }
 impl std::ops::DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut ServerConn {
-        self.conn.as_mut().expect("connection present until release")
+        self.conn
+            .as_mut()
+            .expect("connection present until release")
     }
 }
 
@@ -157,7 +161,8 @@ impl PooledConn {
         if let Some(mut conn) = self.conn.take() {
             conn.last_used = Instant::now();
             let expired = conn.created.elapsed() >= conn.lifetime;
-            if !expired && !self.pool.retired.load(Ordering::Relaxed) && conn.reader.buffered() == 0 {
+            if !expired && !self.pool.retired.load(Ordering::Relaxed) && conn.reader.buffered() == 0
+            {
                 self.pool.idle.lock().unwrap().push(conn);
             }
         }
@@ -220,13 +225,20 @@ impl DataSourcePool {
                 }
                 _ => None,
             };
-            let permit = self.permits.clone().acquire_owned().await.expect("never closed");
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
             (permit, tenant_permit)
         })
         .await;
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
         let wait_us = started.elapsed().as_micros() as u64;
-        self.stats.wait_us_total.fetch_add(wait_us, Ordering::Relaxed);
+        self.stats
+            .wait_us_total
+            .fetch_add(wait_us, Ordering::Relaxed);
         self.stats.max_wait_us.fetch_max(wait_us, Ordering::Relaxed);
         let Ok((permit, tenant_permit)) = waited else {
             return Err(PgError::error(
@@ -243,7 +255,12 @@ impl DataSourcePool {
         let reused = loop {
             let candidate = self.idle.lock().unwrap().pop();
             match candidate {
-                Some(c) if c.created.elapsed() < c.lifetime && c.last_used.elapsed() < self.settings.idle_timeout => break Some(c),
+                Some(c)
+                    if c.created.elapsed() < c.lifetime
+                        && c.last_used.elapsed() < self.settings.idle_timeout =>
+                {
+                    break Some(c)
+                }
                 Some(_) => continue,
                 None => break None,
             }

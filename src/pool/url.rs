@@ -36,7 +36,10 @@ impl BackendUrl {
     pub fn parse(s: &str) -> Result<BackendUrl, String> {
         let url = url::Url::parse(s).map_err(|e| format!("not a postgres:// URL ({e})"))?;
         if url.scheme() != "postgres" && url.scheme() != "postgresql" {
-            return Err(format!("scheme must be postgres://, got {}://", url.scheme()));
+            return Err(format!(
+                "scheme must be postgres://, got {}://",
+                url.scheme()
+            ));
         }
         let decode = |v: &str| {
             percent_decode(v).ok_or_else(|| "invalid percent-encoding in URL".to_string())
@@ -123,8 +126,12 @@ mod tests {
 
     #[test]
     fn parses_tcp_socket_and_options() {
-        let u = BackendUrl::parse("postgres://bob:p%40ss@db.example:6543/app?sslmode=require").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.dbname.as_str()), ("db.example", 6543, "app"));
+        let u =
+            BackendUrl::parse("postgres://bob:p%40ss@db.example:6543/app?sslmode=require").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.dbname.as_str()),
+            ("db.example", 6543, "app")
+        );
         assert_eq!(u.password.as_ref().unwrap().expose(), "p@ss");
         assert_eq!(u.sslmode, SslMode::Require);
         let u = BackendUrl::parse("postgres://bob@%2Ftmp%2Fpg:5433/x").unwrap();

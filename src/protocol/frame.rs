@@ -125,8 +125,8 @@ impl FrameReader {
     ) -> Result<Option<Bytes>, ReadError> {
         loop {
             if self.buf.len() >= 4 {
-                let len = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
-                    as i64;
+                let len =
+                    i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as i64;
                 if !(8..=10_000).contains(&len) {
                     return Err(ProtocolError::BadLength(len).into());
                 }
@@ -162,7 +162,8 @@ mod tests {
     #[test]
     fn splits_pipelined_frames_and_waits_for_partial_ones() {
         let mut r = FrameReader::new(1024);
-        r.buf.extend_from_slice(b"Q\0\0\0\x0dSELECT 1\0S\0\0\0\x04Q\0\0");
+        r.buf
+            .extend_from_slice(b"Q\0\0\0\x0dSELECT 1\0S\0\0\0\x04Q\0\0");
         assert_eq!(r.try_frame().unwrap().unwrap().body(), b"SELECT 1\0");
         assert_eq!(r.try_frame().unwrap().unwrap().tag(), b'S');
         assert!(r.try_frame().unwrap().is_none());

@@ -41,22 +41,34 @@ impl<'a> Cursor<'a> {
     }
     fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         let rest = &self.buf[self.pos..];
-        let end = rest.iter().position(|&b| b == 0).ok_or_else(|| self.err())?;
+        let end = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| self.err())?;
         self.pos += end + 1;
         std::str::from_utf8(&rest[..end]).map_err(|_| self.err())
     }
     fn i16(&mut self) -> Result<i16, ProtocolError> {
-        let b = self.buf.get(self.pos..self.pos + 2).ok_or_else(|| self.err())?;
+        let b = self
+            .buf
+            .get(self.pos..self.pos + 2)
+            .ok_or_else(|| self.err())?;
         self.pos += 2;
         Ok(i16::from_be_bytes([b[0], b[1]]))
     }
     fn i32(&mut self) -> Result<i32, ProtocolError> {
-        let b = self.buf.get(self.pos..self.pos + 4).ok_or_else(|| self.err())?;
+        let b = self
+            .buf
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| self.err())?;
         self.pos += 4;
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
-        let b = self.buf.get(self.pos..self.pos + n).ok_or_else(|| self.err())?;
+        let b = self
+            .buf
+            .get(self.pos..self.pos + n)
+            .ok_or_else(|| self.err())?;
         self.pos += n;
         Ok(b)
     }
@@ -108,9 +120,18 @@ pub struct Bind<'a> {
 }
 
 impl<'a> Bind<'a> {
-    /// Parameter `n` (1-based) as text, when it was sent in text format or is
-    /// a binary int/text value that reads unambiguously as UTF-8 digits/text.
-    pub fn param_text(&self, n: u16) -> Option<String> {
+    /// Whether parameter `n` (1-based) was sent as NULL (or not at all).
+    pub fn param_is_null(&self, n: u16) -> bool {
+        (n as usize)
+            .checked_sub(1)
+            .and_then(|i| self.values.get(i))
+            .is_none_or(|v| v.is_none())
+    }
+
+    /// Parameter `n` (1-based) as text. Binary values are read by their type
+    /// OID (`oids`, from Parse or the backend's ParameterDescription); a binary
+    /// value of an unknown or unsupported type gives `None` rather than a guess.
+    pub fn param_text(&self, n: u16, oids: &[u32]) -> Option<String> {
         let i = (n as usize).checked_sub(1)?;
         let value = (*self.values.get(i)?)?;
         let format = match self.formats.len() {
@@ -121,12 +142,14 @@ impl<'a> Bind<'a> {
         if format == 0 {
             return std::str::from_utf8(value).ok().map(str::to_owned);
         }
-        // Binary: int4/int8 ids are sent big-endian; text/varchar/uuid-as-text as bytes.
-        match value.len() {
-            4 => Some(i32::from_be_bytes(value.try_into().ok()?).to_string()),
-            8 => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
-            16 => Some(uuid_text(value)),
-            _ => std::str::from_utf8(value).ok().map(str::to_owned),
+        match oids.get(i).copied().unwrap_or(0) {
+            21 => Some(i16::from_be_bytes(value.try_into().ok()?).to_string()),
+            23 => Some(i32::from_be_bytes(value.try_into().ok()?).to_string()),
+            20 => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
+            // text, varchar, bpchar, name, unknown: the bytes are the text.
+            25 | 1043 | 1042 | 19 | 705 => std::str::from_utf8(value).ok().map(str::to_owned),
+            2950 if value.len() == 16 => Some(uuid_text(value)),
+            _ => None,
         }
     }
 }
@@ -298,19 +321,29 @@ mod tests {
         let body = bind_body("s1", &[Some(b"acme"), None], &[]);
         let b = bind(&body).unwrap();
         assert_eq!(b.statement, "s1");
-        assert_eq!(b.param_text(1).as_deref(), Some("acme"));
-        assert_eq!(b.param_text(2), None);
-        assert_eq!(b.param_text(3), None);
+        assert_eq!(b.param_text(1, &[]).as_deref(), Some("acme"));
+        assert_eq!(b.param_text(2, &[]), None);
+        assert!(b.param_is_null(2) && b.param_is_null(3) && !b.param_is_null(1));
         let renamed = rename_bind(&body, &b, "pgt_7");
         let again = bind(&renamed[5..]).unwrap();
         assert_eq!(again.statement, "pgt_7");
-        assert_eq!(again.param_text(1).as_deref(), Some("acme"));
+        assert_eq!(again.param_text(1, &[]).as_deref(), Some("acme"));
     }
 
     #[test]
     fn binary_int_params_read_as_numbers() {
         let body = bind_body("", &[Some(&42i32.to_be_bytes())], &[1]);
-        assert_eq!(bind(&body).unwrap().param_text(1).as_deref(), Some("42"));
+        assert_eq!(
+            bind(&body).unwrap().param_text(1, &[23]).as_deref(),
+            Some("42")
+        );
+        // Binary "acme" is 4 bytes: only its type says it is text, never its length.
+        let body = bind_body("", &[Some(b"acme")], &[1]);
+        assert_eq!(
+            bind(&body).unwrap().param_text(1, &[25]).as_deref(),
+            Some("acme")
+        );
+        assert_eq!(bind(&body).unwrap().param_text(1, &[0]), None);
     }
 
     #[test]

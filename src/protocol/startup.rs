@@ -118,7 +118,9 @@ pub fn decode(body: &[u8]) -> Result<StartupPacket, ProtocolError> {
             }
             Ok(StartupPacket::Startup(StartupParams { params }))
         }
-        _ => Err(ProtocolError::Malformed("startup (unsupported protocol version)")),
+        _ => Err(ProtocolError::Malformed(
+            "startup (unsupported protocol version)",
+        )),
     }
 }
 

@@ -16,10 +16,10 @@ pub mod ops;
 
 pub mod store;
 
+pub use crate::secret::Secret;
 pub use cache::{RegistryStats, TenantChange, TenantRegistry};
 pub use crypto::{CryptoError, KeySlot, SecretBox};
 pub use error::{DataSourceError, RegistryError, Result};
 pub use listener::{spawn_registry_sync, NOTIFY_CHANNEL};
 pub use model::{DataSourceSpec, PoolMode, PoolSettings, TenantRecord, TenantStatus};
-pub use crate::secret::Secret;
 pub use store::{load_all, load_one};

@@ -19,8 +19,8 @@ use crate::registry::error::{RegistryError, Result};
 use crate::registry::model::{
     merge_pool_json, DataSourceSpec, PoolMode, PoolSettings, TenantRecord, TenantStatus,
 };
-use crate::secret::Secret;
 use crate::registry::store;
+use crate::secret::Secret;
 
 /// How long `test` waits for a data DB before giving up, so a firewalled
 /// host fails fast instead of hanging the CLI.

@@ -13,12 +13,15 @@ use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// A server-side statement operation that an error prevented from running.
+/// What a backend message told us about statements, for the session to record.
 pub enum Undone {
-    /// An injected Parse: the statement is not on the connection after all.
+    /// An injected Parse an error skipped: the statement is not on the connection.
     Parse(Arc<str>),
-    /// An injected Close: the statement is still on the connection.
+    /// An injected Close an error skipped: the statement is still on the connection.
     Close(Arc<str>),
+    /// ParameterDescription of the client statement named here (parameter type OIDs),
+    /// needed to read binary-format tenant parameters at Bind.
+    Described(Arc<str>, Vec<u32>),
 }
 
 /// The response that completes a message.
@@ -69,6 +72,15 @@ impl ExpectQueue {
         });
     }
 
+    /// Records a Describe of client statement `name`, to capture its parameter types.
+    pub fn push_describe(&mut self, name: Arc<str>) {
+        self.q.push_back(Entry::Wait {
+            awaits: Await::Describe,
+            swallow: false,
+            stmt: Some(name),
+        });
+    }
+
     /// Records an injected Parse or Close of server statement `stmt` (swallowed).
     pub fn push_statement_op(&mut self, awaits: Await, stmt: Arc<str>) {
         self.q.push_back(Entry::Wait {
@@ -88,14 +100,39 @@ impl ExpectQueue {
     }
 
     /// Accounts for one backend message; returns whether to forward it.
-    pub fn on_backend_message(&mut self, f: &Frame, out: &mut BytesMut, undone: &mut Vec<Undone>) -> bool {
+    pub fn on_backend_message(
+        &mut self,
+        f: &Frame,
+        out: &mut BytesMut,
+        undone: &mut Vec<Undone>,
+    ) -> bool {
         let (awaits, swallow) = match self.q.front() {
-            Some(Entry::Wait { awaits, swallow, .. }) => (*awaits, *swallow),
+            Some(Entry::Wait {
+                awaits, swallow, ..
+            }) => (*awaits, *swallow),
             // Asynchronous messages (notices, notifications, parameter changes)
             // can arrive while idle: always the client's.
             _ => return true,
         };
         let t = f.tag();
+        if t == tag::PARAMETER_DESCRIPTION {
+            if let Some(Entry::Wait {
+                stmt: Some(name), ..
+            }) = self.q.front()
+            {
+                let b = f.body();
+                let n = b
+                    .get(..2)
+                    .map(|x| i16::from_be_bytes([x[0], x[1]]))
+                    .unwrap_or(0)
+                    .max(0) as usize;
+                let oids = (0..n)
+                    .filter_map(|i| b.get(2 + i * 4..6 + i * 4))
+                    .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+                    .collect();
+                undone.push(Undone::Described(name.clone(), oids));
+            }
+        }
         let done = match t {
             tag::ERROR_RESPONSE => {
                 if awaits == Await::Query || awaits == Await::Sync {
@@ -106,15 +143,27 @@ impl ExpectQueue {
                     // are always the client's to see, even for injected
                     // messages: hiding one could hide a failed re-prepare.
                     while let Some(front) = self.q.front() {
-                        if matches!(front, Entry::Wait { awaits: Await::Sync, .. }) {
+                        if matches!(
+                            front,
+                            Entry::Wait {
+                                awaits: Await::Sync,
+                                ..
+                            }
+                        ) {
                             break;
                         }
-                        if let Some(Entry::Wait { awaits, stmt: Some(s), .. }) = self.q.pop_front() {
-                            undone.push(if awaits == Await::ParseComplete {
-                                Undone::Parse(s)
-                            } else {
-                                Undone::Close(s)
-                            });
+                        match self.q.pop_front() {
+                            Some(Entry::Wait {
+                                awaits: Await::ParseComplete,
+                                stmt: Some(s),
+                                ..
+                            }) => undone.push(Undone::Parse(s)),
+                            Some(Entry::Wait {
+                                awaits: Await::CloseComplete,
+                                stmt: Some(s),
+                                ..
+                            }) => undone.push(Undone::Close(s)),
+                            _ => {}
                         }
                     }
                     out.extend_from_slice(f.raw());
@@ -126,7 +175,9 @@ impl ExpectQueue {
             tag::BIND_COMPLETE => awaits == Await::BindComplete,
             tag::CLOSE_COMPLETE => awaits == Await::CloseComplete,
             tag::ROW_DESCRIPTION | tag::NO_DATA => awaits == Await::Describe,
-            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY | tag::PORTAL_SUSPENDED => awaits == Await::Execute,
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY | tag::PORTAL_SUSPENDED => {
+                awaits == Await::Execute
+            }
             _ => false,
         };
         let forward = if t == tag::NOTIFICATION || t == tag::ERROR_RESPONSE {
@@ -151,7 +202,14 @@ impl ExpectQueue {
     pub fn on_copy_in(&mut self) {
         let mut first = true;
         self.q.retain(|e| {
-            let keep = first || !matches!(e, Entry::Wait { awaits: Await::Sync, .. });
+            let keep = first
+                || !matches!(
+                    e,
+                    Entry::Wait {
+                        awaits: Await::Sync,
+                        ..
+                    }
+                );
             first = false;
             keep
         });

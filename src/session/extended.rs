@@ -85,6 +85,7 @@ impl Session {
                             server_name(p.query, p.param_types)
                         },
                         generation,
+                        param_oids: declared_oids(p.param_types),
                     };
                     if !p.name.is_empty() && self.prepared.contains_key(p.name) {
                         let err = PgError::error(
@@ -107,7 +108,11 @@ impl Session {
                     match self.prepared.get(b.statement) {
                         Some(stmt) => {
                             ensure_on_connection(a, stmt, cap, &mut wire);
-                            wire.extend_from_slice(&fe::rename_bind(f.body(), &b, &stmt.server_name));
+                            wire.extend_from_slice(&fe::rename_bind(
+                                f.body(),
+                                &b,
+                                &stmt.server_name,
+                            ));
                         }
                         // Unknown name: PostgreSQL reports it (26000).
                         None => wire.extend_from_slice(f.raw()),
@@ -128,10 +133,13 @@ impl Session {
                                 b'S',
                                 &stmt.server_name,
                             ));
+                            a.expect.push_describe(d.name.into());
                         }
-                        _ => wire.extend_from_slice(f.raw()),
+                        _ => {
+                            wire.extend_from_slice(f.raw());
+                            a.expect.push(Await::Describe, false);
+                        }
                     }
-                    a.expect.push(Await::Describe, false);
                     sent_extended = true;
                 }
                 tag::EXECUTE => {
@@ -216,6 +224,7 @@ impl Session {
                                 server_name(p.query, p.param_types)
                             },
                             generation,
+                            param_oids: declared_oids(p.param_types),
                         },
                     );
                     self.out.extend_from_slice(b"1\0\0\0\x04");
@@ -256,13 +265,24 @@ impl Session {
     }
 }
 
+/// The OIDs a Parse declared (0 = let the server infer).
+fn declared_oids(param_types: &[u8]) -> Vec<u32> {
+    param_types
+        .get(2..)
+        .unwrap_or(&[])
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// Makes sure `stmt` exists on the attached connection, queueing a Parse
 /// (and an LRU eviction Close) in `wire` when it does not.
 fn ensure_on_connection(a: &mut super::Attached, stmt: &Prepared, cap: usize, wire: &mut BytesMut) {
     if stmt.server_name.is_empty() {
         if a.conn.unnamed_owner != Some(stmt.generation) {
             wire.extend_from_slice(&fe::encode_parse("", &stmt.query, &stmt.param_types));
-            a.expect.push_statement_op(Await::ParseComplete, stmt.server_name.clone());
+            a.expect
+                .push_statement_op(Await::ParseComplete, stmt.server_name.clone());
             a.conn.unnamed_owner = Some(stmt.generation);
         }
         return;
@@ -278,7 +298,12 @@ fn ensure_on_connection(a: &mut super::Attached, stmt: &Prepared, cap: usize, wi
         wire.extend_from_slice(&fe::encode_describe_or_close(tag::CLOSE, b'S', &oldest));
         a.expect.push_statement_op(Await::CloseComplete, oldest);
     }
-    wire.extend_from_slice(&fe::encode_parse(&stmt.server_name, &stmt.query, &stmt.param_types));
-    a.expect.push_statement_op(Await::ParseComplete, stmt.server_name.clone());
+    wire.extend_from_slice(&fe::encode_parse(
+        &stmt.server_name,
+        &stmt.query,
+        &stmt.param_types,
+    ));
+    a.expect
+        .push_statement_op(Await::ParseComplete, stmt.server_name.clone());
     a.conn.prepared.push_back(stmt.server_name.clone());
 }

@@ -70,6 +70,9 @@ pub struct Prepared {
     pub server_name: Arc<str>,
     /// Distinguishes successive unnamed statements.
     pub generation: u64,
+    /// Parameter types (declared in Parse, or reported by the backend), to
+    /// read binary-format tenant parameters correctly.
+    pub param_oids: Vec<u32>,
 }
 
 /// Session-level settings made by the client, replayed on a connection that
@@ -151,7 +154,12 @@ impl Session {
         tracing::debug!(session = id, "client session ended");
     }
 
-    fn new(id: u64, shared: Arc<Shared>, a: startup::Authenticated, cancel_slot: CancelSlot) -> Session {
+    fn new(
+        id: u64,
+        shared: Arc<Shared>,
+        a: startup::Authenticated,
+        cancel_slot: CancelSlot,
+    ) -> Session {
         let tenant_setting = shared.config().routing.tenant_setting.clone();
         let startup_tenant = a
             .params
@@ -164,7 +172,15 @@ impl Session {
             .database()
             .and_then(|db| shared.tenant_by_subdomain(db));
         let mut startup_settings = Settings::default();
-        for name in ["application_name", "DateStyle", "TimeZone", "IntervalStyle", "search_path", "extra_float_digits", "client_encoding"] {
+        for name in [
+            "application_name",
+            "DateStyle",
+            "TimeZone",
+            "IntervalStyle",
+            "search_path",
+            "extra_float_digits",
+            "client_encoding",
+        ] {
             if let Some(v) = a.params.get(name) {
                 if name == "client_encoding" && v.eq_ignore_ascii_case("UTF8") {
                     continue;
@@ -173,7 +189,10 @@ impl Session {
             }
         }
         for (k, v) in a.params.options() {
-            if k != tenant_setting && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+            if k != tenant_setting
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            {
                 startup_settings.push(set_statement(&k, &v));
             }
         }
@@ -313,7 +332,8 @@ impl Session {
                 }
                 let target = self.current_target()?;
                 self.attach(&target).await?;
-                self.send_to_backend(f.raw().clone(), Await::Query, false).await?;
+                self.send_to_backend(f.raw().clone(), Await::Query, false)
+                    .await?;
             }
             tag::TERMINATE => return Ok(false),
             tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
@@ -338,13 +358,20 @@ impl Session {
                 if f.tag() == tag::COPY_DONE || f.tag() == tag::COPY_FAIL {
                     a.copy_in = false;
                 }
-                a.conn.stream.write_all(f.raw()).await.map_err(|_| backend_lost())?;
+                a.conn
+                    .stream
+                    .write_all(f.raw())
+                    .await
+                    .map_err(|_| backend_lost())?;
                 Ok(())
             }
             tag::TERMINATE => Err(PgError::fatal("08P01", "connection terminated during COPY")),
             other => Err(PgError::fatal(
                 "08P01",
-                format!("unexpected message type {} during COPY from stdin", other as char),
+                format!(
+                    "unexpected message type {} during COPY from stdin",
+                    other as char
+                ),
             )),
         }
     }
@@ -361,7 +388,10 @@ impl Session {
                 Err(e) => {
                     tracing::error!(pool = %a.target.pool.name, error = %e, "malformed backend message");
                     self.attached = None;
-                    return Err(PgError::fatal("08P01", "the data source sent a malformed message"));
+                    return Err(PgError::fatal(
+                        "08P01",
+                        "the data source sent a malformed message",
+                    ));
                 }
             };
             match f.tag() {
@@ -370,7 +400,12 @@ impl Session {
                     a.expect.on_copy_in();
                 }
                 be::tag::READY_FOR_QUERY => {
-                    a.status = f.body().first().copied().and_then(TxStatus::from_byte).unwrap_or(TxStatus::Idle);
+                    a.status = f
+                        .body()
+                        .first()
+                        .copied()
+                        .and_then(TxStatus::from_byte)
+                        .unwrap_or(TxStatus::Idle);
                     a.copy_in = false;
                 }
                 be::tag::ERROR_RESPONSE => {
@@ -386,6 +421,11 @@ impl Session {
                     expect::Undone::Parse(name) if name.is_empty() => a.conn.unnamed_owner = None,
                     expect::Undone::Parse(name) => a.conn.prepared.retain(|n| *n != name),
                     expect::Undone::Close(name) => a.conn.prepared.push_back(name),
+                    expect::Undone::Described(name, oids) => {
+                        if let Some(p) = self.prepared.get_mut(&*name) {
+                            p.param_oids = oids;
+                        }
+                    }
                 }
             }
             if f.tag() == be::tag::READY_FOR_QUERY && a.expect.is_empty() {
@@ -436,7 +476,10 @@ impl Session {
             self.maybe_detach().await;
             self.switching = false;
             if self.attached.is_some() {
-                return Err(PgError::error("0A000", "cannot switch data source while a request is in flight"));
+                return Err(PgError::error(
+                    "0A000",
+                    "cannot switch data source while a request is in flight",
+                ));
             }
         }
         let conn = match self.parked.remove(&park_key(target)) {
@@ -483,12 +526,20 @@ impl Session {
         if !setup.is_empty() {
             let q = crate::protocol::frontend::encode_query(&setup);
             a.expect.push(Await::Query, true);
-            a.conn.stream.write_all(&q).await.map_err(|_| backend_lost())?;
+            a.conn
+                .stream
+                .write_all(&q)
+                .await
+                .map_err(|_| backend_lost())?;
         }
         self.attached = Some(a);
         if let Some(begin) = self.held_begin.take() {
-            self.send_to_backend(crate::protocol::frontend::encode_query(&begin), Await::Query, true)
-                .await?;
+            self.send_to_backend(
+                crate::protocol::frontend::encode_query(&begin),
+                Await::Query,
+                true,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -503,7 +554,10 @@ impl Session {
     /// Records a session-level SET the client ran on `target`, so it is replayed elsewhere.
     fn record_setting(&mut self, target: &Target, stmt: &str) {
         let startup = self.startup_settings.clone();
-        let s = self.settings.entry(target.pool.name.clone()).or_insert(startup);
+        let s = self
+            .settings
+            .entry(target.pool.name.clone())
+            .or_insert(startup);
         s.push(stmt.to_string());
         if let Some(a) = self.attached.as_mut() {
             if a.target.pool.name == target.pool.name {
@@ -522,10 +576,19 @@ impl Session {
     }
 
     /// Writes one message to the attached backend and records what it expects.
-    async fn send_to_backend(&mut self, bytes: Bytes, awaits: Await, swallow: bool) -> Result<(), PgError> {
+    async fn send_to_backend(
+        &mut self,
+        bytes: Bytes,
+        awaits: Await,
+        swallow: bool,
+    ) -> Result<(), PgError> {
         let a = self.attached.as_mut().expect("attached before sending");
         a.expect.push(awaits, swallow);
-        a.conn.stream.write_all(&bytes).await.map_err(|_| backend_lost())
+        a.conn
+            .stream
+            .write_all(&bytes)
+            .await
+            .map_err(|_| backend_lost())
     }
 
     async fn set_cancel_target(&self, t: Option<CancelTarget>) {
@@ -577,7 +640,9 @@ impl Session {
                 // the closed socket until it finishes, holding its locks: cancel
                 // it, then drop the connection so PostgreSQL rolls back.
                 if !a.expect.is_empty() {
-                    let _ = crate::pool::connect::send_cancel(&a.target.pool.url, a.conn.backend_key).await;
+                    let _ =
+                        crate::pool::connect::send_cancel(&a.target.pool.url, a.conn.backend_key)
+                            .await;
                 }
                 self.set_cancel_target(None).await;
                 drop(a);
@@ -623,6 +688,9 @@ fn parse_set_statement(s: &str) -> Option<(String, String)> {
     let rest = s.strip_prefix("SET ")?;
     let (name, value) = rest.split_once(" = ")?;
     let name = name.trim_matches('"').replace("\"\"", "\"");
-    let value = value.strip_prefix('\'')?.strip_suffix('\'')?.replace("''", "'");
+    let value = value
+        .strip_prefix('\'')?
+        .strip_suffix('\'')?
+        .replace("''", "'");
     Some((name, value))
 }

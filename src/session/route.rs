@@ -66,16 +66,18 @@ impl Session {
             router::Target::Tenant { tenant_id, .. } => {
                 let target = self.shared.tenant_target(tenant_id)?;
                 if !d.rls_required.is_empty() {
-                    self.shared
-                        .check_rls(&target, &d.rls_required)
-                        .await?;
+                    self.shared.check_rls(&target, &d.rls_required).await?;
                 }
                 Ok(target)
             }
         }
     }
 
-    fn decide(&self, analysis: &Analysis, params: &dyn Fn(u16) -> Option<String>) -> Result<RouteDecision, PgError> {
+    fn decide(
+        &self,
+        analysis: &Analysis,
+        params: &dyn Fn(u16) -> Option<String>,
+    ) -> Result<RouteDecision, PgError> {
         let dir = self.shared.directory();
         router::decide(analysis, &self.routing(), params, &dir).map_err(PgError::from)
     }
@@ -108,7 +110,8 @@ impl Session {
             return Ok(());
         }
         self.skip_until_sync = false;
-        self.send_to_backend(fe::encode_query(&sql), Await::Query, false).await
+        self.send_to_backend(fe::encode_query(&sql), Await::Query, false)
+            .await
     }
 
     /// Attaches `target`, refusing a switch inside a transaction.
@@ -165,7 +168,8 @@ impl Session {
         for f in batch {
             let decision = match f.tag() {
                 tag::PARSE => {
-                    let p = fe::parse(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+                    let p =
+                        fe::parse(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
                     if let Some(a) = self.shared.analyze(p.query)? {
                         parsed.retain(|(n, _)| n != p.name);
                         parsed.push((p.name.to_string(), a));
@@ -173,7 +177,8 @@ impl Session {
                     None
                 }
                 tag::BIND => {
-                    let b = fe::bind(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+                    let b =
+                        fe::bind(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
                     let analysis = parsed
                         .iter()
                         .rev()
@@ -184,17 +189,33 @@ impl Session {
                                 .get(b.statement)
                                 .and_then(|p| self.shared.analyze(&p.query).ok().flatten())
                         });
+                    let oids = self
+                        .prepared
+                        .get(b.statement)
+                        .map(|p| p.param_oids.clone())
+                        .unwrap_or_default();
                     match analysis {
                         Some(a) => {
-                            let d = self.decide(&a, &|n| b.param_text(n))?;
-                            self.apply_effects(&a, &|n| b.param_text(n))?;
-                            Some(d)
+                            for n in tenant_params(&a) {
+                                if !b.param_is_null(n) && b.param_text(n, &oids).is_none() {
+                                    return Err(PgError::error(
+                                        "22023",
+                                        format!("cannot read the tenant from parameter ${n}: binary format of an unsupported type"),
+                                    )
+                                    .with_hint("Send tenant parameters as text, int, or uuid."));
+                                }
+                            }
+                            let read = |n| b.param_text(n, &oids);
+                            let d = self.decide(&a, &read)?;
+                            self.apply_effects(&a, &read)?;
+                            Some((d, table_less(&a)))
                         }
                         None => None,
                     }
                 }
                 tag::DESCRIBE => {
-                    let d = fe::describe_or_close(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+                    let d = fe::describe_or_close(f.body())
+                        .map_err(|e| PgError::fatal("08P01", e.to_string()))?;
                     if d.kind != b'S' || batch.iter().any(|m| m.tag() == tag::BIND) {
                         None
                     } else {
@@ -209,14 +230,18 @@ impl Session {
                                     .and_then(|p| self.shared.analyze(&p.query).ok().flatten())
                             });
                         match analysis {
-                            Some(a) => Some(self.describe_decision(&a)?),
+                            Some(a) => Some((self.describe_decision(&a)?, table_less(&a))),
                             None => None,
                         }
                     }
                 }
                 _ => None,
             };
-            if let Some(d) = decision {
+            if let Some((d, table_less)) = decision {
+                if table_less {
+                    // SELECT 1, SET, BEGIN: they follow whatever else the batch decides.
+                    continue;
+                }
                 let t = self.target_of(&d).await?;
                 match &chosen {
                     Some(c) if !c.same(&t) => return Err(cross_target(c, &t)),
@@ -250,7 +275,11 @@ impl Session {
 
     /// Applies the session effects of a statement about to be sent (SET of
     /// the tenant setting, RESET); a tenant the user may not use is refused.
-    fn apply_effects(&mut self, a: &Analysis, params: &dyn Fn(u16) -> Option<String>) -> Result<(), PgError> {
+    fn apply_effects(
+        &mut self,
+        a: &Analysis,
+        params: &dyn Fn(u16) -> Option<String>,
+    ) -> Result<(), PgError> {
         for st in &a.statements {
             for e in &st.effects {
                 match e {
@@ -260,10 +289,17 @@ impl Session {
                             TenantValue::Param(n) => params(*n),
                         };
                         let Some(v) = v else {
-                            return Err(PgError::error("22023", "the tenant setting needs a value"));
+                            return Err(PgError::error(
+                                "22023",
+                                "the tenant setting needs a value",
+                            ));
                         };
                         if v.is_empty() {
-                            if *local { self.local_tenant = None } else { self.session_tenant = None }
+                            if *local {
+                                self.local_tenant = None
+                            } else {
+                                self.session_tenant = None
+                            }
                             continue;
                         }
                         if let Some(allowed) = &self.allowed_tenants {
@@ -272,7 +308,9 @@ impl Session {
                                     "42501",
                                     format!("user \"{}\" may not use tenant \"{v}\"", self.user),
                                 )
-                                .with_hint("Ask an administrator to grant the tenant to this user."));
+                                .with_hint(
+                                    "Ask an administrator to grant the tenant to this user.",
+                                ));
                             }
                         }
                         self.shared.tenant_target(&v)?;
@@ -311,11 +349,15 @@ impl Session {
         if let Some(a) = analysis.as_deref() {
             // Transaction control while no backend is involved yet.
             if !attached && a.statements.len() == 1 && self.shared.routing_enabled() {
-                match (&a.statements[0].txn, self.held_begin.is_some() || self.client_failed) {
+                match (
+                    &a.statements[0].txn,
+                    self.held_begin.is_some() || self.client_failed,
+                ) {
                     (TxnControl::Begin, false) => {
                         self.held_begin = Some(sql.to_string());
                         self.out.extend_from_slice(&be::command_complete("BEGIN"));
-                        self.out.extend_from_slice(&be::ready_for_query(TxStatus::InTransaction));
+                        self.out
+                            .extend_from_slice(&be::ready_for_query(TxStatus::InTransaction));
                         return Ok(());
                     }
                     (TxnControl::Commit | TxnControl::Rollback, true) => {
@@ -323,9 +365,14 @@ impl Session {
                         self.held_begin = None;
                         self.client_failed = false;
                         self.local_tenant = None;
-                        let tag = if failed || matches!(a.statements[0].txn, TxnControl::Rollback) { "ROLLBACK" } else { "COMMIT" };
+                        let tag = if failed || matches!(a.statements[0].txn, TxnControl::Rollback) {
+                            "ROLLBACK"
+                        } else {
+                            "COMMIT"
+                        };
                         self.out.extend_from_slice(&be::command_complete(tag));
-                        self.out.extend_from_slice(&be::ready_for_query(TxStatus::Idle));
+                        self.out
+                            .extend_from_slice(&be::ready_for_query(TxStatus::Idle));
                         return Ok(());
                     }
                     _ => {}
@@ -343,6 +390,8 @@ impl Session {
             Some(a) if self.shared.routing_enabled() => {
                 let decided = self.decide(a, &|_| None);
                 let decided = match decided {
+                    // Table-less statements stay on the transaction's backend.
+                    Ok(_) if table_less(a) && self.attached.is_some() => self.current_target(),
                     Ok(d) => self.target_of(&d).await,
                     Err(e) => Err(e),
                 };
@@ -361,9 +410,13 @@ impl Session {
         if let Err(e) = self.ensure_attached(&target).await {
             return self.refuse_query(e).await;
         }
-        self.send_to_backend(f.into_raw(), Await::Query, false).await?;
+        self.send_to_backend(f.into_raw(), Await::Query, false)
+            .await?;
         if let Some(a) = analysis.as_deref() {
-            if a.statements.iter().any(|s| s.effects.contains(&SessionEffect::Other)) {
+            if a.statements
+                .iter()
+                .any(|s| s.effects.contains(&SessionEffect::Other))
+            {
                 self.record_setting(&target, sql);
             }
         }
@@ -380,6 +433,37 @@ impl Session {
         self.refuse(&err, true);
         Ok(())
     }
+}
+
+/// No table and no hidden tables: the statement runs wherever the session is.
+fn table_less(a: &Analysis) -> bool {
+    a.statements
+        .iter()
+        .all(|s| s.tables.is_empty() && !s.assume_tenant_tables)
+}
+
+/// Bind parameters that can name a tenant in `a`.
+fn tenant_params(a: &Analysis) -> Vec<u16> {
+    let mut out = Vec::new();
+    for s in &a.statements {
+        for v in s.tenant_filters.iter().chain(&s.tenant_mentions) {
+            if let TenantValue::Param(n) = v {
+                out.push(*n);
+            }
+        }
+        for e in &s.effects {
+            if let SessionEffect::SetTenant {
+                value: TenantValue::Param(n),
+                ..
+            } = e
+            {
+                out.push(*n);
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 fn cross_target(current: &Target, wanted: &Target) -> PgError {

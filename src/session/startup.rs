@@ -44,11 +44,19 @@ pub async fn handshake(
             Ok(Some(p)) => p,
             Ok(None) | Err(ReadError::Io(_)) => return Err(StartupEnd::Quiet),
             Err(ReadError::Protocol(e)) => {
-                return Err(StartupEnd::Fatal(stream, PgError::fatal("08P01", e.to_string())))
+                return Err(StartupEnd::Fatal(
+                    stream,
+                    PgError::fatal("08P01", e.to_string()),
+                ))
             }
         };
         match startup::decode(&packet) {
-            Err(e) => return Err(StartupEnd::Fatal(stream, PgError::fatal("08P01", e.to_string()))),
+            Err(e) => {
+                return Err(StartupEnd::Fatal(
+                    stream,
+                    PgError::fatal("08P01", e.to_string()),
+                ))
+            }
             Ok(StartupPacket::Cancel { pid, secret }) => {
                 shared.cancels.cancel(pid, secret).await;
                 return Err(StartupEnd::Quiet);
@@ -73,11 +81,16 @@ pub async fn handshake(
                         PgError::fatal("08P01", "unexpected data after SSL request"),
                     ));
                 }
-                let Stream::Tcp(mut tcp) = stream else { unreachable!() };
+                let Stream::Tcp(mut tcp) = stream else {
+                    unreachable!()
+                };
                 if tcp.write_all(b"S").await.is_err() {
                     return Err(StartupEnd::Quiet);
                 }
-                match tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).await {
+                match tokio_rustls::TlsAcceptor::from(tls.config.clone())
+                    .accept(tcp)
+                    .await
+                {
                     Ok(s) => stream = Stream::TlsServer(Box::new(s)),
                     Err(e) => {
                         tracing::info!(%peer, error = %e, "TLS handshake failed");
@@ -99,7 +112,10 @@ pub async fn handshake(
     let Some(user) = params.user().map(str::to_string) else {
         return Err(StartupEnd::Fatal(
             stream,
-            PgError::fatal("28000", "no PostgreSQL user name specified in startup packet"),
+            PgError::fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            ),
         ));
     };
     let database = params.database().unwrap_or("").to_string();
@@ -127,7 +143,10 @@ pub async fn handshake(
             tracing::error!(error = %e, "auth query failed");
             return Err(StartupEnd::Fatal(
                 stream,
-                PgError::fatal("08006", "cannot verify credentials: the application database is unavailable"),
+                PgError::fatal(
+                    "08006",
+                    "cannot verify credentials: the application database is unavailable",
+                ),
             ));
         }
     };

@@ -29,7 +29,8 @@ pub fn pg_bindir() -> PathBuf {
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0)
     });
-    dirs.pop().expect("no initdb under /usr/lib/postgresql/*/bin")
+    dirs.pop()
+        .expect("no initdb under /usr/lib/postgresql/*/bin")
 }
 
 fn is_root() -> bool {
@@ -55,7 +56,11 @@ fn pg_command(bin: &str) -> Command {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running throwaway cluster; stopped and deleted on drop.
@@ -79,11 +84,23 @@ impl Cluster {
         let out = pg_command("initdb")
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .expect("initdb");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
         let mut conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\nshared_buffers = 32MB\npassword_encryption = 'scram-sha-256'\n",
@@ -138,7 +155,10 @@ impl Cluster {
 
     /// A URL for `user`/`password` on database `db`.
     pub fn url_as(&self, user: &str, password: &str, db: &str) -> String {
-        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
     }
 
     pub fn url(&self, db: &str) -> String {
@@ -148,13 +168,26 @@ impl Cluster {
     /// Runs SQL through psql as the superuser; panics on error.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = self.psql_output(db, sql);
-        assert!(out.status.success(), "psql failed: {}\nSQL: {sql}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql failed: {}\nSQL: {sql}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     pub fn psql_output(&self, db: &str, sql: &str) -> std::process::Output {
         Command::new("psql")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
             .arg("-p")
             .arg(self.port.to_string())
             .args(["-U", "postgres", "-d", db, "-c", sql])
@@ -189,13 +222,19 @@ fn tempdir() -> PathBuf {
 fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{:x}{}", t & 0xffffff, N.fetch_add(1, Ordering::Relaxed))
 }
 
 fn chown_postgres(dir: &Path) {
     if is_root() {
-        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status();
     }
 }
 
@@ -213,7 +252,11 @@ impl Proxy {
         let dir = tempdir();
         let port = free_port();
         let cfg_path = dir.join("pgtenant.toml");
-        std::fs::write(&cfg_path, format!("listen = \"127.0.0.1:{port}\"\n{config}")).unwrap();
+        std::fs::write(
+            &cfg_path,
+            format!("listen = \"127.0.0.1:{port}\"\n{config}"),
+        )
+        .unwrap();
         let log = dir.join("pgtenant.log");
         let logf = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtenant"));
@@ -227,7 +270,12 @@ impl Proxy {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn pgtenant");
-        let mut p = Proxy { port, child, log, dir };
+        let mut p = Proxy {
+            port,
+            child,
+            log,
+            dir,
+        };
         p.wait_ready();
         p
     }
@@ -252,17 +300,34 @@ impl Proxy {
 
     /// A libpq connection string for `user`/`password` to `db` through the proxy.
     pub fn conninfo(&self, user: &str, password: &str, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} password={password} dbname={db} sslmode=disable", self.port)
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db} sslmode=disable",
+            self.port
+        )
     }
 
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
-        format!("postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable", urlenc(user), urlenc(password), self.port)
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable",
+            urlenc(user),
+            urlenc(password),
+            self.port
+        )
     }
 
     /// psql through the proxy: (success, stdout, stderr).
     pub fn psql(&self, user: &str, password: &str, db: &str, sql: &str) -> (bool, String, String) {
         let out = Command::new("psql")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-v",
+                "VERBOSITY=verbose",
+            ])
             .arg(self.conninfo(user, password, db))
             .args(["-c", sql])
             .output()
@@ -276,7 +341,10 @@ impl Proxy {
 
     /// Sends SIGTERM and waits.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         self.child.wait().unwrap()
     }
 }
@@ -326,11 +394,145 @@ pub fn add_user(app: &Cluster, db: &str, email: &str, verifier: &str, tenants: O
     for t in tenants.unwrap_or(&[]) {
         app.psql(
             db,
-            &format!("INSERT INTO tenant_users SELECT id, '{t}' FROM users WHERE email = '{email}'"),
+            &format!(
+                "INSERT INTO tenant_users SELECT id, '{t}' FROM users WHERE email = '{email}'"
+            ),
         );
     }
 }
 
 pub fn scram(pw: &str) -> String {
     postgres_protocol::password::scram_sha_256(pw.as_bytes())
+}
+
+/// The seeds' layout on real clusters: an app DB with the tenants registry,
+/// a shared data DB holding tenants `acme` and `globex`, and a dedicated data
+/// DB for `initech`; tenants registered with encrypted credentials through
+/// the `pgtenant tenant add` CLI.
+pub struct Fleet {
+    pub app: Cluster,
+    pub shared: Cluster,
+    pub dedicated: Cluster,
+    pub key: String,
+}
+
+pub const DATA_ROLE_PW: &str = "data-role-pw-7";
+
+/// Business tables in every data DB; RLS on accounts/invoices/tenant_settings
+/// keyed on app.tenant_id, none on contacts (to test refusals).
+pub const TENANT_SCHEMA: &str = "
+CREATE ROLE pgtenant_data LOGIN PASSWORD 'data-role-pw-7';
+CREATE TABLE accounts (id serial PRIMARY KEY, tenant_id text NOT NULL, name text NOT NULL);
+CREATE TABLE contacts (id serial PRIMARY KEY, tenant_id text NOT NULL, account_id int, email text);
+CREATE TABLE invoices (id serial PRIMARY KEY, tenant_id text NOT NULL, account_id int, amount numeric);
+CREATE TABLE tenant_settings (tenant_id text PRIMARY KEY, settings jsonb NOT NULL DEFAULT '{}');
+CREATE TABLE \"Event Dates\" (id serial PRIMARY KEY, tenant_id text NOT NULL, day date);
+DO $$DECLARE t text; BEGIN
+  FOREACH t IN ARRAY ARRAY['accounts','invoices','tenant_settings','\"Event Dates\"'] LOOP
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t);
+    EXECUTE format('CREATE POLICY tenant_isolation ON %s USING (tenant_id = current_setting(''app.tenant_id'', true)) WITH CHECK (tenant_id = current_setting(''app.tenant_id'', true))', t);
+  END LOOP;
+END$$;
+GRANT ALL ON ALL TABLES IN SCHEMA public TO pgtenant_data;
+GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO pgtenant_data;
+";
+
+impl Fleet {
+    pub fn start() -> Fleet {
+        let app = Cluster::start();
+        app.createdb("app");
+        app.psql("app", APP_SCHEMA);
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .arg("-p")
+            .arg(app.port.to_string())
+            .args(["-U", "postgres", "-d", "app", "-f"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/sql/app_db.sql"
+            ))
+            .env("PGPASSWORD", SUPERUSER_PASSWORD)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "app_db.sql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shared = Cluster::start();
+        shared.createdb("shared");
+        shared.psql("shared", TENANT_SCHEMA);
+        let dedicated = Cluster::start();
+        dedicated.createdb("dedicated");
+        dedicated.psql("dedicated", TENANT_SCHEMA);
+        let key = "7f".repeat(32);
+        let f = Fleet {
+            app,
+            shared,
+            dedicated,
+            key,
+        };
+        f.tenant_cli(&[
+            "add",
+            "--id",
+            "acme",
+            "--name",
+            "Acme",
+            "--subdomain",
+            "acme",
+            "--url",
+            &f.shared.url_as("pgtenant_data", DATA_ROLE_PW, "shared"),
+        ]);
+        f.tenant_cli(&[
+            "add",
+            "--id",
+            "globex",
+            "--name",
+            "Globex",
+            "--subdomain",
+            "globex",
+            "--url",
+            &f.shared.url_as("pgtenant_data", DATA_ROLE_PW, "shared"),
+        ]);
+        f.tenant_cli(&[
+            "add",
+            "--id",
+            "initech",
+            "--name",
+            "Initech",
+            "--subdomain",
+            "initech",
+            "--url",
+            &f.dedicated
+                .url_as("pgtenant_data", DATA_ROLE_PW, "dedicated"),
+        ]);
+        f
+    }
+
+    /// Runs `pgtenant tenant ARGS` against the app DB; panics on failure.
+    pub fn tenant_cli(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+            .arg("tenant")
+            .args(args)
+            .env("PGTENANT_APP_DB__URL", self.app.url("app"))
+            .env("ENCRYPTION_KEY", &self.key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tenant {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// A proxy over the fleet with `extra` config appended.
+    pub fn proxy(&self, extra: &str) -> Proxy {
+        let config = format!(
+            "[app_db]\nurl = \"{}\"\n[auth]\nquery = \"{}\"\nadmin_users = [\"admin@example.com\"]\n{extra}",
+            self.app.url("app"),
+            auth_query()
+        );
+        Proxy::start(&config, &[("ENCRYPTION_KEY", &self.key)])
+    }
 }

@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# pgtenant benchmark: pgbench -S (select-only) through each path, in one run,
+# against one throwaway PostgreSQL cluster.
+#
+#   bench/run.sh                      # 10 s per row
+#   BENCH_SECONDS=30 bench/run.sh     # longer rows
+#
+# Rows: direct PostgreSQL, a plain TCP relay (bench/relay), pgtenant
+# pass-through (routing disabled), pgtenant routed (routing enabled, pgbench
+# tables are tenant tables of tenant "bench"), PgBouncer (transaction mode,
+# pool 20) when installed. Each in -M simple / extended / prepared.
+# Prints a markdown table and writes it to bench/results.md.
+#
+# Environment:
+#   BENCH_SECONDS     seconds per pgbench run (default 10)
+#   BENCH_CLIENTS     pgbench -c (default 16); BENCH_THREADS: -j (default 2)
+#   BENCH_SCALE       pgbench -i -s (default 10)
+#   PG_BIN            PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
+#   CARGO_TARGET_DIR  where cargo builds (default <repo>/target)
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+SECS=${BENCH_SECONDS:-10}
+CLIENTS=${BENCH_CLIENTS:-16}
+THREADS=${BENCH_THREADS:-2}
+SCALE=${BENCH_SCALE:-10}
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+export CARGO_TARGET_DIR=$TARGET_DIR
+MODES=(simple extended prepared)
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# Stray PGTENANT_* variables would override the generated configs.
+while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^PGTENANT_' || true)
+unset PGHOST PGPORT PGUSER PGDATABASE PGOPTIONS PGSERVICE PGSSLMODE || true
+
+# ---------------------------------------------------------------- build
+log "building pgtenant (release, target dir $TARGET_DIR)"
+(cd "$REPO" && cargo build --release --quiet --bin pgtenant) || die "cargo build of pgtenant failed"
+log "building bench relay"
+cargo build --release --quiet --manifest-path "$BENCH_DIR/relay/Cargo.toml" || die "cargo build of bench/relay failed"
+PGTENANT=$TARGET_DIR/release/pgtenant
+RELAY=$TARGET_DIR/release/bench-relay
+[[ -x $PGTENANT && -x $RELAY ]] || die "binaries missing in $TARGET_DIR/release"
+
+# ---------------------------------------------------------------- helpers
+AS_PG=()
+if [[ $(id -u) == 0 ]]; then AS_PG=(runuser -u postgres --); fi
+CLK_TCK=$(getconf CLK_TCK)
+
+USED_PORTS=" "
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 40000))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        if ! ss -Htan "( sport = :$p or dport = :$p )" | grep -q .; then
+            USED_PORTS+="$p "
+            echo "$p"
+            return
+        fi
+    done
+}
+
+wait_listen() { # port name pid-or-empty logfile
+    local i
+    for ((i = 0; i < 100; i++)); do
+        ss -Htln "sport = :$1" | grep -q . && return 0
+        if [[ -n $3 ]] && ! kill -0 "$3" 2>/dev/null; then
+            log "$2 exited during startup; log:"; cat "$4" >&2 || true; return 1
+        fi
+        sleep 0.1
+    done
+    log "$2 did not listen on port $1 within 10 s; log:"; cat "$4" >&2 || true
+    return 1
+}
+
+# utime+stime of a process (all threads), in clock ticks.
+cpu_ticks() {
+    local rest
+    rest=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null) || { echo ""; return; }
+    awk '{print $12 + $13}' <<<"$rest"
+}
+
+# ---------------------------------------------------------------- cleanup
+TMP=$(mktemp -d /tmp/pgtenant-bench.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+PG_STARTED=0
+BOUNCER_PIDFILE=$TMP/pgbouncer.pid
+cleanup() {
+    local rc=$?
+    set +e
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    if [[ -s $BOUNCER_PIDFILE ]]; then kill "$(cat "$BOUNCER_PIDFILE")" 2>/dev/null; fi
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    if [[ $PG_STARTED == 1 ]]; then
+        "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$TMP/data" -m immediate -w stop >/dev/null 2>&1
+    fi
+    rm -rf "$TMP"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- cluster
+PW=$(openssl rand -hex 12)
+PGPORT_=$(free_port)
+export PGPASSWORD=$PW
+printf '%s\n' "$PW" >"$TMP/pwfile"
+[[ ${#AS_PG[@]} -gt 0 ]] && chown postgres: "$TMP" "$TMP/pwfile"
+
+log "initdb in $TMP/data (port $PGPORT_)"
+"${AS_PG[@]}" "$PG_BIN/initdb" -D "$TMP/data" -U postgres --pwfile="$TMP/pwfile" \
+    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-locale >"$TMP/initdb.log" 2>&1 \
+    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+"${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 start -o \
+    "-p $PGPORT_ -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c fsync=off \
+     -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+     -c shared_buffers=256MB" >/dev/null || { cat "$TMP/postgres.log" >&2; die "pg_ctl start failed"; }
+PG_STARTED=1
+
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_" -U postgres)
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
+log "pgbench -i -s $SCALE"
+pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT_" -U postgres bench >"$TMP/init.log" 2>&1 \
+    || { cat "$TMP/init.log" >&2; die "pgbench -i failed"; }
+
+# App DB = the same database `bench`: pgtenant's users table and tenant
+# registry live next to the pgbench tables, so every path reads the same tables.
+"${PSQL[@]}" -d bench -f "$REPO/deploy/sql/app_db.sql" >/dev/null
+VERIFIER=$(printf '%s' "$PW" | "$PGTENANT" passwd)
+"${PSQL[@]}" -d bench -v verifier="$VERIFIER" <<'SQL'
+CREATE TABLE users (email text PRIMARY KEY, password_hash text NOT NULL);
+INSERT INTO users VALUES ('bench@example.com', :'verifier');
+SQL
+"${PSQL[@]}" -d bench -c "VACUUM ANALYZE"
+
+# ---------------------------------------------------------------- pgtenant
+export ENCRYPTION_KEY=$(openssl rand -hex 32)
+write_config() { # file port routing-enabled
+    cat >"$1" <<EOF
+listen = "127.0.0.1:$2"
+[app_db]
+url = "postgres://postgres:$PW@127.0.0.1:$PGPORT_/bench?sslmode=disable"
+[auth]
+query = "SELECT password_hash AS password, NULL::text[] AS tenants FROM users WHERE email = \$1"
+[pool]
+size = 20
+[routing]
+enabled = $3
+EOF
+}
+PT_PORT=$(free_port); RT_PORT=$(free_port); RELAY_PORT=$(free_port); BOUNCER_PORT=$(free_port)
+write_config "$TMP/passthrough.toml" "$PT_PORT" false
+write_config "$TMP/routed.toml" "$RT_PORT" true
+
+"$PGTENANT" tenant add --config "$TMP/routed.toml" --id bench --name Bench --subdomain bench \
+    --url "postgres://postgres:$PW@127.0.0.1:$PGPORT_/bench?sslmode=disable" >"$TMP/tenant-add.log" 2>&1 \
+    || { cat "$TMP/tenant-add.log" >&2; die "pgtenant tenant add failed"; }
+
+"$RELAY" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PGPORT_" >"$TMP/relay.log" 2>&1 &
+RELAY_PID=$!; PIDS+=("$RELAY_PID")
+"$PGTENANT" serve --config "$TMP/passthrough.toml" >"$TMP/pgtenant-passthrough.log" 2>&1 &
+PT_PID=$!; PIDS+=("$PT_PID")
+"$PGTENANT" serve --config "$TMP/routed.toml" >"$TMP/pgtenant-routed.log" 2>&1 &
+RT_PID=$!; PIDS+=("$RT_PID")
+wait_listen "$RELAY_PORT" relay "$RELAY_PID" "$TMP/relay.log" || die "relay did not start"
+PT_OK=1; RT_OK=1
+wait_listen "$PT_PORT" "pgtenant pass-through" "$PT_PID" "$TMP/pgtenant-passthrough.log" || PT_OK=0
+wait_listen "$RT_PORT" "pgtenant routed" "$RT_PID" "$TMP/pgtenant-routed.log" || RT_OK=0
+
+# ---------------------------------------------------------------- pgbouncer
+BOUNCER=$(command -v pgbouncer || true)
+[[ -z $BOUNCER && -x /usr/sbin/pgbouncer ]] && BOUNCER=/usr/sbin/pgbouncer
+BOUNCER_VERSION=""; BOUNCER_PREPARED=0; BOUNCER_PID=""
+if [[ -n $BOUNCER ]]; then
+    BOUNCER_VERSION=$("$BOUNCER" --version 2>/dev/null | awk 'NR==1{print $2}')
+    if [[ $(printf '%s\n1.21.0\n' "$BOUNCER_VERSION" | sort -V | head -1) == 1.21.0 ]]; then
+        BOUNCER_PREPARED=1
+    fi
+    printf '"postgres" "%s"\n' "$PW" >"$TMP/userlist.txt"
+    cat >"$TMP/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PGPORT_ dbname=bench user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $TMP/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 200
+logfile = $TMP/pgbouncer.log
+pidfile = $BOUNCER_PIDFILE
+log_connections = 0
+log_disconnections = 0
+EOF
+    [[ $BOUNCER_PREPARED == 1 ]] && echo "max_prepared_statements = 100" >>"$TMP/pgbouncer.ini"
+    [[ ${#AS_PG[@]} -gt 0 ]] && chown postgres: "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
+    if "${AS_PG[@]}" "$BOUNCER" -d "$TMP/pgbouncer.ini" >"$TMP/pgbouncer.start.log" 2>&1 \
+        && wait_listen "$BOUNCER_PORT" pgbouncer "" "$TMP/pgbouncer.log"; then
+        BOUNCER_PID=$(cat "$BOUNCER_PIDFILE")
+    else
+        log "pgbouncer failed to start:"; cat "$TMP/pgbouncer.start.log" "$TMP/pgbouncer.log" >&2 2>/dev/null || true
+    fi
+fi
+
+# ---------------------------------------------------------------- targets
+# name | conninfo | pid to measure (empty: none)
+BASE="host=127.0.0.1 dbname=bench sslmode=disable"
+TARGETS=(
+    "direct|$BASE port=$PGPORT_ user=postgres|"
+    "relay|$BASE port=$RELAY_PORT user=postgres|$RELAY_PID"
+)
+[[ $PT_OK == 1 ]] && TARGETS+=("pgtenant pass-through|$BASE port=$PT_PORT user=bench@example.com|$PT_PID")
+[[ $RT_OK == 1 ]] && TARGETS+=("pgtenant routed|$BASE port=$RT_PORT user=bench@example.com options='-c app.tenant_id=bench'|$RT_PID")
+[[ -n $BOUNCER_PID ]] && TARGETS+=("pgbouncer $BOUNCER_VERSION|$BASE port=$BOUNCER_PORT user=postgres|$BOUNCER_PID")
+
+# Sanity check: one query through every path (errors show up here first).
+for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name conn _ <<<"$t"
+    if ! out=$(psql -X -At -c "SELECT count(*) FROM pgbench_branches" "$conn" 2>&1); then
+        log "sanity query through '$name' failed: $out"
+    fi
+done
+
+# Warm-up: pull the pgbench tables into shared buffers before the first row.
+pgbench -n -S -c "$CLIENTS" -j "$THREADS" -T 2 "$BASE port=$PGPORT_ user=postgres" >/dev/null 2>&1 || true
+
+declare -A TPS TXNS FAILED ABORTED CPU ERRS
+run_one() { # mode name conninfo pid
+    local mode=$1 name=$2 conn=$3 pid=$4 key="$1|$2" out err c0="" c1=""
+    out=$TMP/pgbench.$mode.${name// /_}.out; err=${out%.out}.err
+    [[ -n $pid ]] && c0=$(cpu_ticks "$pid")
+    pgbench -n -S -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$SECS" "$conn" >"$out" 2>"$err" || true
+    [[ -n $pid ]] && c1=$(cpu_ticks "$pid")
+    TPS[$key]=$(awk '/^tps = /{print $3; exit}' "$out"); TPS[$key]=${TPS[$key]:-0}
+    TXNS[$key]=$(awk -F': ' '/number of transactions actually processed/{split($2, a, "/"); print a[1]; exit}' "$out")
+    TXNS[$key]=${TXNS[$key]:-0}
+    FAILED[$key]=$(awk '/number of failed transactions/{print $5; exit}' "$out"); FAILED[$key]=${FAILED[$key]:-0}
+    ABORTED[$key]=$(grep -c 'aborted in command\|aborted while' "$err" || true)
+    if [[ -n $c0 && -n $c1 && ${TXNS[$key]} -gt 0 ]]; then
+        CPU[$key]=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="${TXNS[$key]}" 'BEGIN{printf "%.1f", d * 1e6 / hz / n}')
+    else
+        CPU[$key]="-"
+    fi
+    if [[ -s $err ]]; then ERRS[$key]=$(sed -E 's/client [0-9]+/client N/g' "$err" | sort | uniq -c | sort -rn | head -5); fi
+    log "$(printf '%-9s %-24s tps=%-10s txns=%-8s failed=%-4s aborted=%-3s cpu_us/tx=%s' \
+        "$mode" "$name" "${TPS[$key]}" "${TXNS[$key]}" "${FAILED[$key]}" "${ABORTED[$key]}" "${CPU[$key]}")"
+}
+
+log "running: pgbench -n -S -c $CLIENTS -j $THREADS -T $SECS, modes: ${MODES[*]}"
+for mode in "${MODES[@]}"; do
+    for t in "${TARGETS[@]}"; do
+        IFS='|' read -r name conn pid <<<"$t"
+        run_one "$mode" "$name" "$conn" "$pid"
+    done
+done
+
+# ---------------------------------------------------------------- report
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f", a / b; else print "-" }'; }
+{
+    echo "# pgtenant benchmark results"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet -- src 2>/dev/null || echo ' (+ uncommitted src changes)')"
+    echo "- machine: $(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), shared with other work"
+    echo "- $(pgbench --version), $("$PG_BIN/postgres" --version | sed 's/postgres (PostgreSQL) /PostgreSQL /')${BOUNCER_VERSION:+, PgBouncer $BOUNCER_VERSION}"
+    echo "- \`pgbench -n -S -c $CLIENTS -j $THREADS -T $SECS\`, scale $SCALE, fsync=off, everything on 127.0.0.1"
+    echo "- CPU µs/tx = proxy process utime+stime over the run / transactions (clock tick $((1000 / CLK_TCK)) ms)"
+    echo
+    echo "| mode | path | tps | vs direct | vs relay | proxy CPU µs/tx | failed tx | aborted clients |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    for mode in "${MODES[@]}"; do
+        for t in "${TARGETS[@]}"; do
+            IFS='|' read -r name _ _ <<<"$t"
+            k="$mode|$name"
+            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s |\n' "$mode" "$name" "${TPS[$k]}" \
+                "$(ratio "${TPS[$k]}" "${TPS["$mode|direct"]}")" "$(ratio "${TPS[$k]}" "${TPS["$mode|relay"]}")" \
+                "${CPU[$k]}" "${FAILED[$k]}" "${ABORTED[$k]}"
+        done
+    done
+    notes=""
+    [[ $PT_OK == 0 ]] && notes+="- pgtenant pass-through did not start (see the log above).\n"
+    [[ $RT_OK == 0 ]] && notes+="- pgtenant routed did not start (see the log above).\n"
+    [[ -z $BOUNCER ]] && notes+="- PgBouncer not installed: no PgBouncer row.\n"
+    [[ -n $BOUNCER && $BOUNCER_PREPARED == 0 ]] && notes+="- PgBouncer $BOUNCER_VERSION < 1.21 has no max_prepared_statements: -M prepared in transaction mode is expected to fail.\n"
+    if [[ -n $notes || ${#ERRS[@]} -gt 0 ]]; then
+        echo
+        echo "## Notes"
+        echo
+        printf '%b' "$notes"
+        for mode in "${MODES[@]}"; do
+            for t in "${TARGETS[@]}"; do
+                IFS='|' read -r name _ _ <<<"$t"
+                k="$mode|$name"
+                [[ -n ${ERRS[$k]:-} ]] || continue
+                echo "- $mode / $name, pgbench stderr (count, line):"
+                echo '  ```'
+                sed 's/^/  /' <<<"${ERRS[$k]}"
+                echo '  ```'
+            done
+        done
+    fi
+} >"$TMP/results.md"
+cp "$TMP/results.md" "$BENCH_DIR/results.md"
+echo
+cat "$BENCH_DIR/results.md"
+
+# Proxy logs: warnings and errors only, so failures are visible in the output.
+for f in "$TMP"/pgtenant-*.log; do
+    if grep -qiE 'warn|error' "$f"; then
+        echo
+        echo "---- $(basename "$f") (WARN/ERROR lines, first 20)"
+        grep -iE 'warn|error' "$f" | head -20
+    fi
+done
