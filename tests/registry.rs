@@ -4,20 +4,18 @@
 //! dir, random port, socket in the temp dir) and removes it afterwards.
 //! Skipped with a message when not root or when PostgreSQL 15 is missing.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use registry_scratch::registry::ops::{self, NewTenant, PasswordState, TenantChanges};
-use registry_scratch::registry::{
+use pgtenant::registry::ops::{self, NewTenant, PasswordState, TenantChanges};
+use pgtenant::registry::{
     load_all, spawn_registry_sync, CryptoError, DataSourceError, PoolMode, Secret, SecretBox,
     TenantChange, TenantRegistry, TenantStatus,
 };
 use tokio_postgres::{Client, NoTls};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+mod support;
+
 const MIGRATION: &str = include_str!("../deploy/sql/app_db.sql");
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const OLD_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
@@ -25,91 +23,21 @@ const OLD_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa9988776655443
 const TENANT_PW: &str = "p@ss:w/rd-Tenant1";
 const TENANT_PW_ENC: &str = "p%40ss%3Aw%2Frd-Tenant1";
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
+/// The shared throwaway cluster, with the registry tests' helpers on top.
 struct Cluster {
-    dir: PathBuf,
+    inner: support::Cluster,
     port: u16,
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn as_postgres(bin: &str) -> Command {
-    let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--", &format!("{BIN}/{bin}")]);
-    c
 }
 
 impl Cluster {
     fn start() -> Option<Cluster> {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-            .unwrap_or(false);
-        if !root || !Path::new(BIN).join("initdb").exists() {
-            eprintln!("SKIP: needs root and PostgreSQL 15 at {BIN}");
-            return None;
-        }
-        let dir = std::env::temp_dir().join(format!(
-            "pgtenant-registry-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        run(Command::new("chown").args(["postgres:postgres", dir.to_str().unwrap()]));
-        let data = dir.join("data");
-        run(as_postgres("initdb").args([
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]));
-        // Superuser over TCP is trusted (test harness); tenant roles must
-        // authenticate with their password, so `ops::test` proves it works.
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
-        )
-        .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            dir.display()
-        );
-        let cluster = Cluster { dir, port };
-        run(as_postgres("pg_ctl").args([
-            "-D",
-            data.to_str().unwrap(),
-            "-l",
-            cluster.dir.join("log").to_str().unwrap(),
-            "-o",
-            &opts,
-            "-w",
-            "start",
-        ]));
-        Some(cluster)
+        let inner = support::Cluster::start();
+        let port = inner.port;
+        Some(Cluster { inner, port })
     }
 
     fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        self.inner.url(db)
     }
 
     async fn client(&self, db: &str) -> Client {
@@ -139,22 +67,6 @@ impl Cluster {
             "postgres://tenant_role:{TENANT_PW_ENC}@127.0.0.1:{}/postgres?sslmode=disable",
             self.port
         ))
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = as_postgres("pg_ctl")
-            .args([
-                "-D",
-                self.dir.join("data").to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -380,7 +292,7 @@ async fn ops_add_list_show_set_suspend_remove_with_clean_audit() {
     assert!(ops::set(&app, &s, "acme", bad, "bob").await.is_err());
     assert!(matches!(
         ops::suspend(&app, "nope", "bob").await,
-        Err(registry_scratch::registry::RegistryError::NotFound(_))
+        Err(pgtenant::registry::RegistryError::NotFound(_))
     ));
 
     ops::suspend(&app, "acme", "carol").await.unwrap();
@@ -478,7 +390,7 @@ async fn notify_updates_registry_quickly_and_survives_reconnect() {
     let reg = Arc::new(TenantRegistry::new());
     let mut changes = reg.subscribe();
     let handle = spawn_registry_sync(
-        format!("{}?application_name=pgtenant_sync_test", c.url("app")),
+        format!("{}&application_name=pgtenant_sync_test", c.url("app")),
         reg.clone(),
         s.clone(),
         Duration::from_secs(3600),

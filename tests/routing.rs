@@ -340,9 +340,10 @@ async fn registry_changes_apply_live() {
     let q = "SELECT count(*) FROM accounts WHERE tenant_id = 'initech' AND name = 'moved-row'";
     assert_eq!(svc.query_one(q, &[]).await.unwrap().get::<_, i64>(0), 0);
     // A plain SQL UPDATE of the URL re-routes the next transaction within 1 s.
-    f.app.psql("app", &format!(
-        "UPDATE tenants SET data_source_url = replace(data_source_url, '/dedicated', '/moved') WHERE id = 'initech'"
-    ));
+    f.app.psql(
+        "app",
+        "UPDATE tenants SET data_source_url = replace(data_source_url, '/dedicated', '/moved') WHERE id = 'initech'",
+    );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(svc.query_one(q, &[]).await.unwrap().get::<_, i64>(0), 1);
 

@@ -303,7 +303,7 @@ impl Session {
                             continue;
                         }
                         if let Some(allowed) = &self.allowed_tenants {
-                            if !allowed.iter().any(|t| *t == v) {
+                            if !allowed.contains(&v) {
                                 return Err(PgError::error(
                                     "42501",
                                     format!("user \"{}\" may not use tenant \"{v}\"", self.user),
