@@ -4,6 +4,7 @@
 //!
 //! See docs/architecture.md for the path of one statement through these modules.
 
+pub mod admin;
 pub mod appdb;
 pub mod auth;
 pub mod config;

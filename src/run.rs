@@ -60,6 +60,9 @@ pub async fn serve(config: Config) -> ExitCode {
             Duration::from_secs(30),
         )
     });
+    if let Some(listen) = config.metrics.listen.clone() {
+        tokio::spawn(crate::admin::http::serve(listen, shared.clone()));
+    }
     let (tx, rx) = tokio::sync::watch::channel(false);
     spawn_signal_handlers(tx, shared.clone());
     let pruner = {

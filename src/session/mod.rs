@@ -142,6 +142,12 @@ impl Session {
         let (key, cancel_slot) = shared.cancels.register();
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
         let _guard = crate::metrics::ClientGuard::new();
+        if auth.admin_console {
+            let mut auth = auth;
+            crate::admin::console::run(&mut auth.stream, &mut auth.reader, &shared, &auth.user, key).await;
+            shared.cancels.unregister(key.0);
+            return;
+        }
         let mut session = Session::new(id, shared.clone(), auth, cancel_slot);
         let result = session.start(key).await;
         if let Err(e) = result {
