@@ -72,6 +72,8 @@ pub struct Shared {
     pub secrets: Option<Arc<SecretBox>>,
     placements: RwLock<(u64, HashMap<String, Placement>)>,
     rls_verified: DashMap<(String, String), bool>,
+    /// Connected clients by session id, for the admin console.
+    pub clients: DashMap<u64, crate::admin::ClientInfo>,
 }
 
 impl Shared {
@@ -109,6 +111,7 @@ impl Shared {
             secrets,
             placements: RwLock::new((u64::MAX, HashMap::new())),
             rls_verified: DashMap::new(),
+            clients: DashMap::new(),
             config: RwLock::new(Arc::new(config)),
         }))
     }

@@ -112,6 +112,15 @@ pub struct PoolStats {
     pub checkouts: AtomicU64,
     pub wait_us_total: AtomicU64,
     pub max_wait_us: AtomicU64,
+    /// Requests answered (ReadyForQuery), as PgBouncer's total_query_count.
+    pub queries: AtomicU64,
+    /// Transactions ended (ReadyForQuery 'I'), as total_xact_count.
+    pub xacts: AtomicU64,
+    pub query_us_total: AtomicU64,
+    pub xact_us_total: AtomicU64,
+    /// Bytes from clients to this pool's backends, and back.
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
 }
 
 /// The pool of one data source.

@@ -182,6 +182,7 @@ impl Session {
             a.since_sync = true;
         }
         if !wire.is_empty() {
+            a.note_request(wire.len());
             a.conn
                 .stream
                 .write_all(&wire)

@@ -59,6 +59,42 @@ struct Attached {
     since_sync: bool,
     status: TxStatus,
     copy_in: bool,
+    /// When the current request and transaction began (for SHOW STATS times).
+    query_started: Option<std::time::Instant>,
+    xact_started: Option<std::time::Instant>,
+}
+
+impl Attached {
+    /// Marks the start of a request (and of a transaction, if none is open).
+    fn note_request(&mut self, bytes: usize) {
+        let now = std::time::Instant::now();
+        self.query_started.get_or_insert(now);
+        self.xact_started.get_or_insert(now);
+        self.conn
+            .pool()
+            .stats
+            .bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Accounts a ReadyForQuery: one request done, maybe one transaction.
+    fn note_ready(&mut self) {
+        let stats = &self.conn.pool().stats;
+        if let Some(t) = self.query_started.take() {
+            stats.queries.fetch_add(1, Ordering::Relaxed);
+            stats
+                .query_us_total
+                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        if self.status == TxStatus::Idle {
+            if let Some(t) = self.xact_started.take() {
+                stats.xacts.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .xact_us_total
+                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// A client's prepared statement, as the proxy remembers it for re-preparing
@@ -144,10 +180,27 @@ impl Session {
         let _guard = crate::metrics::ClientGuard::new();
         if auth.admin_console {
             let mut auth = auth;
-            crate::admin::console::run(&mut auth.stream, &mut auth.reader, &shared, &auth.user, key).await;
+            crate::admin::console::run(
+                &mut auth.stream,
+                &mut auth.reader,
+                &shared,
+                &auth.user,
+                key,
+            )
+            .await;
             shared.cancels.unregister(key.0);
             return;
         }
+        shared.clients.insert(
+            id,
+            crate::admin::ClientInfo {
+                user: auth.user.clone(),
+                database: auth.params.database().unwrap_or("").to_string(),
+                peer,
+                connected_at: std::time::SystemTime::now(),
+                tls: auth.stream.is_tls(),
+            },
+        );
         let mut session = Session::new(id, shared.clone(), auth, cancel_slot);
         let result = session.start(key).await;
         if let Err(e) = result {
@@ -156,6 +209,7 @@ impl Session {
         }
         let _ = session.client.shutdown().await;
         shared.cancels.unregister(key.0);
+        shared.clients.remove(&id);
         session.close_backends().await;
         tracing::debug!(session = id, "client session ended");
     }
@@ -413,6 +467,7 @@ impl Session {
                         .and_then(TxStatus::from_byte)
                         .unwrap_or(TxStatus::Idle);
                     a.copy_in = false;
+                    a.note_ready();
                 }
                 be::tag::ERROR_RESPONSE => {
                     a.copy_in = false;
@@ -438,6 +493,11 @@ impl Session {
                 a.since_sync = false;
             }
             if forward {
+                a.conn
+                    .pool()
+                    .stats
+                    .bytes_sent
+                    .fetch_add(f.raw().len() as u64, Ordering::Relaxed);
                 self.out.extend_from_slice(f.raw());
             }
         }
@@ -504,6 +564,8 @@ impl Session {
             since_sync: false,
             status: TxStatus::Idle,
             copy_in: false,
+            query_started: None,
+            xact_started: None,
         };
         // Setup statements go out in the same write as the client's request.
         let mut setup = String::new();
@@ -590,6 +652,7 @@ impl Session {
     ) -> Result<(), PgError> {
         let a = self.attached.as_mut().expect("attached before sending");
         a.expect.push(awaits, swallow);
+        a.note_request(bytes.len());
         a.conn
             .stream
             .write_all(&bytes)
