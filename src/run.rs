@@ -63,6 +63,19 @@ pub async fn serve(config: Config) -> ExitCode {
     if let Some(listen) = config.metrics.listen.clone() {
         tokio::spawn(crate::admin::http::serve(listen, shared.clone()));
     }
+    {
+        let shared = shared.clone();
+        let mut changes = registry.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(c) => shared.on_tenant_change(&c),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+        });
+    }
     let (tx, rx) = tokio::sync::watch::channel(false);
     spawn_signal_handlers(tx, shared.clone());
     let pruner = {

@@ -281,6 +281,25 @@ impl Shared {
         router::explain(sql, allowed, session_tenant, &cfg, &self.directory())
     }
 
+    /// Reacts to a registry change: a suspended tenant's idle backend
+    /// connections are closed (routing already refuses its new statements).
+    pub fn on_tenant_change(&self, change: &crate::registry::TenantChange) {
+        let Some(rec) = self.registry.get(change.id()) else {
+            return;
+        };
+        if rec.status == TenantStatus::Active {
+            return;
+        }
+        let tenant = rec.data_tenant_id();
+        let closed: usize = self
+            .pools
+            .all()
+            .iter()
+            .map(|p| p.close_idle_for_tenant(tenant))
+            .sum();
+        tracing::info!(tenant = %rec.id, closed, "tenant suspended: closed its idle backend connections");
+    }
+
     /// The router's view of tenant placements.
     pub fn directory(&self) -> Directory<'_> {
         Directory(self.placements())

@@ -92,12 +92,25 @@ pub struct ServerConn {
     pub settings_fingerprint: u64,
     /// The tenant value last written to the tenant setting on this connection.
     pub tenant_setting: Option<String>,
+    /// The session that may hold session-level advisory locks here; another
+    /// session's checkout releases them first.
+    pub lock_owner: Option<u64>,
     created: Instant,
     lifetime: Duration,
     last_used: Instant,
 }
 
 impl ServerConn {
+    /// An idle connection must have nothing to say: readable bytes or EOF
+    /// mean the server closed it (restart, admin termination, idle timeout).
+    /// Costs no syscall when the socket has no readiness event pending.
+    fn is_healthy(&mut self) -> bool {
+        use futures::FutureExt;
+        use tokio::io::AsyncReadExt;
+        let mut probe = [0u8; 1];
+        matches!(self.stream.read(&mut probe).now_or_never(), None)
+    }
+
     pub fn has_prepared(&self, name: &str) -> bool {
         self.prepared.iter().any(|n| &**n == name)
     }
@@ -209,6 +222,14 @@ impl DataSourcePool {
         self.idle.lock().unwrap().clear();
     }
 
+    /// Closes idle connections last used for `tenant` (a suspended tenant's).
+    pub fn close_idle_for_tenant(&self, tenant: &str) -> usize {
+        let mut idle = self.idle.lock().unwrap();
+        let before = idle.len();
+        idle.retain(|c| c.tenant_setting.as_deref() != Some(tenant));
+        before - idle.len()
+    }
+
     /// Closes idle connections past their idle timeout or lifetime.
     pub fn prune(&self) {
         let idle_timeout = self.settings.idle_timeout;
@@ -264,13 +285,14 @@ impl DataSourcePool {
         let reused = loop {
             let candidate = self.idle.lock().unwrap().pop();
             match candidate {
-                Some(c)
+                Some(mut c) => {
                     if c.created.elapsed() < c.lifetime
-                        && c.last_used.elapsed() < self.settings.idle_timeout =>
-                {
-                    break Some(c)
+                        && c.last_used.elapsed() < self.settings.idle_timeout
+                        && c.is_healthy()
+                    {
+                        break Some(c);
+                    }
                 }
-                Some(_) => continue,
                 None => break None,
             }
         };
@@ -302,6 +324,7 @@ impl DataSourcePool {
                     unnamed_owner: None,
                     settings_fingerprint: 0,
                     tenant_setting: None,
+                    lock_owner: None,
                     created: Instant::now(),
                     lifetime: self.settings.max_lifetime.mul_f64(1.0 - jitter),
                     last_used: Instant::now(),

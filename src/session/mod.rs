@@ -580,6 +580,10 @@ impl Session {
             }
             a.conn.settings_fingerprint = wanted.fingerprint;
         }
+        if a.conn.lock_owner.is_some_and(|owner| owner != self.id) {
+            setup.push_str("SELECT pg_advisory_unlock_all();");
+            a.conn.lock_owner = None;
+        }
         if let Some(t) = &target.tenant {
             if a.conn.tenant_setting.as_deref() != Some(t.as_str()) {
                 let setting = &self.shared.config().routing.tenant_setting;
@@ -640,6 +644,17 @@ impl Session {
         self.startup_settings = Settings::default();
         if let Some(a) = self.attached.as_mut() {
             a.conn.settings_fingerprint = 0;
+        }
+    }
+
+    /// Notes that `sql` may take a session-level advisory lock on the attached
+    /// connection (the `_xact_` variants end with the transaction and do not
+    /// match), so the next session to get it releases them first.
+    fn note_session_locks(&mut self, sql: &str) {
+        if contains_ignore_case(sql, "advisory_lock") {
+            if let Some(a) = self.attached.as_mut() {
+                a.conn.lock_owner = Some(self.id);
+            }
         }
     }
 
@@ -722,6 +737,13 @@ impl Session {
             c.release();
         }
     }
+}
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 fn park_key(t: &Target) -> String {

@@ -412,6 +412,7 @@ impl Session {
         }
         self.send_to_backend(f.into_raw(), Await::Query, false)
             .await?;
+        self.note_session_locks(sql);
         if let Some(a) = analysis.as_deref() {
             if a.statements
                 .iter()
