@@ -30,7 +30,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 export CARGO_TARGET_DIR=$TARGET_DIR
 MODES=(simple extended prepared)
 
-log() { printf '[bench] %s\n' "$*" >&2; }
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # Stray PGTENANT_* variables would override the generated configs.
@@ -123,7 +123,7 @@ log "initdb in $TMP/data (port $PGPORT_)"
      -c shared_buffers=256MB" >/dev/null || { cat "$TMP/postgres.log" >&2; die "pg_ctl start failed"; }
 PG_STARTED=1
 
-PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_" -U postgres)
+PSQL=(env PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_" -U postgres)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
 log "pgbench -i -s $SCALE"
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT_" -U postgres bench >"$TMP/init.log" 2>&1 \
@@ -229,6 +229,16 @@ for t in "${TARGETS[@]}"; do
     fi
 done
 
+# Routing is really on: without a tenant, a pgbench table must be refused.
+if [[ $RT_OK == 1 ]]; then
+    if out=$(psql -X -At -c "SELECT count(*) FROM pgbench_branches" \
+        "$BASE port=$RT_PORT user=bench@example.com" 2>&1); then
+        log "WARNING: routed proxy answered a tenant-table query without a tenant ($out)"
+    else
+        log "routed check: without a tenant the proxy refuses: $(head -1 <<<"$out")"
+    fi
+fi
+
 # Warm-up: pull the pgbench tables into shared buffers before the first row.
 pgbench -n -S -c "$CLIENTS" -j "$THREADS" -T 2 "$BASE port=$PGPORT_ user=postgres" >/dev/null 2>&1 || true
 
@@ -254,6 +264,7 @@ run_one() { # mode name conninfo pid
         "$mode" "$name" "${TPS[$key]}" "${TXNS[$key]}" "${FAILED[$key]}" "${ABORTED[$key]}" "${CPU[$key]}")"
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "running: pgbench -n -S -c $CLIENTS -j $THREADS -T $SECS, modes: ${MODES[*]}"
 for mode in "${MODES[@]}"; do
     for t in "${TARGETS[@]}"; do
@@ -262,13 +273,15 @@ for mode in "${MODES[@]}"; do
     done
 done
 
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
 # ---------------------------------------------------------------- report
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f", a / b; else print "-" }'; }
 {
     echo "# pgtenant benchmark results"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet -- src 2>/dev/null || echo ' (+ uncommitted src changes)')"
-    echo "- machine: $(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), shared with other work"
+    echo "- machine: $(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), shared with other work; load average before/after the runs: $LOAD_BEFORE / $LOAD_AFTER"
     echo "- $(pgbench --version), $("$PG_BIN/postgres" --version | sed 's/postgres (PostgreSQL) /PostgreSQL /')${BOUNCER_VERSION:+, PgBouncer $BOUNCER_VERSION}"
     echo "- \`pgbench -n -S -c $CLIENTS -j $THREADS -T $SECS\`, scale $SCALE, fsync=off, everything on 127.0.0.1"
     echo "- CPU µs/tx = proxy process utime+stime over the run / transactions (clock tick $((1000 / CLK_TCK)) ms)"
@@ -279,9 +292,14 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f", a / b; e
         for t in "${TARGETS[@]}"; do
             IFS='|' read -r name _ _ <<<"$t"
             k="$mode|$name"
-            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s |\n' "$mode" "$name" "${TPS[$k]}" \
-                "$(ratio "${TPS[$k]}" "${TPS["$mode|direct"]}")" "$(ratio "${TPS[$k]}" "${TPS["$mode|relay"]}")" \
-                "${CPU[$k]}" "${FAILED[$k]}" "${ABORTED[$k]}"
+            tps=$(printf '%.0f' "${TPS[$k]}") cpu=${CPU[$k]}
+            vd=$(ratio "${TPS[$k]}" "${TPS["$mode|direct"]}") vr=$(ratio "${TPS[$k]}" "${TPS["$mode|relay"]}")
+            if [[ ${ABORTED[$k]} != 0 || ${TXNS[$k]} == 0 ]]; then
+                # pgbench's tps for an aborted run covers only the few transactions before the abort.
+                tps="($tps, run aborted)" vd="-" vr="-" cpu="-"
+            fi
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$mode" "$name" "$tps" "$vd" "$vr" \
+                "$cpu" "${FAILED[$k]}" "${ABORTED[$k]}"
         done
     done
     notes=""

@@ -164,6 +164,7 @@ impl Session {
             return Ok(None);
         }
         let mut chosen: Option<Target> = None;
+        let mut weak: Option<RouteDecision> = None;
         let mut parsed: Vec<(String, Arc<Analysis>)> = Vec::new();
         for f in batch {
             let decision = match f.tag() {
@@ -239,7 +240,12 @@ impl Session {
             };
             if let Some((d, table_less)) = decision {
                 if table_less {
-                    // SELECT 1, SET, BEGIN: they follow whatever else the batch decides.
+                    // SELECT 1, SET, BEGIN: they follow the open transaction or
+                    // whatever else the batch decides; alone, their own
+                    // decision (a hint, the session tenant) applies.
+                    if self.attached.is_none() && weak.is_none() {
+                        weak = Some(d);
+                    }
                     continue;
                 }
                 let t = self.target_of(&d).await?;
@@ -250,7 +256,11 @@ impl Session {
                 }
             }
         }
-        Ok(chosen)
+        match (chosen, weak) {
+            (Some(t), _) => Ok(Some(t)),
+            (None, Some(d)) => Ok(Some(self.target_of(&d).await?)),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Describing a statement whose tenant only arrives at Bind (`tenant_id =
