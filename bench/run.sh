@@ -15,6 +15,7 @@
 #   BENCH_SECONDS     seconds per pgbench run (default 10)
 #   BENCH_CLIENTS     pgbench -c (default 16); BENCH_THREADS: -j (default 2)
 #   BENCH_SCALE       pgbench -i -s (default 10)
+#   BENCH_MODES       pgbench -M modes to run (default "simple extended prepared")
 #   PG_BIN            PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #   CARGO_TARGET_DIR  where cargo builds (default <repo>/target)
 set -euo pipefail
@@ -28,7 +29,7 @@ SCALE=${BENCH_SCALE:-10}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 export CARGO_TARGET_DIR=$TARGET_DIR
-MODES=(simple extended prepared)
+read -r -a MODES <<<"${BENCH_MODES:-simple extended prepared}"
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -229,13 +230,21 @@ for t in "${TARGETS[@]}"; do
     fi
 done
 
-# Routing is really on: without a tenant, a pgbench table must be refused.
+# Routing is really on. The tenant's subdomain is "bench", so dbname=bench
+# alone also selects it; check through dbname=postgres instead: a pgbench
+# table must be refused without a tenant and served with options=-c app.tenant_id.
 if [[ $RT_OK == 1 ]]; then
-    if out=$(psql -X -At -c "SELECT count(*) FROM pgbench_branches" \
-        "$BASE port=$RT_PORT user=bench@example.com" 2>&1); then
+    q="SELECT count(*) FROM pgbench_branches"
+    rconn="host=127.0.0.1 dbname=postgres sslmode=disable port=$RT_PORT user=bench@example.com"
+    if out=$(psql -X -At -c "$q" "$rconn" 2>&1); then
         log "WARNING: routed proxy answered a tenant-table query without a tenant ($out)"
     else
         log "routed check: without a tenant the proxy refuses: $(head -1 <<<"$out")"
+    fi
+    if out=$(psql -X -At -c "$q" "$rconn options='-c app.tenant_id=bench'" 2>&1); then
+        log "routed check: with options=-c app.tenant_id=bench: ok ($out)"
+    else
+        log "WARNING: routed proxy refused the tenant-table query with the tenant set: $out"
     fi
 fi
 

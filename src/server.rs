@@ -197,10 +197,19 @@ impl Shared {
         let defaults = self.config().pool.clone();
         let mut map = HashMap::with_capacity(records.len());
         for r in records {
-            let placement = r.data_source.as_ref().ok().map(|spec| TenantPlacement {
-                data_source: spec.pool_key(),
-                shared: per_source.get(&spec.pool_key()).copied().unwrap_or(0) > 1,
-                active: r.status == TenantStatus::Active,
+            // A tenant whose data source is unusable (bad secret, bad URL) still
+            // routes to itself, so its clients get its 08004 error, not "unknown tenant".
+            let placement = Some(match r.data_source.as_ref() {
+                Ok(spec) => TenantPlacement {
+                    data_source: spec.pool_key(),
+                    shared: per_source.get(&spec.pool_key()).copied().unwrap_or(0) > 1,
+                    active: r.status == TenantStatus::Active,
+                },
+                Err(_) => TenantPlacement {
+                    data_source: String::new(),
+                    shared: false,
+                    active: r.status == TenantStatus::Active,
+                },
             });
             let target = self.build_target(&r, &defaults);
             map.insert(r.id.clone(), Placement { target, placement });

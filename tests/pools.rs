@@ -130,7 +130,7 @@ async fn clients_vanishing_mid_transaction_leave_nothing_behind() {
     assert_eq!(f.dedicated.psql("dedicated", "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'accounts'"), "0");
     // And the pool still works.
     let c = connect(&p).await;
-    c.batch_execute("/* tenant_id='initech' */ SET lock_timeout = '1s'; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    c.batch_execute("SET app.tenant_id = 'initech'; SET lock_timeout = '1s'; BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE; COMMIT").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
