@@ -31,6 +31,9 @@ pub struct Config {
     /// Seconds SIGTERM waits for in-flight transactions before closing.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_secs: u64,
+    /// Runtime worker threads; default one per core.
+    #[serde(default)]
+    pub workers: Option<usize>,
     /// Largest client message accepted, in bytes; bigger ones are a protocol error.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
@@ -256,6 +259,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "metrics",
     "log",
     "shutdown_timeout_secs",
+    "workers",
     "max_message_bytes",
 ];
 

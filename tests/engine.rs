@@ -68,6 +68,23 @@ fn psql_query_copy_both_ways_and_error_sqlstate() {
     assert!(ok, "{err}");
     assert_eq!(out, "one\ntwo");
 
+    // libpq's default sslmode=prefer asks for TLS first; without a certificate
+    // the proxy answers 'N' and the session goes on in plaintext.
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", "SELECT 'plain'"])
+        .arg(format!(
+            "host=127.0.0.1 port={} user=alice@example.com password={PW} dbname=app sslmode=prefer",
+            s.proxy.port
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "plain");
+
     // Multi-statement simple query string.
     let (ok, out, _) = s
         .proxy

@@ -11,20 +11,28 @@ const PW: &str = "pool-user-pw";
 fn fleet_with_pool(config_json: &str) -> Fleet {
     let f = Fleet::start();
     add_user(&f.app, "app", "svc@example.com", &scram(PW), None);
-    f.app.psql("app", &format!("UPDATE tenants SET connection_pool_config = '{config_json}'"));
+    f.app.psql(
+        "app",
+        &format!("UPDATE tenants SET connection_pool_config = '{config_json}'"),
+    );
     f
 }
 
 async fn connect(p: &Proxy) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(&p.conninfo("svc@example.com", PW, "app"), tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}\n{}", p.log_text()));
+    let (c, conn) = tokio_postgres::connect(
+        &p.conninfo("svc@example.com", PW, "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect: {e}\n{}", p.log_text()));
     tokio::spawn(conn);
     c
 }
 
 fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("{e:?}"))
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 fn backend_conns(c: &Cluster, db: &str) -> i64 {
@@ -35,28 +43,54 @@ fn backend_conns(c: &Cluster, db: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_on_one_shared_source_share_one_pool_and_exhaustion_gives_53300() {
-    let f = fleet_with_pool(r#"{"pool_size": 1, "checkout_timeout_ms": 500, "max_connections_per_tenant": 1}"#);
+    let f = fleet_with_pool(
+        r#"{"pool_size": 1, "checkout_timeout_ms": 500, "max_connections_per_tenant": 1}"#,
+    );
     let p = f.proxy("");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let c = connect(&p).await;
     for t in ["acme", "globex", "acme", "globex"] {
-        c.query(&format!("SELECT count(*) FROM accounts WHERE tenant_id = '{t}'"), &[]).await.unwrap();
+        c.query(
+            &format!("SELECT count(*) FROM accounts WHERE tenant_id = '{t}'"),
+            &[],
+        )
+        .await
+        .unwrap();
     }
-    assert_eq!(backend_conns(&f.shared, "shared"), 1, "acme and globex share one pool of size 1");
+    assert_eq!(
+        backend_conns(&f.shared, "shared"),
+        1,
+        "acme and globex share one pool of size 1"
+    );
 
     // One client holds the only connection in a transaction: the next waits 500 ms, then 53300.
     let holder = connect(&p).await;
-    holder.batch_execute("BEGIN; SELECT * FROM accounts WHERE tenant_id = 'acme'").await.unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT * FROM accounts WHERE tenant_id = 'acme'")
+        .await
+        .unwrap();
     let waiter = connect(&p).await;
     let started = Instant::now();
-    let e = waiter.query("SELECT * FROM accounts WHERE tenant_id = 'globex'", &[]).await.unwrap_err();
+    let e = waiter
+        .query("SELECT * FROM accounts WHERE tenant_id = 'globex'", &[])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "53300");
-    assert!(e.as_db_error().unwrap().message().contains("shared"), "names the pool");
+    assert!(
+        e.as_db_error().unwrap().message().contains("shared"),
+        "names the pool"
+    );
     assert!(started.elapsed() >= Duration::from_millis(450));
     // The dedicated tenant is unaffected.
-    waiter.query("SELECT * FROM accounts WHERE tenant_id = 'initech'", &[]).await.unwrap();
+    waiter
+        .query("SELECT * FROM accounts WHERE tenant_id = 'initech'", &[])
+        .await
+        .unwrap();
     holder.batch_execute("COMMIT").await.unwrap();
-    waiter.query("SELECT * FROM accounts WHERE tenant_id = 'globex'", &[]).await.unwrap();
+    waiter
+        .query("SELECT * FROM accounts WHERE tenant_id = 'globex'", &[])
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -90,7 +124,10 @@ async fn a_dead_data_source_fails_only_its_tenants_and_heals() {
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_vanishing_mid_transaction_leave_nothing_behind() {
     let f = fleet_with_pool(r#"{"pool_size": 10, "checkout_timeout_ms": 60000}"#);
-    f.dedicated.psql("dedicated", "INSERT INTO accounts (tenant_id, name) VALUES ('initech', 'locked-row')");
+    f.dedicated.psql(
+        "dedicated",
+        "INSERT INTO accounts (tenant_id, name) VALUES ('initech', 'locked-row')",
+    );
     let p = f.proxy("");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let port = p.port;
@@ -101,13 +138,23 @@ async fn clients_vanishing_mid_transaction_leave_nothing_behind() {
         let info = p.conninfo("svc@example.com", PW, "app");
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.unwrap();
-            let (c, conn) = tokio_postgres::connect(&info, tokio_postgres::NoTls).await.unwrap();
+            let (c, conn) = tokio_postgres::connect(&info, tokio_postgres::NoTls)
+                .await
+                .unwrap();
             let h = tokio::spawn(conn);
             c.batch_execute("BEGIN").await.unwrap();
-            c.batch_execute(&format!("INSERT INTO accounts (tenant_id, name) VALUES ('initech', 'ghost-{i}')")).await.unwrap();
+            c.batch_execute(&format!(
+                "INSERT INTO accounts (tenant_id, name) VALUES ('initech', 'ghost-{i}')"
+            ))
+            .await
+            .unwrap();
             if i % 2 == 0 {
                 // Vanish while a statement is running.
-                let _ = tokio::time::timeout(Duration::from_millis(20), c.batch_execute("SELECT pg_sleep(0.5)")).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(20),
+                    c.batch_execute("SELECT pg_sleep(0.5)"),
+                )
+                .await;
             }
             h.abort();
             drop(c);
@@ -117,12 +164,21 @@ async fn clients_vanishing_mid_transaction_leave_nothing_behind() {
     for t in tasks {
         if let Err(e) = t.await {
             let log = p.log_text();
-            let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG") && !l.contains("client authenticated")).collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("DEBUG") && !l.contains("client authenticated"))
+                .collect();
             panic!("{e}\n{}", tail[tail.len().saturating_sub(40)..].join("\n"));
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(f.dedicated.psql("dedicated", "SELECT count(*) FROM accounts WHERE name LIKE 'ghost-%'"), "0");
+    assert_eq!(
+        f.dedicated.psql(
+            "dedicated",
+            "SELECT count(*) FROM accounts WHERE name LIKE 'ghost-%'"
+        ),
+        "0"
+    );
     assert_eq!(
         f.dedicated.psql("dedicated", "SELECT count(*) FROM pg_stat_activity WHERE datname = 'dedicated' AND (state LIKE 'idle in transaction%' OR state = 'active') AND pid <> pg_backend_pid()"),
         "0"
@@ -141,20 +197,39 @@ async fn session_state_never_leaks_between_clients() {
     let a = connect(&p).await;
     let b = connect(&p).await;
     let q = "/* tenant_id='initech' */ SELECT current_setting('statement_timeout')";
-    a.batch_execute("/* tenant_id='initech' */ SET statement_timeout = '1234ms'").await.unwrap();
-    a.batch_execute("/* tenant_id='initech' */ SELECT pg_advisory_lock(42)").await.unwrap();
-    assert_eq!(a.query_one(q, &[]).await.unwrap().get::<_, String>(0), "1234ms");
+    a.batch_execute("/* tenant_id='initech' */ SET statement_timeout = '1234ms'")
+        .await
+        .unwrap();
+    a.batch_execute("/* tenant_id='initech' */ SELECT pg_advisory_lock(42)")
+        .await
+        .unwrap();
+    assert_eq!(
+        a.query_one(q, &[]).await.unwrap().get::<_, String>(0),
+        "1234ms"
+    );
     // Same single backend connection, other client: clean state, lock released.
     assert_eq!(b.query_one(q, &[]).await.unwrap().get::<_, String>(0), "0");
-    let got: bool = b.query_one("/* tenant_id='initech' */ SELECT pg_try_advisory_lock(42)", &[]).await.unwrap().get(0);
+    let got: bool = b
+        .query_one(
+            "/* tenant_id='initech' */ SELECT pg_try_advisory_lock(42)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert!(got, "the other client's session lock was released");
     // The first client's setting is replayed when it comes back.
-    assert_eq!(a.query_one(q, &[]).await.unwrap().get::<_, String>(0), "1234ms");
+    assert_eq!(
+        a.query_one(q, &[]).await.unwrap().get::<_, String>(0),
+        "1234ms"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flooding_tenant_cannot_starve_its_neighbour() {
-    let f = fleet_with_pool(r#"{"pool_size": 4, "max_connections_per_tenant": 2, "checkout_timeout_ms": 30000}"#);
+    let f = fleet_with_pool(
+        r#"{"pool_size": 4, "max_connections_per_tenant": 2, "checkout_timeout_ms": 30000}"#,
+    );
     let p = f.proxy("");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -165,7 +240,9 @@ async fn a_flooding_tenant_cannot_starve_its_neighbour() {
         flood.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                c.batch_execute("/* tenant_id='acme' */ SELECT pg_sleep(0.2)").await.unwrap();
+                c.batch_execute("/* tenant_id='acme' */ SELECT pg_sleep(0.2)")
+                    .await
+                    .unwrap();
                 n += 1;
             }
             n
@@ -176,7 +253,13 @@ async fn a_flooding_tenant_cannot_starve_its_neighbour() {
     let mut worst = Duration::ZERO;
     for _ in 0..10 {
         let t = Instant::now();
-        victim.query("SELECT count(*) FROM accounts WHERE tenant_id = 'globex'", &[]).await.unwrap();
+        victim
+            .query(
+                "SELECT count(*) FROM accounts WHERE tenant_id = 'globex'",
+                &[],
+            )
+            .await
+            .unwrap();
         worst = worst.max(t.elapsed());
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -185,7 +268,10 @@ async fn a_flooding_tenant_cannot_starve_its_neighbour() {
     }
     // Without the per-tenant cap the flood (16 clients × 200 ms on 4 connections)
     // would queue globex behind ~800 ms of acme work.
-    assert!(worst < Duration::from_millis(400), "globex waited {worst:?}");
+    assert!(
+        worst < Duration::from_millis(400),
+        "globex waited {worst:?}"
+    );
     assert!(backend_conns(&f.shared, "shared") <= 4);
 }
 
@@ -195,17 +281,31 @@ async fn suspending_closes_idle_connections_and_a_wrong_key_fails_only_that_tena
     let p = f.proxy("");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let c = connect(&p).await;
-    c.query("SELECT 1 FROM accounts WHERE tenant_id = 'initech'", &[]).await.unwrap();
+    c.query("SELECT 1 FROM accounts WHERE tenant_id = 'initech'", &[])
+        .await
+        .unwrap();
     assert_eq!(backend_conns(&f.dedicated, "dedicated"), 1);
     f.tenant_cli(&["suspend", "initech"]);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(backend_conns(&f.dedicated, "dedicated"), 0, "idle connections of a suspended tenant are closed");
-    let e = c.query("SELECT 1 FROM accounts WHERE tenant_id = 'initech'", &[]).await.unwrap_err();
+    assert_eq!(
+        backend_conns(&f.dedicated, "dedicated"),
+        0,
+        "idle connections of a suspended tenant are closed"
+    );
+    let e = c
+        .query("SELECT 1 FROM accounts WHERE tenant_id = 'initech'", &[])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "08004");
     assert!(e.as_db_error().unwrap().message().contains("suspended"));
 
     // A value encrypted with another key: that tenant gets 08004, the others work.
-    let other = Fleet { app: Cluster::start(), shared: Cluster::start(), dedicated: Cluster::start(), key: "11".repeat(32) };
+    let other = Fleet {
+        app: Cluster::start(),
+        shared: Cluster::start(),
+        dedicated: Cluster::start(),
+        key: "11".repeat(32),
+    };
     let _ = &other;
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
         .arg("encrypt")
@@ -217,15 +317,27 @@ async fn suspending_closes_idle_connections_and_a_wrong_key_fails_only_that_tena
     let out = {
         use std::io::Write;
         let mut bad = bad;
-        bad.stdin.take().unwrap().write_all(DATA_ROLE_PW.as_bytes()).unwrap();
+        bad.stdin
+            .take()
+            .unwrap()
+            .write_all(DATA_ROLE_PW.as_bytes())
+            .unwrap();
         bad.wait_with_output().unwrap()
     };
     let wrong = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(wrong.split(':').count(), 3, "iv:authTag:ciphertext");
-    f.app.psql("app", &format!("UPDATE tenants SET data_source_password = '{wrong}' WHERE id = 'globex'"));
+    f.app.psql(
+        "app",
+        &format!("UPDATE tenants SET data_source_password = '{wrong}' WHERE id = 'globex'"),
+    );
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let e = c.query("SELECT 1 FROM accounts WHERE tenant_id = 'globex'", &[]).await.unwrap_err();
+    let e = c
+        .query("SELECT 1 FROM accounts WHERE tenant_id = 'globex'", &[])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "08004");
-    c.query("SELECT 1 FROM accounts WHERE tenant_id = 'acme'", &[]).await.unwrap();
+    c.query("SELECT 1 FROM accounts WHERE tenant_id = 'acme'", &[])
+        .await
+        .unwrap();
     assert!(!p.log_text().contains(DATA_ROLE_PW));
 }

@@ -1,7 +1,7 @@
 //! Cancel keys: the client sees a proxy-minted (pid, secret); a CancelRequest
 //! for it reaches the backend serving that client at that moment, and nothing else.
 
-use crate::pool::BackendUrl;
+use crate::pool::DataSourcePool;
 use dashmap::DashMap;
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 /// The backend a client is using right now, if any.
 #[derive(Clone)]
 pub struct CancelTarget {
-    pub url: BackendUrl,
+    pub pool: Arc<DataSourcePool>,
     pub key: (i32, i32),
 }
 
@@ -60,8 +60,8 @@ impl CancelRegistry {
         };
         let guard = slot.lock().await;
         if let Some(t) = guard.as_ref() {
-            if let Err(e) = crate::pool::connect::send_cancel(&t.url, t.key).await {
-                tracing::warn!(backend = %t.url.display(), error = %e, "cancel delivery failed");
+            if let Err(e) = crate::pool::connect::send_cancel(&t.pool.url, t.key).await {
+                tracing::warn!(backend = %t.pool.name, error = %e, "cancel delivery failed");
             }
         }
     }

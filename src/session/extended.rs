@@ -35,7 +35,9 @@ fn server_name(query: &str, param_types: &[u8]) -> Arc<str> {
 impl Session {
     /// Routes and sends (or answers) the batch of held extended-protocol messages.
     pub(super) async fn dispatch_batch(&mut self) -> Result<(), PgError> {
-        let batch = std::mem::take(&mut self.pending);
+        // The batch and wire buffers are reused across requests: no allocation
+        // per request once warm.
+        let mut batch = std::mem::take(&mut self.pending);
         let ends_with_sync = batch.last().is_some_and(|f| f.tag() == tag::SYNC);
 
         // Parses first: later Binds in the same batch refer to them.
@@ -65,12 +67,12 @@ impl Session {
             return self.refuse_batch(e, ends_with_sync).await;
         }
 
-        let mut wire = BytesMut::new();
+        let mut wire = std::mem::take(&mut self.wire);
         let out = &mut self.out;
         let a = self.attached.as_mut().expect("attached above");
         let cap = a.conn.pool().settings.prepared_per_connection;
         let mut sent_extended = false;
-        for f in batch {
+        for f in batch.drain(..) {
             match f.tag() {
                 tag::PARSE => {
                     let p = fe::parse(f.body()).map_err(malformed)?;
@@ -189,6 +191,9 @@ impl Session {
                 .await
                 .map_err(|_| super::backend_lost())?;
         }
+        wire.clear();
+        self.wire = wire;
+        self.pending = batch;
         Ok(())
     }
 

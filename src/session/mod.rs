@@ -149,6 +149,8 @@ pub struct Session {
     cancel_slot: CancelSlot,
     /// Extended-protocol messages waiting for Sync/Flush.
     pending: Vec<Frame>,
+    /// Scratch buffer for a batch's bytes towards the backend.
+    wire: BytesMut,
     prepared: HashMap<String, Prepared>,
     next_generation: u64,
     /// A BEGIN not yet sent: it goes to the backend the next statement picks.
@@ -272,6 +274,7 @@ impl Session {
             parked: HashMap::new(),
             cancel_slot,
             pending: Vec::new(),
+            wire: BytesMut::new(),
             prepared: HashMap::new(),
             next_generation: 1,
             held_begin: None,
@@ -375,9 +378,8 @@ impl Session {
                     self.dispatch_batch().await?;
                 }
                 let sql = crate::protocol::frontend::query_text(f.body())
-                    .map_err(|e| PgError::fatal("08P01", e.to_string()))?
-                    .to_string();
-                self.simple_query(f, &sql).await?;
+                    .map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+                self.simple_query(f.raw(), sql).await?;
             }
             tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE => {
                 self.pending.push(f);
@@ -553,7 +555,7 @@ impl Session {
             None => target.pool.checkout(target.tenant.as_deref()).await?,
         };
         self.set_cancel_target(Some(CancelTarget {
-            url: target.pool.url.clone(),
+            pool: target.pool.clone(),
             key: conn.backend_key,
         }))
         .await;
@@ -571,6 +573,7 @@ impl Session {
         let mut setup = String::new();
         let wanted = self.settings_for(target);
         if a.conn.settings_fingerprint != wanted.fingerprint {
+            let wanted = wanted.clone();
             if a.conn.settings_fingerprint != 0 {
                 setup.push_str("RESET ALL;");
             }
@@ -616,11 +619,10 @@ impl Session {
         Ok(())
     }
 
-    fn settings_for(&self, target: &Target) -> Settings {
+    fn settings_for(&self, target: &Target) -> &Settings {
         self.settings
             .get(&target.pool.name)
-            .cloned()
-            .unwrap_or_else(|| self.startup_settings.clone())
+            .unwrap_or(&self.startup_settings)
     }
 
     /// Records a session-level SET the client ran on `target`, so it is replayed elsewhere.

@@ -347,7 +347,12 @@ impl Session {
     }
 
     /// A simple-protocol Query: hold BEGIN, route, refuse, or forward.
-    pub(super) async fn simple_query(&mut self, f: Frame, sql: &str) -> Result<(), PgError> {
+    /// `raw` is the original Query message, forwarded unchanged; `sql` its text.
+    pub(super) async fn simple_query(
+        &mut self,
+        raw: &bytes::Bytes,
+        sql: &str,
+    ) -> Result<(), PgError> {
         let analysis = match self.shared.analyze(sql) {
             Ok(a) => a,
             Err(e) => {
@@ -420,7 +425,7 @@ impl Session {
         if let Err(e) = self.ensure_attached(&target).await {
             return self.refuse_query(e).await;
         }
-        self.send_to_backend(f.into_raw(), Await::Query, false)
+        self.send_to_backend(raw.clone(), Await::Query, false)
             .await?;
         self.note_session_locks(sql);
         if let Some(a) = analysis.as_deref() {

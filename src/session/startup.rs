@@ -67,12 +67,20 @@ pub async fn handshake(
                 }
             }
             Ok(StartupPacket::Ssl) => {
-                let tls = shared.tls();
-                let (Stream::Tcp(tcp), Some(tls)) = (stream, tls) else {
-                    // Either no certificate or a second SSLRequest on a TLS stream.
-                    return Err(StartupEnd::Quiet);
+                if stream.is_tls() {
+                    return Err(StartupEnd::Fatal(
+                        stream,
+                        PgError::fatal("08P01", "SSLRequest received on an encrypted connection"),
+                    ));
+                }
+                let Some(tls) = shared.tls() else {
+                    // No certificate configured: 'N', and the client goes on in
+                    // plaintext (sslmode=prefer) or hangs up (sslmode=require).
+                    if stream.write_all(b"N").await.is_err() {
+                        return Err(StartupEnd::Quiet);
+                    }
+                    continue;
                 };
-                stream = Stream::Tcp(tcp);
                 if reader.buffered() > 0 {
                     // Bytes after SSLRequest before the handshake: a protocol
                     // violation that could smuggle plaintext (CVE-2021-23214).
