@@ -143,10 +143,14 @@ fn default_shutdown_timeout() -> u64 {
 fn default_max_message() -> usize {
     64 * 1024 * 1024
 }
-/// The default auth query matches the demo schema (`users.email`, `users.password_hash`,
-/// tenants from `tenant_users`); a NULL `tenants` means a service account with all tenants.
+/// The default auth query matches the demo schema (`users.email`,
+/// `users.password_hash`, `users.is_service_account`, tenants from
+/// `tenant_users`); a NULL `tenants` means a service account with all tenants.
 pub fn default_auth_query() -> String {
-    "SELECT password_hash AS password, tenants FROM pgtenant_auth($1)".into()
+    "SELECT password_hash AS password, CASE WHEN is_service_account THEN NULL \
+     ELSE ARRAY(SELECT tenant_id FROM tenant_users tu WHERE tu.user_id = users.id) END AS tenants \
+     FROM users WHERE email = $1"
+        .into()
 }
 fn default_throttle_failures() -> u32 {
     5
