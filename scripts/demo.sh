@@ -105,9 +105,49 @@ INSERT INTO tenant_users (user_id, tenant_id) SELECT id, '$ACME' FROM users WHER
 INSERT INTO audit_log (actor, action, details) VALUES ('demo', 'demo.started', '{}');
 SQL
 export ENCRYPTION_KEY=$(openssl rand -hex 32)
-cat >"$WORK/pgtenant.toml" <<EOF
+cat >"$WORK/pgtenant.toml" <<TOML
 listen = "127.0.0.1:$PORT"
 [app_db]
 url = "postgres://postgres:$SUPERPW@127.0.0.1:$APP_PORT/app?sslmode=disable"
 [auth]
 admin_users = ["admin@demo.test"]
+TOML
+add() { "$BIN" tenant add --config "$WORK/pgtenant.toml" "$@" >/dev/null; }
+add --id "$MAIN" --name "Demo Main" --subdomain demo --url "postgres://pgtenant_data:$DATAPW@127.0.0.1:$SHARED_PORT/shared?sslmode=disable"
+add --id "$ACME" --name "Acme" --subdomain acme --url "postgres://pgtenant_data:$DATAPW@127.0.0.1:$SHARED_PORT/shared?sslmode=disable"
+add --id initech --name "Initech" --subdomain initech --url "postgres://pgtenant_data:$DATAPW@127.0.0.1:$DEDICATED_PORT/dedicated?sslmode=disable" --pool-size 5
+say "registered tenants (passwords stored encrypted):"
+"$BIN" tenant list --config "$WORK/pgtenant.toml"
+PGPASSWORD=$SUPERPW psql_su "$APP_PORT" -d app -At -c "SELECT id || ': ' || left(data_source_password, 24) || '…' FROM tenants ORDER BY id" | sed 's/^/  stored secret /'
+
+# ---- pgtenant
+"$BIN" serve --config "$WORK/pgtenant.toml" 2>"$WORK/pgtenant.log" &
+PIDS+=($!)
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+sleep 0.5
+unset PGPASSWORD
+q() { # user password db sql
+  PGPASSWORD=$2 psql -X -At -h 127.0.0.1 -p "$PORT" -U "$1" -d "$3" -c "$4" 2>&1 | sed 's/^/    /' || true
+}
+say ""
+say "Where statements go (through pgtenant on port $PORT):"
+echo "  service account, app table → app DB:";            q svc@demo.test $SVC_PW app "SELECT email FROM users ORDER BY id"
+echo "  service account, tenant filter → shared DB:";      q svc@demo.test $SVC_PW app "SELECT name FROM accounts WHERE tenant_id = '$MAIN' ORDER BY id"
+echo "  service account, dedicated tenant → its own DB:";  q svc@demo.test $SVC_PW app "SELECT name FROM accounts WHERE tenant_id = 'initech' ORDER BY id"
+echo "  Ann (allowed only Acme), no filter → Acme's rows only (RLS + tenant setting):"; q ann@acme.test $ANN_PW app "SELECT name FROM accounts ORDER BY id"
+echo "  Ann asking for another tenant → refused:";          q ann@acme.test $ANN_PW app "SELECT name FROM accounts WHERE tenant_id = '$MAIN'"
+echo "  a join across databases → refused:";                q svc@demo.test $SVC_PW app "SELECT * FROM users u JOIN accounts a ON a.name = u.email"
+echo "  database name = subdomain picks the tenant:";      q svc@demo.test $SVC_PW initech "SELECT count(*) FROM accounts"
+echo "  pgtenant explain --user ann@acme.test:"
+"$BIN" explain --config "$WORK/pgtenant.toml" --user ann@acme.test "SELECT o.name FROM opportunities o JOIN accounts a ON a.id = o.account_id" | sed 's/^/    /'
+
+say ""
+say "Try it yourself (passwords: svc $SVC_PW, ann $ANN_PW, admin $ADMIN_PW):"
+echo "  psql \"host=127.0.0.1 port=$PORT user=svc@demo.test dbname=app\"        # service account: all tenants"
+echo "  psql \"host=127.0.0.1 port=$PORT user=ann@acme.test dbname=app\"        # tenant-scoped user (Acme)"
+echo "  psql \"host=127.0.0.1 port=$PORT user=admin@demo.test dbname=pgtenant\" # admin console: SHOW POOLS; SHOW TENANTS;"
+echo "  then e.g.:  SET app.tenant_id = 'initech';  SELECT * FROM accounts;  \\d"
+echo "  pgtenant log: $WORK/pgtenant.log"
+say "Ctrl-C stops everything and removes $WORK."
+if [ -n "${PGTENANT_DEMO_EXIT:-}" ]; then exit 0; fi
+wait "${PIDS[0]}"
