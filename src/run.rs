@@ -116,7 +116,7 @@ fn spawn_signal_handlers(tx: tokio::sync::watch::Sender<bool>, shared: Arc<Share
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); let _ = tx.send(true); }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); let _ = tx.send(true); }
                 _ = hup.recv() => {
-                    let path = std::env::var_os("PGTENANT_CONFIG").map(std::path::PathBuf::from);
+                    let path = crate::admin::config_path();
                     match Config::load(path.as_deref()) {
                         Ok(c) => match shared.reload(c) {
                             Ok(()) => tracing::info!("configuration reloaded"),

@@ -371,8 +371,8 @@ fn console_metrics_and_the_pgbouncer_exporter() {
     assert!(!ok && err.contains("42601"), "{err}");
     let (ok, _, err) = console(&p, "PAUSE nosuchtenant");
     assert!(!ok && err.contains("3D000"), "{err}");
-    let (ok, _, err) = console(&p, "KILL acme");
-    assert!(!ok && err.contains("0A000"), "{err}");
+    let (ok, _, err) = console(&p, "KILL nosuchtenant");
+    assert!(!ok && err.contains("3D000"), "{err}");
     let (ok, _, err) = console(&p, "PAUSE acme");
     assert!(ok, "{err}");
     let (ok, out, _) = console(&p, "SHOW TENANTS");
@@ -785,4 +785,71 @@ fn deployment_files_are_consistent() {
             assert!(deploy(src).exists(), "COPY source {src} missing");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_ends_a_tenants_sessions_and_pause_holds_new_work() {
+    let f = Fleet::start();
+    add_user(&f.app, "app", ADMIN, &scram(ADMIN_PW), None);
+    add_user(&f.app, "app", "svc@example.com", &scram(PW), None);
+    let p = f.proxy("");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(
+            &p.conninfo("svc@example.com", PW, "app"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let initech = connect().await;
+    let acme = connect().await;
+    initech
+        .query("SELECT 1 FROM accounts WHERE tenant_id = 'initech'", &[])
+        .await
+        .unwrap();
+    acme.query("SELECT 1 FROM accounts WHERE tenant_id = 'acme'", &[])
+        .await
+        .unwrap();
+
+    let (ok, out, err) = console(&p, "KILL initech");
+    assert!(ok, "{err}");
+    assert!(err.is_empty() || !err.contains("ERROR"), "{err}");
+    let _ = out;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = initech.query("SELECT 1", &[]).await.unwrap_err();
+    assert!(
+        e.code().map(|c| c.code()) == Some("57P01") || e.is_closed(),
+        "initech's session was ended: {e:?}"
+    );
+    acme.query("SELECT 1 FROM accounts WHERE tenant_id = 'acme'", &[])
+        .await
+        .unwrap();
+
+    // PAUSE acme: new acme work waits until RESUME; other tenants run.
+    let (ok, _, err) = console(&p, "PAUSE acme");
+    assert!(ok, "{err}");
+    let waiter = tokio::spawn(async move {
+        let t = std::time::Instant::now();
+        acme.query("SELECT 1 FROM accounts WHERE tenant_id = 'acme'", &[])
+            .await
+            .unwrap();
+        t.elapsed()
+    });
+    let other = connect().await;
+    other
+        .query("SELECT 1 FROM accounts WHERE tenant_id = 'initech'", &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!waiter.is_finished(), "paused tenant's statement must wait");
+    let (ok, _, err) = console(&p, "RESUME acme");
+    assert!(ok, "{err}");
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
 }

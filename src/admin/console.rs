@@ -394,14 +394,20 @@ fn execute(stmt: &str, shared: &Arc<Shared>, user: &str) -> Result<Outcome, PgEr
             if shared.registry.get(&tenant).is_none() {
                 return Err(no_tenant(&tenant));
             }
-            Err(PgError::error(
-                "0A000",
-                format!("KILL {tenant} is not available in this version"),
-            )
-            .with_detail("Sessions cannot be dropped from the console yet.")
-            .with_hint(format!(
-                "PAUSE {tenant} holds new work; `pgtenant tenant suspend {tenant}` refuses new sessions."
-            )))
+            let data_id = shared
+                .registry
+                .get(&tenant)
+                .map(|r| r.data_tenant_id().to_string())
+                .unwrap_or_else(|| tenant.clone());
+            let sessions = super::kill_tenant_sessions(&shared.clients, &data_id);
+            let conns: usize = shared
+                .pools
+                .all()
+                .iter()
+                .map(|p| p.close_idle_for_tenant(&data_id))
+                .sum();
+            tracing::warn!(admin = %user, tenant = %tenant, sessions, conns, "KILL");
+            Ok(Outcome::Done(format!("KILL {sessions}"), Vec::new()))
         }
         "SHUTDOWN" if words.len() <= 2 => {
             if let Some(mode) = words.get(1) {

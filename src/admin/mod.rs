@@ -17,6 +17,22 @@ pub struct ClientInfo {
     pub peer: std::net::SocketAddr,
     pub connected_at: std::time::SystemTime,
     pub tls: bool,
+    /// The tenant the session's current (or last) transaction ran for.
+    pub tenant: std::sync::Arc<Mutex<Option<String>>>,
+    /// Signalled by `KILL <tenant>`: the session ends with 57P01.
+    pub kill: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// Ends every session working for `tenant` (KILL); returns how many.
+pub fn kill_tenant_sessions(clients: &dashmap::DashMap<u64, ClientInfo>, tenant: &str) -> usize {
+    let mut n = 0;
+    for c in clients.iter() {
+        if c.tenant.lock().unwrap().as_deref() == Some(tenant) {
+            c.kill.notify_one();
+            n += 1;
+        }
+    }
+    n
 }
 
 /// The configuration file the running process was started with: `--config`
@@ -71,6 +87,8 @@ static PAUSE: LazyLock<(Mutex<PauseState>, tokio::sync::Notify)> = LazyLock::new
 /// Set once any session consulted the pause gate; until then PAUSE warns
 /// that it has no effect.
 static GATE_CONSULTED: AtomicBool = AtomicBool::new(false);
+/// Whether any PAUSE is in force: the per-checkout gate costs one atomic load otherwise.
+static ANY_PAUSED: AtomicBool = AtomicBool::new(false);
 /// Set by SHUTDOWN or SIGTERM: /readyz answers 503 from then on.
 static DRAINING: AtomicBool = AtomicBool::new(false);
 
@@ -83,6 +101,7 @@ pub fn pause(tenant: Option<&str>) {
             s.tenants.insert(t.to_string());
         }
     }
+    ANY_PAUSED.store(true, Ordering::SeqCst);
 }
 
 /// Resumes everything (`None`: clears every pause) or one tenant.
@@ -98,6 +117,7 @@ pub fn resume(tenant: Option<&str>) {
                 s.tenants.remove(t);
             }
         }
+        ANY_PAUSED.store(s.all || !s.tenants.is_empty(), Ordering::SeqCst);
     }
     PAUSE.1.notify_waiters();
 }
@@ -119,7 +139,12 @@ pub fn paused() -> (bool, Vec<String>) {
 /// The gate sessions call before checking out a server connection for
 /// `tenant` (`None` = app DB): returns once neither PAUSE applies.
 pub async fn wait_while_paused(tenant: Option<&str>) {
-    GATE_CONSULTED.store(true, Ordering::Relaxed);
+    if !GATE_CONSULTED.load(Ordering::Relaxed) {
+        GATE_CONSULTED.store(true, Ordering::Relaxed);
+    }
+    if !ANY_PAUSED.load(Ordering::SeqCst) {
+        return;
+    }
     loop {
         let notified = PAUSE.1.notified();
         if !is_paused(tenant) {

@@ -151,6 +151,10 @@ pub struct Session {
     pending: Vec<Frame>,
     /// Scratch buffer for a batch's bytes towards the backend.
     wire: BytesMut,
+    /// The admin console's view of which tenant this session works for.
+    tenant_slot: Arc<std::sync::Mutex<Option<String>>>,
+    /// `KILL <tenant>` from the console.
+    kill: Arc<tokio::sync::Notify>,
     prepared: HashMap<String, Prepared>,
     next_generation: u64,
     /// A BEGIN not yet sent: it goes to the backend the next statement picks.
@@ -193,17 +197,20 @@ impl Session {
             shared.cancels.unregister(key.0);
             return;
         }
-        shared.clients.insert(
-            id,
-            crate::admin::ClientInfo {
-                user: auth.user.clone(),
-                database: auth.params.database().unwrap_or("").to_string(),
-                peer,
-                connected_at: std::time::SystemTime::now(),
-                tls: auth.stream.is_tls(),
-            },
-        );
+        let info = crate::admin::ClientInfo {
+            user: auth.user.clone(),
+            database: auth.params.database().unwrap_or("").to_string(),
+            peer,
+            connected_at: std::time::SystemTime::now(),
+            tls: auth.stream.is_tls(),
+            tenant: Arc::new(std::sync::Mutex::new(None)),
+            kill: Arc::new(tokio::sync::Notify::new()),
+        };
+        let (tenant_slot, kill) = (info.tenant.clone(), info.kill.clone());
+        shared.clients.insert(id, info);
         let mut session = Session::new(id, shared.clone(), auth, cancel_slot);
+        session.tenant_slot = tenant_slot;
+        session.kill = kill;
         let result = session.start(key).await;
         if let Err(e) = result {
             session.out.extend_from_slice(&e.encode());
@@ -275,6 +282,8 @@ impl Session {
             cancel_slot,
             pending: Vec::new(),
             wire: BytesMut::new(),
+            tenant_slot: Arc::default(),
+            kill: Arc::default(),
             prepared: HashMap::new(),
             next_generation: 1,
             held_begin: None,
@@ -341,8 +350,16 @@ impl Session {
                 client,
                 creader,
                 attached,
+                kill,
                 ..
             } = self;
+            let killed = || {
+                PgError::fatal(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                )
+                .with_hint("An administrator ran KILL for this tenant.")
+            };
             match attached {
                 Some(a) => {
                     let conn = &mut *a.conn;
@@ -351,6 +368,7 @@ impl Session {
                             Ok(true) => {}
                             _ => return Ok(()),
                         },
+                        _ = kill.notified() => return Err(killed()),
                         r = conn.reader.fill(&mut conn.stream) => match r {
                             Ok(true) => {}
                             _ => {
@@ -361,9 +379,12 @@ impl Session {
                         },
                     }
                 }
-                None => match creader.fill(client).await {
-                    Ok(true) => {}
-                    _ => return Ok(()),
+                None => tokio::select! {
+                    r = creader.fill(client) => match r {
+                        Ok(true) => {}
+                        _ => return Ok(()),
+                    },
+                    _ = kill.notified() => return Err(killed()),
                 },
             }
         }
@@ -552,8 +573,17 @@ impl Session {
         }
         let conn = match self.parked.remove(&park_key(target)) {
             Some(c) => c,
-            None => target.pool.checkout(target.tenant.as_deref()).await?,
+            None => {
+                crate::admin::wait_while_paused(target.tenant.as_deref()).await;
+                target.pool.checkout(target.tenant.as_deref()).await?
+            }
         };
+        {
+            let mut slot = self.tenant_slot.lock().unwrap();
+            if slot.as_deref() != target.tenant.as_deref() {
+                *slot = target.tenant.clone();
+            }
+        }
         self.set_cancel_target(Some(CancelTarget {
             pool: target.pool.clone(),
             key: conn.backend_key,

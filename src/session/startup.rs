@@ -127,7 +127,9 @@ pub async fn handshake(
         ));
     };
     let database = params.database().unwrap_or("").to_string();
-    let admin_console = database == "pgtenant";
+    // `pgbouncer` too, so PgBouncer tooling (prometheus-pgbouncer-exporter)
+    // works unchanged against the console.
+    let admin_console = database == "pgtenant" || database == "pgbouncer";
     if admin_console && !cfg.auth.admin_users.iter().any(|u| u == &user) {
         return Err(StartupEnd::Fatal(
             stream,
