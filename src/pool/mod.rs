@@ -108,7 +108,7 @@ impl ServerConn {
         use futures::FutureExt;
         use tokio::io::AsyncReadExt;
         let mut probe = [0u8; 1];
-        matches!(self.stream.read(&mut probe).now_or_never(), None)
+        self.stream.read(&mut probe).now_or_never().is_none()
     }
 
     pub fn has_prepared(&self, name: &str) -> bool {
