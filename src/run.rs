@@ -131,11 +131,9 @@ fn spawn_signal_handlers(tx: tokio::sync::watch::Sender<bool>, shared: Arc<Share
 }
 
 async fn app_client(config: &Config) -> Result<tokio_postgres::Client, String> {
-    let (client, conn) = tokio_postgres::connect(&config.app_db.url, tokio_postgres::NoTls)
+    crate::pool::control::client(&config.app_db.url)
         .await
-        .map_err(|e| format!("cannot connect to the app DB: {e}"))?;
-    tokio::spawn(conn);
-    Ok(client)
+        .map_err(|e| format!("cannot connect to the app DB: {e}"))
 }
 
 /// `pgtenant explain`.

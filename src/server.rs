@@ -3,7 +3,7 @@
 use crate::appdb::AppDb;
 use crate::auth::{AuthQuery, Throttle};
 use crate::config::Config;
-use crate::pool::{BackendUrl, DataSourcePool, PoolMode, PoolSet, PoolSettings, SslMode};
+use crate::pool::{BackendUrl, DataSourcePool, PoolMode, PoolSet, PoolSettings};
 use crate::protocol::backend::PgError;
 use crate::registry::{SecretBox, TenantRecord, TenantRegistry, TenantStatus};
 use crate::router::{self, ParseCache, RouterConfig, TableRef, TenantPlacement};
@@ -236,20 +236,7 @@ impl Shared {
             )
             .with_hint("Check the tenant's data_source_url / data_source_password and ENCRYPTION_KEY (`pgtenant tenant test`).")
         })?;
-        let url = BackendUrl {
-            host: spec.host.clone(),
-            port: spec.port,
-            user: spec.user.clone(),
-            password: spec.password.clone(),
-            dbname: spec.dbname.clone(),
-            sslmode: match spec.sslmode.as_str() {
-                "disable" | "allow" => SslMode::Disable,
-                "require" => SslMode::Require,
-                "verify-ca" | "verify-full" => SslMode::VerifyFull,
-                _ => SslMode::Prefer,
-            },
-            sslrootcert: None,
-        };
+        let url = spec.backend_url();
         let mut settings = PoolSettings::from_defaults(defaults);
         settings.size = r.pool.pool_size.max(1) as usize;
         settings.mode = if r.pool.mode.as_str() == "session" {
@@ -396,21 +383,8 @@ fn router_config(config: &Config) -> RouterConfig {
 /// Asks a data source whether `table` is protected by RLS keyed on `setting`
 /// for the role pgtenant connects as.
 async fn rls_protected(url: &BackendUrl, table: &TableRef, setting: &str) -> Result<bool, String> {
-    let mut cfg = tokio_postgres::Config::new();
-    if url.is_unix_socket() {
-        cfg.host_path(&url.host);
-    } else {
-        cfg.host(&url.host);
-    }
-    cfg.port(url.port).user(&url.user).dbname(&url.dbname);
-    if let Some(p) = &url.password {
-        cfg.password(p.expose());
-    }
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+    let (client, conn) = crate::pool::control::connect_url(url).await?;
+    crate::pool::control::spawn_driver(conn);
     let row = client
         .query_opt(
             "SELECT c.relrowsecurity \
@@ -420,7 +394,7 @@ async fn rls_protected(url: &BackendUrl, table: &TableRef, setting: &str) -> Res
                     AND (pg_get_expr(p.polqual, p.polrelid) LIKE '%' || $2 || '%'))
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relname = $1 AND (n.nspname = $3 OR ($3 = '' AND pg_table_is_visible(c.oid)))",
-            &[&table.name, &setting, &table.schema.clone().unwrap_or_default()],
+            &[&table.name, &setting.to_string(), &table.schema.clone().unwrap_or_default()],
         )
         .await
         .map_err(|e| e.to_string())?;

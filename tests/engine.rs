@@ -576,3 +576,64 @@ fn passwd_prints_a_scram_verifier_postgres_accepts() {
     assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
     assert!(pgtenant::auth::Verifier::parse(v.trim()).is_some());
 }
+
+#[test]
+fn tls_towards_the_backend_follows_sslmode() {
+    let tmp = std::env::temp_dir().join(format!("pgtenant-bcert-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (cert, key) = make_cert(&tmp);
+    // The cluster runs as postgres: give it its own copies with strict modes.
+    let app = Cluster::start();
+    let (c2, k2) = (app.dir.join("server.crt"), app.dir.join("server.key"));
+    std::fs::copy(&cert, &c2).unwrap();
+    std::fs::copy(&key, &k2).unwrap();
+    let _ = Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&c2)
+        .arg(&k2)
+        .status();
+    let _ = Command::new("chmod").args(["600"]).arg(&k2).status();
+    app.psql(
+        "postgres",
+        &format!("ALTER SYSTEM SET ssl_cert_file = '{}'", c2.display()),
+    );
+    app.psql(
+        "postgres",
+        &format!("ALTER SYSTEM SET ssl_key_file = '{}'", k2.display()),
+    );
+    app.psql("postgres", "ALTER SYSTEM SET ssl = on");
+    app.restart();
+    app.createdb("app");
+    app.psql("app", APP_SCHEMA);
+    add_user(&app, "app", "alice@example.com", &scram(PW), None);
+    for (mode, want_ssl) in [("require", "t"), ("disable", "f"), ("prefer", "t")] {
+        let url = app
+            .url("app")
+            .replace("sslmode=disable", &format!("sslmode={mode}"));
+        let config = format!(
+            "[app_db]\nurl = \"{url}\"\n[auth]\nquery = \"{}\"\n[routing]\nenabled = false\n",
+            auth_query()
+        );
+        let proxy = Proxy::start(&config, &[]);
+        let (ok, out, err) = proxy.psql(
+            "alice@example.com",
+            PW,
+            "app",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        );
+        assert!(ok, "{mode}: {err}");
+        assert_eq!(out, want_ssl, "sslmode={mode}");
+    }
+    // verify-full against a self-signed certificate with no CA configured: refused.
+    let url = app
+        .url("app")
+        .replace("sslmode=disable", "sslmode=verify-full");
+    let config = format!(
+        "[app_db]\nurl = \"{url}\"\n[auth]\nquery = \"{}\"\n[routing]\nenabled = false\n",
+        auth_query()
+    );
+    let proxy = Proxy::start(&config, &[]);
+    let (ok, _, _) = proxy.psql("alice@example.com", PW, "app", "SELECT 1");
+    assert!(!ok, "an unverifiable backend certificate must be refused");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -335,10 +335,14 @@ async fn registry_changes_apply_live() {
         "INSERT INTO accounts (tenant_id, name) VALUES ('initech', 'moved-row')",
     );
     let p = f.proxy("");
+    // A second replica sharing the same app DB.
+    let p2 = f.proxy("");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let svc = connect(&p, "svc@example.com", "app").await;
+    let svc2 = connect(&p2, "svc@example.com", "app").await;
     let q = "SELECT count(*) FROM accounts WHERE tenant_id = 'initech' AND name = 'moved-row'";
     assert_eq!(svc.query_one(q, &[]).await.unwrap().get::<_, i64>(0), 0);
+    assert_eq!(svc2.query_one(q, &[]).await.unwrap().get::<_, i64>(0), 0);
     // A plain SQL UPDATE of the URL re-routes the next transaction within 1 s.
     f.app.psql(
         "app",
@@ -346,6 +350,11 @@ async fn registry_changes_apply_live() {
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(svc.query_one(q, &[]).await.unwrap().get::<_, i64>(0), 1);
+    assert_eq!(
+        svc2.query_one(q, &[]).await.unwrap().get::<_, i64>(0),
+        1,
+        "every replica follows NOTIFY"
+    );
 
     // Suspend and resume through the CLI.
     f.tenant_cli(&["suspend", "initech"]);

@@ -33,14 +33,18 @@ impl AuthQuery {
     }
 
     /// `Ok(None)` for an unknown login; `Err` when the app DB cannot answer.
-    pub async fn lookup(&self, user: &str) -> Result<Option<UserRecord>, tokio_postgres::Error> {
+    pub async fn lookup(&self, user: &str) -> Result<Option<UserRecord>, String> {
         let client = self.app_db.client().await?;
-        let rows = client.query(self.sql.as_str(), &[&user]).await?;
+        let rows = client
+            .query(self.sql.as_str(), &[&user])
+            .await
+            .map_err(|e| e.to_string())?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
-        let password: Option<String> = row.try_get("password")?;
-        let tenants: Option<Vec<Option<String>>> = row.try_get("tenants")?;
+        let password: Option<String> = row.try_get("password").map_err(|e| e.to_string())?;
+        let tenants: Option<Vec<Option<String>>> =
+            row.try_get("tenants").map_err(|e| e.to_string())?;
         Ok(password.map(|password| UserRecord {
             password,
             tenants: tenants.map(|t| t.into_iter().flatten().collect()),

@@ -239,7 +239,7 @@ async fn negotiate_tls(mut tcp: TcpStream, url: &BackendUrl) -> Result<Stream, C
     Ok(Stream::TlsClient(Box::new(tls)))
 }
 
-fn client_tls_config(url: &BackendUrl) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn client_tls_config(url: &BackendUrl) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

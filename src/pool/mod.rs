@@ -9,6 +9,7 @@
 //! a half-finished transaction is never handed to someone else.
 
 pub mod connect;
+pub mod control;
 pub mod url;
 
 pub use self::url::{BackendUrl, SslMode};

@@ -24,6 +24,8 @@ pub struct BackendUrl {
     pub sslmode: SslMode,
     /// CA file for verify-full (libpq's `sslrootcert`); system roots otherwise.
     pub sslrootcert: Option<String>,
+    /// For control-plane connections (the data path always says `pgtenant`).
+    pub application_name: Option<String>,
 }
 
 impl std::fmt::Debug for BackendUrl {
@@ -48,6 +50,7 @@ impl BackendUrl {
         let mut port = url.port().unwrap_or(5432);
         let mut sslmode = SslMode::Prefer;
         let mut sslrootcert = None;
+        let mut application_name = None;
         let mut user = decode(url.username())?;
         let mut dbname = decode(url.path().trim_start_matches('/'))?;
         for (k, v) in url.query_pairs() {
@@ -57,6 +60,7 @@ impl BackendUrl {
                 "user" => user = v.to_string(),
                 "dbname" => dbname = v.to_string(),
                 "sslrootcert" => sslrootcert = Some(v.to_string()),
+                "application_name" => application_name = Some(v.to_string()),
                 "sslmode" => {
                     sslmode = match v.as_ref() {
                         "disable" | "allow" => SslMode::Disable,
@@ -90,6 +94,7 @@ impl BackendUrl {
             dbname,
             sslmode,
             sslrootcert,
+            application_name,
         })
     }
 

@@ -45,6 +45,9 @@ pub enum RegistryError {
     /// Caller input rejected before touching the database.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// The app DB could not be reached (message names host and database, never the password).
+    #[error("cannot connect: {0}")]
+    Connect(String),
     /// A connection test or operation exceeded its time limit.
     #[error("timed out: {0}")]
     Timeout(String),

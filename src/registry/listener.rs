@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use crate::registry::cache::TenantRegistry;
 use crate::registry::crypto::SecretBox;
@@ -108,14 +108,16 @@ async fn sync_session(
     refresh_every: Duration,
     connected: &mut bool,
 ) -> Result<()> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, connection) = crate::pool::control::connect(url)
+        .await
+        .map_err(RegistryError::Connect)?;
     *connected = true;
     // None = payload-less notification, which means "reload everything".
     let (tx, mut rx) = mpsc::unbounded_channel::<Option<String>>();
     let _driver = AbortOnDrop(tokio::spawn(async move {
         // tokio-postgres only surfaces notifications to whoever polls the
         // Connection directly, hence driving it as a stream ourselves.
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let mut messages = connection;
         while let Some(msg) = messages.next().await {
             match msg {
                 Ok(AsyncMessage::Notification(n)) if n.channel() == NOTIFY_CHANNEL => {

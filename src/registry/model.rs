@@ -328,26 +328,25 @@ impl DataSourceSpec {
         format!("{}@{}:{}/{}", self.user, host, self.port, self.dbname)
     }
 
-    /// Driver config for dialing this data source. tokio-postgres knows only
-    /// disable/prefer/require; verify-* map to require and certificate
-    /// checking is the TLS connector's job.
-    pub fn pg_config(&self) -> tokio_postgres::Config {
-        use tokio_postgres::config::SslMode;
-        let mut c = tokio_postgres::Config::new();
-        c.host(&self.host)
-            .port(self.port)
-            .dbname(&self.dbname)
-            .user(&self.user)
-            .application_name("pgtenant");
-        if let Some(p) = &self.password {
-            c.password(p.expose());
+    /// The address the pool and control-plane connections use: one
+    /// conversion, so the data path and `tenant test` agree on host and TLS.
+    pub fn backend_url(&self) -> crate::pool::BackendUrl {
+        use crate::pool::SslMode;
+        crate::pool::BackendUrl {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            dbname: self.dbname.clone(),
+            sslmode: match self.sslmode.as_str() {
+                "disable" | "allow" => SslMode::Disable,
+                "require" => SslMode::Require,
+                "verify-ca" | "verify-full" => SslMode::VerifyFull,
+                _ => SslMode::Prefer,
+            },
+            sslrootcert: None,
+            application_name: None,
         }
-        c.ssl_mode(match self.sslmode.as_str() {
-            "disable" => SslMode::Disable,
-            "allow" | "prefer" => SslMode::Prefer,
-            _ => SslMode::Require,
-        });
-        c
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::registry::crypto::{KeySlot, SecretBox};
 use crate::registry::error::{RegistryError, Result};
@@ -515,15 +515,15 @@ pub async fn test(record: &TenantRecord) -> Result<TestReport> {
 
 /// [`fn@test`] for a bare spec (e.g. before the tenant is saved).
 pub async fn test_spec(spec: &DataSourceSpec) -> Result<TestReport> {
-    let mut config = spec.pg_config();
-    config.connect_timeout(TEST_TIMEOUT);
+    let url = spec.backend_url();
     let started = Instant::now();
     let work = async {
-        let (client, connection) = config.connect(NoTls).await?;
-        let driver = tokio::spawn(connection);
+        let (client, connection) = crate::pool::control::connect_url(&url)
+            .await
+            .map_err(RegistryError::Connect)?;
+        crate::pool::control::spawn_driver(connection);
         let row = client.query_one("select version()", &[]).await;
         drop(client);
-        let _ = driver.await;
         Ok::<_, RegistryError>(row?.get::<_, String>(0))
     };
     let server_version = tokio::time::timeout(TEST_TIMEOUT, work)
