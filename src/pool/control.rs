@@ -52,7 +52,11 @@ pub async fn connect_url(url: &BackendUrl) -> Result<(Client, ControlConnection)
     let (client, mut connection) = pg_config(url)
         .connect(make)
         .await
-        .map_err(|e| format!("{}: {e}", url.display()))?;
+        .map_err(|e| match e.as_db_error() {
+            // "db error" alone says nothing; the server's message never holds the password.
+            Some(db) => format!("{}: {} ({})", url.display(), db.message(), db.code().code()),
+            None => format!("{}: {e}", url.display()),
+        })?;
     let messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed();
     Ok((client, messages))
 }
