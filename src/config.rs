@@ -180,18 +180,7 @@ fn default_true() -> bool {
     true
 }
 fn default_app_tables() -> Vec<String> {
-    [
-        "tenants",
-        "users",
-        "roles",
-        "permissions",
-        "audit_log",
-        "tenant_users",
-        "tenant_roles",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    crate::router::RouterConfig::default().app_tables
 }
 fn default_tenant_column() -> String {
     "tenant_id".into()

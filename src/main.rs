@@ -41,71 +41,10 @@ enum Command {
     /// Manage tenants in the app DB registry.
     Tenant {
         #[command(subcommand)]
-        command: TenantCommand,
+        command: pgtenant::run::TenantOp,
     },
     /// Re-encrypt every tenant secret with ENCRYPTION_KEY (old key in ENCRYPTION_KEY_PREVIOUS).
     RotateKey,
-}
-
-#[derive(Subcommand)]
-enum TenantCommand {
-    /// Register a tenant; the URL's password is encrypted before it is stored.
-    Add {
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        subdomain: String,
-        /// postgres://user:pass@host:port/db (read from PGTENANT_TENANT_URL if omitted).
-        #[arg(long, env = "PGTENANT_TENANT_URL", hide_env_values = true)]
-        url: String,
-        #[arg(long)]
-        pool_size: Option<u32>,
-        #[arg(long)]
-        mode: Option<String>,
-        #[arg(long)]
-        region: Option<String>,
-        #[arg(long)]
-        tenant_id_in_data_source: Option<String>,
-    },
-    List,
-    Show {
-        id: String,
-    },
-    /// Change a tenant's fields.
-    Set {
-        id: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        subdomain: Option<String>,
-        #[arg(long, hide_env_values = true)]
-        url: Option<String>,
-        #[arg(long)]
-        pool_size: Option<u32>,
-        #[arg(long)]
-        mode: Option<String>,
-        #[arg(long)]
-        max_connections_per_tenant: Option<u32>,
-        #[arg(long)]
-        notes: Option<String>,
-        #[arg(long)]
-        region: Option<String>,
-    },
-    Suspend {
-        id: String,
-    },
-    Resume {
-        id: String,
-    },
-    Remove {
-        id: String,
-    },
-    /// Connect to the tenant's data source and report latency and server version.
-    Test {
-        id: String,
-    },
 }
 
 fn main() -> ExitCode {
@@ -164,66 +103,13 @@ fn main() -> ExitCode {
                     Command::Explain { user, tenant, sql } => {
                         pgtenant::run::explain(config, user, tenant, sql).await
                     }
-                    Command::Tenant { command } => tenant_command(config, command).await,
+                    Command::Tenant { command } => pgtenant::run::tenant(config, command).await,
                     Command::RotateKey => pgtenant::run::rotate_key(config).await,
                     Command::Passwd | Command::Encrypt => unreachable!(),
                 }
             })
         }
     }
-}
-
-async fn tenant_command(config: Config, command: TenantCommand) -> ExitCode {
-    use pgtenant::run::TenantOp;
-    let op = match command {
-        TenantCommand::Add {
-            id,
-            name,
-            subdomain,
-            url,
-            pool_size,
-            mode,
-            region,
-            tenant_id_in_data_source,
-        } => TenantOp::Add {
-            id,
-            name,
-            subdomain,
-            url,
-            pool_size,
-            mode,
-            region,
-            tenant_id_in_data_source,
-        },
-        TenantCommand::List => TenantOp::List,
-        TenantCommand::Show { id } => TenantOp::Show(id),
-        TenantCommand::Set {
-            id,
-            name,
-            subdomain,
-            url,
-            pool_size,
-            mode,
-            max_connections_per_tenant,
-            notes,
-            region,
-        } => TenantOp::Set {
-            id,
-            name,
-            subdomain,
-            url,
-            pool_size,
-            mode,
-            max_connections_per_tenant,
-            notes,
-            region,
-        },
-        TenantCommand::Suspend { id } => TenantOp::Suspend(id),
-        TenantCommand::Resume { id } => TenantOp::Resume(id),
-        TenantCommand::Remove { id } => TenantOp::Remove(id),
-        TenantCommand::Test { id } => TenantOp::Test(id),
-    };
-    pgtenant::run::tenant(config, op).await
 }
 
 fn read_stdin_secret() -> String {

@@ -201,34 +201,68 @@ pub async fn rotate_key(config: Config) -> ExitCode {
 }
 
 /// The `pgtenant tenant …` subcommands.
+#[derive(clap::Subcommand)]
 pub enum TenantOp {
+    /// Register a tenant; the URL's password is encrypted before it is stored.
     Add {
+        #[arg(long)]
         id: String,
+        #[arg(long)]
         name: String,
+        #[arg(long)]
         subdomain: String,
+        /// postgres://user:pass@host:port/db (read from PGTENANT_TENANT_URL if omitted).
+        #[arg(long, env = "PGTENANT_TENANT_URL", hide_env_values = true)]
         url: String,
+        #[arg(long)]
         pool_size: Option<u32>,
+        #[arg(long)]
         mode: Option<String>,
+        #[arg(long)]
         region: Option<String>,
+        #[arg(long)]
         tenant_id_in_data_source: Option<String>,
     },
+    /// List tenants (never secrets).
     List,
-    Show(String),
+    /// One tenant in detail (the password only as "set (encrypted)").
+    Show {
+        id: String,
+    },
+    /// Change a tenant's fields.
     Set {
         id: String,
+        #[arg(long)]
         name: Option<String>,
+        #[arg(long)]
         subdomain: Option<String>,
+        #[arg(long, hide_env_values = true)]
         url: Option<String>,
+        #[arg(long)]
         pool_size: Option<u32>,
+        #[arg(long)]
         mode: Option<String>,
+        #[arg(long)]
         max_connections_per_tenant: Option<u32>,
+        #[arg(long)]
         notes: Option<String>,
+        #[arg(long)]
         region: Option<String>,
     },
-    Suspend(String),
-    Resume(String),
-    Remove(String),
-    Test(String),
+    /// Refuse the tenant's new statements and close its idle connections.
+    Suspend {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Remove {
+        id: String,
+    },
+    /// Connect to the tenant's data source and report latency and server version.
+    Test {
+        id: String,
+    },
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -307,7 +341,7 @@ pub async fn tenant(config: Config, op: TenantOp) -> ExitCode {
                     );
                 }
             }
-            TenantOp::Show(id) => {
+            TenantOp::Show { id } => {
                 let d = ops::show(&client, need_secrets()?, &id)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -348,25 +382,25 @@ pub async fn tenant(config: Config, op: TenantOp) -> ExitCode {
                     .map_err(|e| e.to_string())?;
                 println!("updated tenant {}", rec.id);
             }
-            TenantOp::Suspend(id) => {
+            TenantOp::Suspend { id } => {
                 ops::suspend(&client, &id, &actor)
                     .await
                     .map_err(|e| e.to_string())?;
                 println!("suspended tenant {id}");
             }
-            TenantOp::Resume(id) => {
+            TenantOp::Resume { id } => {
                 ops::resume(&client, &id, &actor)
                     .await
                     .map_err(|e| e.to_string())?;
                 println!("resumed tenant {id}");
             }
-            TenantOp::Remove(id) => {
+            TenantOp::Remove { id } => {
                 ops::remove(&client, &id, &actor)
                     .await
                     .map_err(|e| e.to_string())?;
                 println!("removed tenant {id}");
             }
-            TenantOp::Test(id) => {
+            TenantOp::Test { id } => {
                 let rec = registry::load_one(&client, need_secrets()?, &id)
                     .await
                     .map_err(|e| e.to_string())?

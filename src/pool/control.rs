@@ -49,14 +49,15 @@ pub fn pg_config(url: &BackendUrl) -> tokio_postgres::Config {
 pub async fn connect_url(url: &BackendUrl) -> Result<(Client, ControlConnection), String> {
     let tls = super::connect::client_tls_config(url)?;
     let make = MakeRustlsConnect::new((*tls).clone());
-    let (client, mut connection) = pg_config(url)
-        .connect(make)
-        .await
-        .map_err(|e| match e.as_db_error() {
-            // "db error" alone says nothing; the server's message never holds the password.
-            Some(db) => format!("{}: {} ({})", url.display(), db.message(), db.code().code()),
-            None => format!("{}: {e}", url.display()),
-        })?;
+    let (client, mut connection) =
+        pg_config(url)
+            .connect(make)
+            .await
+            .map_err(|e| match e.as_db_error() {
+                // "db error" alone says nothing; the server's message never holds the password.
+                Some(db) => format!("{}: {} ({})", url.display(), db.message(), db.code().code()),
+                None => format!("{}: {e}", url.display()),
+            })?;
     let messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed();
     Ok((client, messages))
 }

@@ -76,31 +76,14 @@ impl Session {
             match f.tag() {
                 tag::PARSE => {
                     let p = fe::parse(f.body()).map_err(malformed)?;
-                    let generation = self.next_generation;
-                    self.next_generation += 1;
-                    let prepared = Prepared {
-                        query: p.query.into(),
-                        param_types: Bytes::copy_from_slice(p.param_types),
-                        server_name: if p.name.is_empty() {
-                            "".into()
-                        } else {
-                            server_name(p.query, p.param_types)
-                        },
-                        generation,
-                        param_oids: declared_oids(p.param_types),
-                    };
-                    if !p.name.is_empty() && self.prepared.contains_key(p.name) {
-                        let err = PgError::error(
-                            "42P05",
-                            format!("prepared statement \"{}\" already exists", p.name),
-                        );
-                        a.expect.push_local(err.encode(), out);
-                        // As in PostgreSQL, the rest of the batch is skipped up to Sync.
-                        self.skip_until_sync = true;
-                        continue;
+                    match register_parse(&mut self.prepared, &mut self.next_generation, &p) {
+                        Ok(()) => a.expect.push_local(Bytes::from_static(PARSE_COMPLETE), out),
+                        Err(err) => {
+                            a.expect.push_local(err.encode(), out);
+                            // As in PostgreSQL, the rest of the batch is skipped up to Sync.
+                            self.skip_until_sync = true;
+                        }
                     }
-                    self.prepared.insert(p.name.to_string(), prepared);
-                    a.expect.push_local(Bytes::from_static(b"1\0\0\0\x04"), out);
                 }
                 tag::BIND => {
                     if self.skip_until_sync {
@@ -206,34 +189,13 @@ impl Session {
                         continue;
                     }
                     let p = fe::parse(f.body()).map_err(malformed)?;
-                    if !p.name.is_empty() && self.prepared.contains_key(p.name) {
-                        self.out.extend_from_slice(
-                            &PgError::error(
-                                "42P05",
-                                format!("prepared statement \"{}\" already exists", p.name),
-                            )
-                            .encode(),
-                        );
-                        self.skip_until_sync = true;
-                        continue;
+                    match register_parse(&mut self.prepared, &mut self.next_generation, &p) {
+                        Ok(()) => self.out.extend_from_slice(PARSE_COMPLETE),
+                        Err(err) => {
+                            self.out.extend_from_slice(&err.encode());
+                            self.skip_until_sync = true;
+                        }
                     }
-                    let generation = self.next_generation;
-                    self.next_generation += 1;
-                    self.prepared.insert(
-                        p.name.to_string(),
-                        Prepared {
-                            query: p.query.into(),
-                            param_types: Bytes::copy_from_slice(p.param_types),
-                            server_name: if p.name.is_empty() {
-                                "".into()
-                            } else {
-                                server_name(p.query, p.param_types)
-                            },
-                            generation,
-                            param_oids: declared_oids(p.param_types),
-                        },
-                    );
-                    self.out.extend_from_slice(b"1\0\0\0\x04");
                 }
                 tag::CLOSE => {
                     if self.skip_until_sync {
@@ -269,6 +231,40 @@ impl Session {
         }
         Ok(())
     }
+}
+
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+
+/// Records a client's Parse; a named statement that already exists is 42P05,
+/// as in PostgreSQL (the unnamed one is simply replaced).
+fn register_parse(
+    prepared: &mut std::collections::HashMap<String, Prepared>,
+    next_generation: &mut u64,
+    p: &fe::Parse<'_>,
+) -> Result<(), PgError> {
+    if !p.name.is_empty() && prepared.contains_key(p.name) {
+        return Err(PgError::error(
+            "42P05",
+            format!("prepared statement \"{}\" already exists", p.name),
+        ));
+    }
+    let generation = *next_generation;
+    *next_generation += 1;
+    prepared.insert(
+        p.name.to_string(),
+        Prepared {
+            query: p.query.into(),
+            param_types: Bytes::copy_from_slice(p.param_types),
+            server_name: if p.name.is_empty() {
+                "".into()
+            } else {
+                server_name(p.query, p.param_types)
+            },
+            generation,
+            param_oids: declared_oids(p.param_types),
+        },
+    );
+    Ok(())
 }
 
 /// The OIDs a Parse declared (0 = let the server infer).

@@ -180,16 +180,7 @@ impl Session {
                 tag::BIND => {
                     let b =
                         fe::bind(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
-                    let analysis = parsed
-                        .iter()
-                        .rev()
-                        .find(|(n, _)| n == b.statement)
-                        .map(|(_, a)| a.clone())
-                        .or_else(|| {
-                            self.prepared
-                                .get(b.statement)
-                                .and_then(|p| self.shared.analyze(&p.query).ok().flatten())
-                        });
+                    let analysis = self.statement_analysis(&parsed, b.statement);
                     let oids = self
                         .prepared
                         .get(b.statement)
@@ -220,16 +211,7 @@ impl Session {
                     if d.kind != b'S' || batch.iter().any(|m| m.tag() == tag::BIND) {
                         None
                     } else {
-                        let analysis = parsed
-                            .iter()
-                            .rev()
-                            .find(|(n, _)| n == d.name)
-                            .map(|(_, a)| a.clone())
-                            .or_else(|| {
-                                self.prepared
-                                    .get(d.name)
-                                    .and_then(|p| self.shared.analyze(&p.query).ok().flatten())
-                            });
+                        let analysis = self.statement_analysis(&parsed, d.name);
                         match analysis {
                             Some(a) => Some((self.describe_decision(&a)?, table_less(&a))),
                             None => None,
@@ -261,6 +243,25 @@ impl Session {
             (None, Some(d)) => Ok(Some(self.target_of(&d).await?)),
             (None, None) => Ok(None),
         }
+    }
+
+    /// The analysis of statement `name`: parsed earlier in this batch, or
+    /// prepared before (its text re-analyzed through the cache).
+    fn statement_analysis(
+        &self,
+        parsed: &[(String, Arc<Analysis>)],
+        name: &str,
+    ) -> Option<Arc<Analysis>> {
+        parsed
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.clone())
+            .or_else(|| {
+                self.prepared
+                    .get(name)
+                    .and_then(|p| self.shared.analyze(&p.query).ok().flatten())
+            })
     }
 
     /// Describing a statement whose tenant only arrives at Bind (`tenant_id =
