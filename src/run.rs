@@ -76,27 +76,25 @@ pub async fn serve(config: Config) -> ExitCode {
             }
         });
     }
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    spawn_signal_handlers(tx, shared.clone());
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    spawn_signal_handlers(
+        tx,
+        shared.clone(),
+        Duration::from_secs(config.shutdown_timeout_secs),
+    );
     let pruner = {
         let shared = shared.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
                 for p in shared.pools.all() {
-                    p.prune();
+                    p.maintain().await;
                 }
             }
         })
     };
     tracing::info!(listen = %config.listen, "pgtenant ready");
-    server::serve(
-        listener,
-        shared,
-        rx,
-        Duration::from_secs(config.shutdown_timeout_secs),
-    )
-    .await;
+    server::serve(listener, shared, rx).await;
     if let Some(s) = sync {
         s.abort();
     }
@@ -105,7 +103,12 @@ pub async fn serve(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn spawn_signal_handlers(tx: tokio::sync::watch::Sender<bool>, shared: Arc<Shared>) {
+/// SIGTERM drains for `shutdown_timeout`; SIGINT the same, with at most 2 s.
+fn spawn_signal_handlers(
+    tx: tokio::sync::watch::Sender<Option<Duration>>,
+    shared: Arc<Shared>,
+    drain: Duration,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -113,8 +116,16 @@ fn spawn_signal_handlers(tx: tokio::sync::watch::Sender<bool>, shared: Arc<Share
         let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: draining"); let _ = tx.send(true); }
-                _ = int.recv() => { tracing::info!("SIGINT: stopping"); let _ = tx.send(true); }
+                _ = term.recv() => {
+                    tracing::info!(timeout_secs = drain.as_secs(), "SIGTERM: draining");
+                    crate::admin::set_draining();
+                    let _ = tx.send(Some(drain));
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: stopping");
+                    crate::admin::set_draining();
+                    let _ = tx.send(Some(drain.min(Duration::from_secs(2))));
+                }
                 _ = hup.recv() => {
                     let path = crate::admin::config_path();
                     match Config::load(path.as_deref()) {

@@ -247,6 +247,7 @@ impl Shared {
         settings.checkout_timeout = r.pool.checkout_timeout;
         settings.idle_timeout = r.pool.idle_timeout;
         settings.max_lifetime = r.pool.max_lifetime;
+        settings.min_idle = (r.pool.min_idle as usize).min(settings.size);
         settings.max_per_tenant =
             (r.pool.max_connections_per_tenant as usize).clamp(1, settings.size);
         Ok(Target {
@@ -401,13 +402,12 @@ async fn rls_protected(url: &BackendUrl, table: &TableRef, setting: &str) -> Res
     Ok(row.map(|r| r.get::<_, bool>(0)).unwrap_or(false))
 }
 
-/// Accepts clients until `shutdown` fires, then stops accepting and waits
-/// for sessions to finish (up to `drain`).
+/// Accepts clients until `shutdown` carries a drain time, then stops
+/// accepting and waits that long for sessions to finish.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    drain: Duration,
+    shutdown: tokio::sync::watch::Receiver<Option<Duration>>,
 ) {
     let mut shutdown = shutdown;
     let tracker = tokio_util_tracker::Tracker::default();
@@ -434,6 +434,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    let drain = shutdown.borrow().unwrap_or(Duration::ZERO);
     tracing::info!(active = tracker.active(), "draining client sessions");
     let _ = tokio::time::timeout(drain, tracker.wait_idle()).await;
 }

@@ -637,3 +637,53 @@ fn tls_towards_the_backend_follows_sslmode() {
     assert!(!ok, "an unverifiable backend certificate must be refused");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn json_logs_carry_no_secrets_and_sigterm_drains() {
+    let app = Cluster::start();
+    app.createdb("app");
+    app.psql("app", APP_SCHEMA);
+    add_user(&app, "app", "alice@example.com", &scram(PW), None);
+    let config = format!(
+        "shutdown_timeout_secs = 10\n[app_db]\nurl = \"{}\"\n[auth]\nquery = \"{}\"\n[routing]\nenabled = false\n[log]\nformat = \"json\"\n",
+        app.url("app"),
+        auth_query()
+    );
+    let mut proxy = Proxy::start(&config, &[("RUST_LOG", "debug")]);
+    assert!(proxy.psql("alice@example.com", PW, "app", "SELECT 1").0);
+    assert!(
+        !proxy
+            .psql("alice@example.com", "wrong-pw-xyz", "app", "SELECT 1")
+            .0
+    );
+    // A transaction in flight when SIGTERM arrives finishes.
+    let sleeper = Command::new("psql")
+        .arg(proxy.conninfo("alice@example.com", PW, "app"))
+        .args(["-X", "-At", "-c", "SELECT pg_sleep(1.5), 'finished'"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let status = proxy.terminate();
+    assert!(status.success(), "{status:?}");
+    let out = sleeper.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("finished"),
+        "drained, not cut"
+    );
+    let log = proxy.log_text();
+    let mut lines = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines > 3, "{log}");
+    for secret in [PW, "wrong-pw-xyz", SUPERUSER_PASSWORD] {
+        assert!(!log.contains(secret), "log leaks a secret");
+    }
+}

@@ -341,3 +341,24 @@ async fn suspending_closes_idle_connections_and_a_wrong_key_fails_only_that_tena
         .unwrap();
     assert!(!p.log_text().contains(DATA_ROLE_PW));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_idle_connections_are_opened_ahead_of_demand() {
+    let f = fleet_with_pool(r#"{"pool_size": 5, "min_idle": 2}"#);
+    let p = f.proxy("");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The pool exists once a statement used it; then it keeps two idle connections.
+    let c = connect(&p).await;
+    c.query("SELECT 1 FROM accounts WHERE tenant_id = 'initech'", &[])
+        .await
+        .unwrap();
+    let mut n = 0;
+    for _ in 0..40 {
+        n = backend_conns(&f.dedicated, "dedicated");
+        if n >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(n, 2);
+}

@@ -60,6 +60,8 @@ pub struct PoolSettings {
     /// Cap per tenant inside this pool (default: half the pool, at least 1).
     pub max_per_tenant: usize,
     pub prepared_per_connection: usize,
+    /// Connections kept open while idle, so a quiet tenant's first query skips the connect.
+    pub min_idle: usize,
 }
 
 impl PoolSettings {
@@ -72,6 +74,7 @@ impl PoolSettings {
             max_lifetime: Duration::from_millis(d.max_lifetime_ms),
             max_per_tenant: (d.size / 2).max(1),
             prepared_per_connection: d.prepared_statements_per_connection.max(1),
+            min_idle: 0,
         }
     }
 }
@@ -231,13 +234,30 @@ impl DataSourcePool {
         before - idle.len()
     }
 
-    /// Closes idle connections past their idle timeout or lifetime.
-    pub fn prune(&self) {
+    /// Closes idle connections past their idle timeout or lifetime, then
+    /// opens connections up to `min_idle` (only while nobody waits and the
+    /// pool has room, so it never competes with clients).
+    pub async fn maintain(&self) {
         let idle_timeout = self.settings.idle_timeout;
         self.idle
             .lock()
             .unwrap()
             .retain(|c| c.last_used.elapsed() < idle_timeout && c.created.elapsed() < c.lifetime);
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        while self.idle_count() < self.settings.min_idle
+            && self.stats.waiting.load(Ordering::Relaxed) == 0
+        {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return;
+            };
+            match self.open().await {
+                Ok(conn) => self.idle.lock().unwrap().push(conn),
+                Err(_) => return,
+            }
+            drop(permit);
+        }
     }
 
     /// Waits for a connection, up to the checkout timeout.
