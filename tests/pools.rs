@@ -223,6 +223,34 @@ async fn session_state_never_leaks_between_clients() {
         a.query_one(q, &[]).await.unwrap().get::<_, String>(0),
         "1234ms"
     );
+
+    // A SET sent with the extended protocol is tracked too.
+    b.execute("/* tenant_id='initech' */ SET work_mem = '7MB'", &[])
+        .await
+        .unwrap();
+    let wm = "/* tenant_id='initech' */ SELECT current_setting('work_mem')";
+    assert_eq!(
+        a.query_one(wm, &[]).await.unwrap().get::<_, String>(0),
+        "4MB"
+    );
+    assert_eq!(
+        b.query_one(wm, &[]).await.unwrap().get::<_, String>(0),
+        "7MB"
+    );
+
+    // Only pure SETs are replayed: a string that also writes is never re-run.
+    a.batch_execute("SET app.tenant_id = 'initech'; SET lock_timeout = '3s'; INSERT INTO accounts (tenant_id, name) VALUES ('initech', 'exactly-once')")
+        .await
+        .unwrap();
+    b.query_one(wm, &[]).await.unwrap();
+    a.query_one(q, &[]).await.unwrap();
+    assert_eq!(
+        f.dedicated.psql(
+            "dedicated",
+            "SELECT count(*) FROM accounts WHERE name = 'exactly-once'"
+        ),
+        "1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -99,6 +99,8 @@ pub struct ServerConn {
     /// The session that may hold session-level advisory locks here; another
     /// session's checkout releases them first.
     pub lock_owner: Option<u64>,
+    /// A client reset the whole session (DISCARD ALL): close instead of reusing.
+    pub retire_after_use: bool,
     created: Instant,
     lifetime: Duration,
     last_used: Instant,
@@ -187,7 +189,10 @@ impl PooledConn {
         if let Some(mut conn) = self.conn.take() {
             conn.last_used = Instant::now();
             let expired = conn.created.elapsed() >= conn.lifetime;
-            if !expired && !self.pool.retired.load(Ordering::Relaxed) && conn.reader.buffered() == 0
+            if !expired
+                && !conn.retire_after_use
+                && !self.pool.retired.load(Ordering::Relaxed)
+                && conn.reader.buffered() == 0
             {
                 self.pool.idle.lock().unwrap().push(conn);
             }
@@ -346,6 +351,7 @@ impl DataSourcePool {
                     settings_fingerprint: 0,
                     tenant_setting: None,
                     lock_owner: None,
+                    retire_after_use: false,
                     created: Instant::now(),
                     lifetime: self.settings.max_lifetime.mul_f64(1.0 - jitter),
                     last_used: Instant::now(),

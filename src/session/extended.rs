@@ -72,6 +72,8 @@ impl Session {
         let a = self.attached.as_mut().expect("attached above");
         let cap = a.conn.pool().settings.prepared_per_connection;
         let mut sent_extended = false;
+        // Statements bound in this batch, for session-state bookkeeping afterwards.
+        let mut bound: Vec<std::sync::Arc<str>> = Vec::new();
         for f in batch.drain(..) {
             match f.tag() {
                 tag::PARSE => {
@@ -98,6 +100,7 @@ impl Session {
                                 &b,
                                 &stmt.server_name,
                             ));
+                            bound.push(stmt.query.clone());
                         }
                         // Unknown name: PostgreSQL reports it (26000).
                         None => wire.extend_from_slice(f.raw()),
@@ -177,6 +180,11 @@ impl Session {
         wire.clear();
         self.wire = wire;
         self.pending = batch;
+        for query in bound {
+            if let Ok(Some(analysis)) = self.shared.analyze(&query) {
+                self.note_session_effects(&target, &analysis, &query);
+            }
+        }
         Ok(())
     }
 

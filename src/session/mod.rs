@@ -606,6 +606,8 @@ impl Session {
             let wanted = wanted.clone();
             if a.conn.settings_fingerprint != 0 {
                 setup.push_str("RESET ALL;");
+                // RESET ALL clears the tenant setting too.
+                a.conn.tenant_setting = None;
             }
             for s in &wanted.stmts {
                 setup.push_str(s);
@@ -670,23 +672,51 @@ impl Session {
         }
     }
 
+    /// Bookkeeping after sending `a` (text `sql`) to `target`'s attached
+    /// connection: settings to replay elsewhere, and what the connection's
+    /// own state now is. A changed or reset tenant setting makes the next
+    /// transaction write it again; RESET ALL / DISCARD ALL (which also drops
+    /// server-side prepared statements) retires the connection after use.
+    fn note_session_effects(&mut self, target: &Target, a: &crate::router::Analysis, sql: &str) {
+        use crate::router::SessionEffect;
+        let effects = a.statements.iter().flat_map(|s| s.effects.iter());
+        let mut tenant_touched = false;
+        let mut reset_all = false;
+        for e in effects {
+            match e {
+                SessionEffect::SetTenant { .. } | SessionEffect::ResetTenant => {
+                    tenant_touched = true
+                }
+                SessionEffect::ResetAll => reset_all = true,
+                SessionEffect::Other => {}
+            }
+        }
+        if let Some(att) = self.attached.as_mut() {
+            if tenant_touched || reset_all {
+                att.conn.tenant_setting = None;
+            }
+            if reset_all {
+                att.conn.retire_after_use = true;
+            }
+        }
+        if contains_ignore_case(sql, "advisory_lock") {
+            // Session-level advisory locks (the `_xact_` variants do not match):
+            // the next session to get this connection releases them first.
+            if let Some(att) = self.attached.as_mut() {
+                att.conn.lock_owner = Some(self.id);
+            }
+        }
+        if route::replayable_settings(a) && !sql.contains('$') {
+            self.record_setting(target, sql);
+        }
+    }
+
     /// Forgets recorded settings (RESET ALL / DISCARD ALL by the client).
     fn reset_settings(&mut self) {
         self.settings.clear();
         self.startup_settings = Settings::default();
         if let Some(a) = self.attached.as_mut() {
             a.conn.settings_fingerprint = 0;
-        }
-    }
-
-    /// Notes that `sql` may take a session-level advisory lock on the attached
-    /// connection (the `_xact_` variants end with the transaction and do not
-    /// match), so the next session to get it releases them first.
-    fn note_session_locks(&mut self, sql: &str) {
-        if contains_ignore_case(sql, "advisory_lock") {
-            if let Some(a) = self.attached.as_mut() {
-                a.conn.lock_owner = Some(self.id);
-            }
         }
     }
 

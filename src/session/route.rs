@@ -428,14 +428,8 @@ impl Session {
         }
         self.send_to_backend(raw.clone(), Await::Query, false)
             .await?;
-        self.note_session_locks(sql);
         if let Some(a) = analysis.as_deref() {
-            if a.statements
-                .iter()
-                .any(|s| s.effects.contains(&SessionEffect::Other))
-            {
-                self.record_setting(&target, sql);
-            }
+            self.note_session_effects(&target, a, sql);
         }
         Ok(())
     }
@@ -450,6 +444,24 @@ impl Session {
         self.refuse(&err, true);
         Ok(())
     }
+}
+
+/// Only SET/RESET-like statements, with at least one setting other than the
+/// tenant's: safe to replay on another connection (re-running anything else
+/// could repeat its writes).
+pub(super) fn replayable_settings(a: &Analysis) -> bool {
+    a.statements.iter().all(|s| {
+        s.tables.is_empty()
+            && !s.unknown_tables
+            && !s.assume_tenant_tables
+            && !s.effects.is_empty()
+            && s.effects
+                .iter()
+                .all(|e| !matches!(e, SessionEffect::ResetAll))
+    }) && a
+        .statements
+        .iter()
+        .any(|s| s.effects.contains(&SessionEffect::Other))
 }
 
 /// No table and no hidden tables: the statement runs wherever the session is.
