@@ -301,6 +301,23 @@ async fn transactions_are_pinned_and_fail_like_postgres() {
             .psql("app", "SELECT count(*) FROM audit_log WHERE action = 'tx'"),
         "1"
     );
+    // SET LOCAL names the tenant for one transaction only.
+    svc.batch_execute("BEGIN").await.unwrap();
+    svc.batch_execute("SET LOCAL app.tenant_id = 'initech'")
+        .await
+        .unwrap();
+    let n: i64 = svc
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    svc.batch_execute("COMMIT").await.unwrap();
+    let e = svc
+        .simple_query("SELECT count(*) FROM accounts")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "55000", "the local tenant ended with COMMIT");
     // A multi-statement string that mixes targets is refused before anything runs.
     let e = svc
         .simple_query("INSERT INTO audit_log (actor, action) VALUES ('svc', 'mixed'); INSERT INTO accounts (tenant_id, name) VALUES ('acme', 'mixed')")

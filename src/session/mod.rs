@@ -514,6 +514,10 @@ impl Session {
             }
             if f.tag() == be::tag::READY_FOR_QUERY && a.expect.is_empty() {
                 a.since_sync = false;
+                if a.status == TxStatus::Idle {
+                    // SET LOCAL ends with its transaction, whatever the pooling mode.
+                    self.local_tenant = None;
+                }
             }
             if forward {
                 a.conn
@@ -542,7 +546,6 @@ impl Session {
         if a.conn.pool().settings.mode == PoolMode::Session && !self.switching {
             return;
         }
-        self.local_tenant = None;
         self.client_failed = false;
         let a = self.attached.take().expect("checked");
         self.set_cancel_target(None).await;
