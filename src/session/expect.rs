@@ -81,6 +81,16 @@ impl ExpectQueue {
         });
     }
 
+    /// Records the client's own unnamed Parse, forwarded as is: if an error
+    /// skips it, the connection's unnamed statement is not the client's.
+    pub fn push_unnamed_parse(&mut self) {
+        self.q.push_back(Entry::Wait {
+            awaits: Await::ParseComplete,
+            swallow: false,
+            stmt: Some(Arc::from("")),
+        });
+    }
+
     /// Records an injected Parse or Close of server statement `stmt` (swallowed).
     pub fn push_statement_op(&mut self, awaits: Await, stmt: Arc<str>) {
         self.q.push_back(Entry::Wait {

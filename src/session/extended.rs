@@ -79,6 +79,14 @@ impl Session {
                 tag::PARSE => {
                     let p = fe::parse(f.body()).map_err(malformed)?;
                     match register_parse(&mut self.prepared, &mut self.next_generation, &p) {
+                        Ok(()) if p.name.is_empty() => {
+                            // The unnamed statement needs no renaming: forward the
+                            // client's own Parse (its ParseComplete is the client's).
+                            wire.extend_from_slice(f.raw());
+                            a.expect.push_unnamed_parse();
+                            a.conn.unnamed_owner = Some(self.next_generation - 1);
+                            sent_extended = true;
+                        }
                         Ok(()) => a.expect.push_local(Bytes::from_static(PARSE_COMPLETE), out),
                         Err(err) => {
                             a.expect.push_local(err.encode(), out);
@@ -95,11 +103,15 @@ impl Session {
                     match self.prepared.get(b.statement) {
                         Some(stmt) => {
                             ensure_on_connection(a, stmt, cap, &mut wire);
-                            wire.extend_from_slice(&fe::rename_bind(
-                                f.body(),
-                                &b,
-                                &stmt.server_name,
-                            ));
+                            if *stmt.server_name == *b.statement {
+                                wire.extend_from_slice(f.raw());
+                            } else {
+                                wire.extend_from_slice(&fe::rename_bind(
+                                    f.body(),
+                                    &b,
+                                    &stmt.server_name,
+                                ));
+                            }
                             bound.push(stmt.query.clone());
                         }
                         // Unknown name: PostgreSQL reports it (26000).

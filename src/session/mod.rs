@@ -804,6 +804,23 @@ impl Session {
     }
 }
 
+/// Whether `sql` may change session state (SET, RESET, DISCARD, set_config,
+/// advisory locks, LISTEN, PREPARE…): a cheap, conservative text check.
+pub(crate) fn may_change_session_state(sql: &str) -> bool {
+    [
+        "set",
+        "discard",
+        "advisory",
+        "listen",
+        "prepare",
+        "deallocate",
+        "begin",
+        "start",
+    ]
+    .iter()
+    .any(|w| contains_ignore_case(sql, w))
+}
+
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     haystack
         .as_bytes()

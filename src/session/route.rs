@@ -354,7 +354,15 @@ impl Session {
         raw: &bytes::Bytes,
         sql: &str,
     ) -> Result<(), PgError> {
-        let analysis = match self.shared.analyze(sql) {
+        // Pass-through only needs the analysis for session state; a statement
+        // whose text names none of it cannot change it (a function doing so
+        // would be invisible to the analysis too).
+        let needs_analysis = self.shared.routing_enabled() || super::may_change_session_state(sql);
+        let analysis = match if needs_analysis {
+            self.shared.analyze(sql)
+        } else {
+            Ok(None)
+        } {
             Ok(a) => a,
             Err(e) => {
                 self.refuse_query(e).await?;
