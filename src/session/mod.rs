@@ -208,10 +208,11 @@ impl Session {
         };
         let (tenant_slot, kill) = (info.tenant.clone(), info.kill.clone());
         shared.clients.insert(id, info);
+        let client_params = auth.params.clone();
         let mut session = Session::new(id, shared.clone(), auth, cancel_slot);
         session.tenant_slot = tenant_slot;
         session.kill = kill;
-        let result = session.start(key).await;
+        let result = session.start(key, &client_params).await;
         if let Err(e) = result {
             session.out.extend_from_slice(&e.encode());
             let _ = session.client.write_all(&session.out).await;
@@ -295,23 +296,18 @@ impl Session {
         }
     }
 
-    async fn start(&mut self, key: (i32, i32)) -> Result<(), PgError> {
+    /// Greets the client (its own startup values echoed for the settings it
+    /// chose) and runs the relay.
+    async fn start(
+        &mut self,
+        key: (i32, i32),
+        client_params: &crate::protocol::startup::StartupParams,
+    ) -> Result<(), PgError> {
         let params = self.shared.server_params().await?;
-        let greeting = startup::greeting(&params, &self.client_params_for_greeting(), key);
+        let greeting = startup::greeting(&params, client_params, key);
         self.out.extend_from_slice(&greeting);
         self.flush_client().await.map_err(|_| closed())?;
         self.relay().await
-    }
-
-    fn client_params_for_greeting(&self) -> crate::protocol::startup::StartupParams {
-        // Only the values we replay are echoed back as the client's own.
-        let mut p = crate::protocol::startup::StartupParams::default();
-        for s in &self.startup_settings.stmts {
-            if let Some((k, v)) = parse_set_statement(s) {
-                p.params.push((k, v));
-            }
-        }
-        p
     }
 
     /// The relay loop: read whichever side has bytes, process whole messages,
@@ -854,16 +850,4 @@ fn quote_ident_path(name: &str) -> String {
         .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(".")
-}
-
-/// Inverse of [`set_statement`] for the greeting; `None` for anything else.
-fn parse_set_statement(s: &str) -> Option<(String, String)> {
-    let rest = s.strip_prefix("SET ")?;
-    let (name, value) = rest.split_once(" = ")?;
-    let name = name.trim_matches('"').replace("\"\"", "\"");
-    let value = value
-        .strip_prefix('\'')?
-        .strip_suffix('\'')?
-        .replace("''", "'");
-    Some((name, value))
 }
