@@ -115,14 +115,6 @@ impl Drop for ClientGuard {
     }
 }
 
-/// The text exposition of the process-wide metrics (without the values
-/// gathered from pools, registry and parse cache; see [`render_all`]).
-pub fn render() -> String {
-    let mut buf = Vec::new();
-    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
-}
-
 static STARTED: LazyLock<f64> = LazyLock::new(|| {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
