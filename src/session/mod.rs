@@ -313,6 +313,10 @@ impl Session {
     /// The relay loop: read whichever side has bytes, process whole messages,
     /// write what is due. Returns `Err` only for errors to send before closing.
     async fn relay(&mut self) -> Result<(), PgError> {
+        // Registered once: a fresh `notified()` per turn would lock the
+        // Notify's waiter list twice per request.
+        let kill = self.kill.clone();
+        let mut kill_signal = std::pin::pin!(kill.notified());
         loop {
             // 1. Whole client messages already buffered.
             loop {
@@ -346,7 +350,6 @@ impl Session {
                 client,
                 creader,
                 attached,
-                kill,
                 ..
             } = self;
             let killed = || {
@@ -364,7 +367,7 @@ impl Session {
                             Ok(true) => {}
                             _ => return Ok(()),
                         },
-                        _ = kill.notified() => return Err(killed()),
+                        _ = &mut kill_signal => return Err(killed()),
                         r = conn.reader.fill(&mut conn.stream) => match r {
                             Ok(true) => {}
                             _ => {
@@ -380,7 +383,7 @@ impl Session {
                         Ok(true) => {}
                         _ => return Ok(()),
                     },
-                    _ = kill.notified() => return Err(killed()),
+                    _ = &mut kill_signal => return Err(killed()),
                 },
             }
         }
@@ -818,10 +821,12 @@ pub(crate) fn may_change_session_state(sql: &str) -> bool {
 }
 
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    let needle = needle.as_bytes();
+    let first = needle[0].to_ascii_lowercase();
     haystack
         .as_bytes()
         .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+        .any(|w| w[0].to_ascii_lowercase() == first && w.eq_ignore_ascii_case(needle))
 }
 
 fn park_key(t: &Target) -> String {
