@@ -13,6 +13,10 @@ command -v pgbench >/dev/null || need_pkgs+=(postgresql-contrib)
 [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || need_pkgs+=(libclang-dev clang)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v node >/dev/null || need_pkgs+=(nodejs npm)
+# The admin tests run Debian's PgBouncer exporter against the console and read
+# the deploy manifests with the system Python's PyYAML.
+[ -x /usr/bin/prometheus-pgbouncer-exporter ] || need_pkgs+=(prometheus-pgbouncer-exporter)
+/usr/bin/python3 -c 'import yaml' 2>/dev/null || need_pkgs+=(python3-yaml)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${need_pkgs[*]}"
