@@ -442,23 +442,8 @@ impl Fleet {
         let app = Cluster::start();
         app.createdb("app");
         app.psql("app", APP_SCHEMA);
-        let out = Command::new("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .arg("-p")
-            .arg(app.port.to_string())
-            .args(["-U", "postgres", "-d", "app", "-f"])
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/deploy/sql/app_db.sql"
-            ))
-            .env("PGPASSWORD", SUPERUSER_PASSWORD)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "app_db.sql: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // The migration as one multi-statement query, as the registry tests run it.
+        app.psql("app", include_str!("../../deploy/sql/app_db.sql"));
         let shared = Cluster::start();
         shared.createdb("shared");
         shared.psql("shared", TENANT_SCHEMA);
