@@ -30,8 +30,21 @@ pub(crate) struct LiteralSlot {
 /// Parses and analyses `sql`; the uncached entry point, public so tools and
 /// tests can bypass the cache.
 pub fn analyze(sql: &str, cfg: &RouterConfig) -> Result<Analysis, RouteError> {
-    let tokens = pg_query::scan_tokens(sql).map_err(syntax_error)?;
+    let tokens = scan_tokens(sql)?;
     analyze_tokens(sql, &tokens, cfg)
+}
+
+/// pg_query's scanner, guarded: on an empty or whitespace-only text
+/// (an empty simple Query is valid) pg_query 18.1 builds a slice from a null
+/// pointer, which aborts debug builds; such a text has no tokens anyway.
+pub(crate) fn scan_tokens(sql: &str) -> Result<Vec<ScanToken>, RouteError> {
+    if sql
+        .bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0B | 0x0C))
+    {
+        return Ok(Vec::new());
+    }
+    pg_query::scan_tokens(sql).map_err(syntax_error)
 }
 
 fn syntax_error(e: pg_query::Error) -> RouteError {

@@ -1,19 +1,21 @@
 //! Two-level parse cache shared by all sessions.
 //!
-//! Level 1 maps the exact SQL text to its analysis. Level 2 maps the token
-//! stream with literal values blanked out to an analysis *template*, so
-//! statements that differ only in literals (ORMs inlining values, pgbench
-//! `-M simple`) skip the parser; the tenant literals are then read back from
-//! the new text by token index.
+//! Level 1 maps the exact SQL text to its analysis. Level 2 maps the text
+//! with literal values blanked out (see [`super::lexer`]) to an analysis
+//! *template*, so statements that differ only in literals (ORMs inlining
+//! values, pgbench `-M simple`) skip pg_query entirely; the tenant literals
+//! are then read back from the new text by literal index.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
 use pg_query::protobuf::{ScanToken, Token};
 
-use crate::router::analysis::{analyze_tokens, SlotField};
-use crate::router::{Analysis, RouteError, RouterConfig, TenantValue};
+use crate::router::analysis::{analyze_tokens, scan_tokens, SlotField};
+use crate::router::lexer::{fast_key, LitKind, Literal};
+use crate::router::{Analysis, RouteError, RouterConfig, TenantValue, TxnControl};
 
 /// Cache counters, exposed for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,26 +32,41 @@ pub struct CacheStats {
     pub l2_hits: u64,
 }
 
-/// A cached analysis plus where its tenant literals sit in the token
-/// stream.
+/// A tenant literal of a template: statement index, the field it feeds and
+/// the index of the literal (in text order) that holds it.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    stmt: usize,
+    field: SlotField,
+    literal: usize,
+}
+
+/// A cached analysis plus which literals hold its tenant values. Without
+/// slots the analysis is valid as is for every text with the same key, so
+/// it is shared rather than copied.
 struct Template {
-    analysis: Analysis,
-    slots: Vec<(usize, SlotField, usize)>,
+    analysis: Arc<Analysis>,
+    slots: Vec<Slot>,
 }
 
 struct Inner {
     cfg: Option<RouterConfig>,
+    /// Bumped whenever the levels are cleared, so work done outside the
+    /// lock under an older configuration is neither served nor stored.
+    generation: u64,
     l1: LruCache<String, Arc<Analysis>>,
     l2: LruCache<Vec<u8>, Arc<Template>>,
     l1_hits: u64,
-    l2_hits: u64,
-    misses: u64,
 }
 
 /// Bounded, thread-safe parse cache; one instance is shared by every
 /// session, so parsing cost is paid once per distinct statement shape.
 pub struct ParseCache {
     inner: Mutex<Inner>,
+    // Outside the mutex so a level-2 hit needs the lock only for the lookup
+    // itself; level-1 hits are counted under the lock they take anyway.
+    l2_hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl ParseCache {
@@ -59,12 +76,13 @@ impl ParseCache {
         ParseCache {
             inner: Mutex::new(Inner {
                 cfg: None,
+                generation: 0,
                 l1: LruCache::new(cap),
                 l2: LruCache::new(cap),
                 l1_hits: 0,
-                l2_hits: 0,
-                misses: 0,
             }),
+            l2_hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -78,11 +96,12 @@ impl ParseCache {
     /// cached. A change of `cfg` empties the cache, because analyses embed
     /// table classes and tenant-column decisions.
     pub fn analyze(&self, sql: &str, cfg: &RouterConfig) -> Result<Arc<Analysis>, RouteError> {
-        {
+        let generation = {
             let mut g = self.lock();
             if g.cfg.as_ref() != Some(cfg) {
                 g.l1.clear();
                 g.l2.clear();
+                g.generation += 1;
                 g.cfg = Some(cfg.clone());
             }
             if let Some(a) = g.l1.get(sql) {
@@ -90,89 +109,118 @@ impl ParseCache {
                 g.l1_hits += 1;
                 return Ok(a);
             }
-        }
-        let tokens =
-            pg_query::scan_tokens(sql).map_err(|e| RouteError::new("42601", e.to_string()))?;
-        let key = l2_key(sql, &tokens);
-        let template = self.lock().l2.get(&key).cloned();
-        if let Some(t) = template {
-            if let Some(a) = instantiate(&t, sql, &tokens) {
-                let a = Arc::new(a);
+            g.generation
+        };
+
+        // Lexing happens outside the lock: it is the bulk of a level-2 hit
+        // and other sessions' level-1 hits should not wait for it.
+        let fast = fast_key(sql);
+        if let Some(f) = &fast {
+            let template = {
                 let mut g = self.lock();
-                g.l1.put(sql.to_string(), Arc::clone(&a));
-                g.l2_hits += 1;
+                if g.generation == generation {
+                    g.l2.get(f.key.as_slice()).cloned()
+                } else {
+                    None
+                }
+            };
+            if let Some(a) = template.and_then(|t| instantiate(&t, sql, &f.literals)) {
+                // Not copied into level 1: texts that differ only in
+                // literals (pgbench -M simple, ORMs inlining ids) rarely
+                // repeat exactly, so copying them would cost a String and
+                // an LRU insertion per hit (measured ~0.4 µs, about as much
+                // as the rest of the hit) and evict entries that do repeat.
+                self.l2_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(a);
             }
         }
-        let analysis = analyze_tokens(sql, &tokens, cfg)?;
-        let template = build_template(&analysis, sql, &tokens);
-        let a = Arc::new(analysis);
+
+        let tokens = scan_tokens(sql)?;
+        let a = Arc::new(analyze_tokens(sql, &tokens, cfg)?);
+        let template = fast
+            .as_ref()
+            .and_then(|f| build_template(&a, sql, &tokens, &f.literals));
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let mut g = self.lock();
-        g.misses += 1;
-        g.l1.put(sql.to_string(), Arc::clone(&a));
-        if let Some(t) = template {
-            g.l2.put(key, Arc::new(t));
+        if g.generation == generation {
+            g.l1.put(sql.to_string(), Arc::clone(&a));
+            if let (Some(t), Some(f)) = (template, fast) {
+                g.l2.put(f.key, Arc::new(t));
+            }
         }
         Ok(a)
     }
 
     /// Current counters.
     pub fn stats(&self) -> CacheStats {
-        let g = self.lock();
+        let (size, l1_hits) = {
+            let g = self.lock();
+            (g.l1.len() + g.l2.len(), g.l1_hits)
+        };
+        let l2_hits = self.l2_hits.load(Ordering::Relaxed);
         CacheStats {
-            hits: g.l1_hits + g.l2_hits,
-            misses: g.misses,
-            size: g.l1.len() + g.l2.len(),
-            l1_hits: g.l1_hits,
-            l2_hits: g.l2_hits,
+            hits: l1_hits + l2_hits,
+            misses: self.misses.load(Ordering::Relaxed),
+            size,
+            l1_hits,
+            l2_hits,
         }
     }
 }
 
-fn is_literal(token: i32) -> bool {
-    [
-        Token::Sconst,
-        Token::Usconst,
-        Token::Iconst,
-        Token::Fconst,
-        Token::Bconst,
-        Token::Xconst,
-    ]
-    .iter()
-    .any(|t| *t as i32 == token)
+/// The fast lexer's kind for a pg_query literal token, or None for tokens
+/// that are not literals (or literal kinds the lexer never produces).
+fn literal_kind(token: i32) -> Option<Option<LitKind>> {
+    if token == Token::Sconst as i32 || token == Token::Usconst as i32 {
+        Some(Some(LitKind::Str))
+    } else if token == Token::Iconst as i32 {
+        Some(Some(LitKind::Int))
+    } else if token == Token::Fconst as i32 {
+        Some(Some(LitKind::Float))
+    } else if token == Token::Bconst as i32 || token == Token::Xconst as i32 {
+        Some(None)
+    } else {
+        None
+    }
 }
 
-/// Token kinds plus the text of every non-literal token (comments included,
-/// since tenant hints live there).
-fn l2_key(sql: &str, tokens: &[ScanToken]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(sql.len() + tokens.len() * 3);
+/// Whether the fast lexer found exactly the literals PostgreSQL's scanner
+/// found. This is what makes the hand-written lexer safe to key on: a text
+/// it misreads never gets a template.
+fn same_literals(tokens: &[ScanToken], literals: &[Literal]) -> bool {
+    let mut lits = literals.iter();
     for t in tokens {
-        key.extend_from_slice(&(t.token as u16).to_le_bytes());
-        if !is_literal(t.token) {
-            key.extend_from_slice(&sql.as_bytes()[t.start as usize..t.end as usize]);
+        let Some(kind) = literal_kind(t.token) else {
+            continue;
+        };
+        match lits.next() {
+            Some(l)
+                if Some(l.kind) == kind
+                    && i64::from(l.start) == i64::from(t.start)
+                    && i64::from(l.end) == i64::from(t.end) => {}
+            _ => return false,
         }
-        // 0xFF never occurs in UTF-8, so it cannot be confused with text.
-        key.push(0xFF);
     }
-    key
+    lits.next().is_none()
 }
 
-/// Value of a literal token as the parser would see it, or None when the
-/// form is not handled here (the caller then falls back to a full parse).
-fn unquote(token: i32, text: &str) -> Option<String> {
-    if token == Token::Iconst as i32 {
-        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
+/// Value of a literal as the parser would see it, or None when the form is
+/// not handled here (the caller then falls back to a full parse).
+fn unquote(kind: LitKind, text: &str) -> Option<String> {
+    match kind {
+        LitKind::Int => {
+            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let t = text.trim_start_matches('0');
+            Some(if t.is_empty() { "0".into() } else { t.into() })
         }
-        let t = text.trim_start_matches('0');
-        return Some(if t.is_empty() { "0".into() } else { t.into() });
+        LitKind::Float => (!text.contains('_')).then(|| text.to_string()),
+        LitKind::Str => unquote_string(text),
     }
-    if token == Token::Fconst as i32 {
-        return (!text.contains('_')).then(|| text.to_string());
-    }
-    if token != Token::Sconst as i32 {
-        return None;
-    }
+}
+
+fn unquote_string(text: &str) -> Option<String> {
     if let Some(rest) = text.strip_prefix('$') {
         let tag_end = rest.find('$')?;
         let tag = &text[..tag_end + 2];
@@ -200,6 +248,10 @@ fn unquote(token: i32, text: &str) -> Option<String> {
     Some(out)
 }
 
+fn literal_text<'a>(sql: &'a str, l: &Literal) -> Option<&'a str> {
+    sql.get(l.start as usize..l.end as usize)
+}
+
 fn slot_value(a: &Analysis, stmt: usize, field: SlotField) -> Option<&TenantValue> {
     let s = a.statements.get(stmt)?;
     match field {
@@ -208,50 +260,96 @@ fn slot_value(a: &Analysis, stmt: usize, field: SlotField) -> Option<&TenantValu
     }
 }
 
-fn build_template(a: &Analysis, sql: &str, tokens: &[ScanToken]) -> Option<Template> {
-    if !a.templatable {
+fn build_template(
+    a: &Arc<Analysis>,
+    sql: &str,
+    tokens: &[ScanToken],
+    literals: &[Literal],
+) -> Option<Template> {
+    if !a.templatable || !same_literals(tokens, literals) {
+        return None;
+    }
+    // A two-phase-commit gid is a string literal that the analysis carries
+    // but does not mark as a slot; a template would hand one statement's
+    // gid to another.
+    if a.statements.iter().any(|s| {
+        matches!(
+            s.txn,
+            TxnControl::PrepareTransaction(_)
+                | TxnControl::CommitPrepared(_)
+                | TxnControl::RollbackPrepared(_)
+        )
+    }) {
         return None;
     }
     let mut slots = Vec::new();
     for (si, s) in a.statements.iter().enumerate() {
         for slot in &s.slots {
-            let idx = tokens.binary_search_by_key(&slot.loc, |t| t.start).ok()?;
-            let t = &tokens[idx];
-            // Only a plain literal token whose text we decode exactly as the
+            let loc = u32::try_from(slot.loc).ok()?;
+            let idx = literals.binary_search_by_key(&loc, |l| l.start).ok()?;
+            let l = &literals[idx];
+            // Only a plain literal whose text we decode exactly as the
             // parser did may be substituted later.
-            let decoded = unquote(t.token, &sql[t.start as usize..t.end as usize])?;
+            let decoded = unquote(l.kind, literal_text(sql, l)?)?;
             match slot_value(a, si, slot.field)? {
                 TenantValue::Literal(v) if *v == decoded => {}
                 _ => return None,
             }
-            slots.push((si, slot.field, idx));
+            slots.push(Slot {
+                stmt: si,
+                field: slot.field,
+                literal: idx,
+            });
         }
     }
+    if slots.is_empty() {
+        return Some(Template {
+            analysis: Arc::clone(a),
+            slots,
+        });
+    }
+    // Every hit clones the template, so blank what each hit overwrites:
+    // an empty String clones without allocating.
+    let mut hollow = Analysis::clone(a);
+    for slot in &slots {
+        *slot_target(&mut hollow, slot)? = TenantValue::Literal(String::new());
+    }
+    for s in &mut hollow.statements {
+        s.filter_tenant = None;
+    }
     Some(Template {
-        analysis: a.clone(),
+        analysis: Arc::new(hollow),
         slots,
     })
 }
 
-fn instantiate(t: &Template, sql: &str, tokens: &[ScanToken]) -> Option<Analysis> {
-    let mut a = t.analysis.clone();
-    for &(si, field, idx) in &t.slots {
-        let tok = tokens.get(idx)?;
-        let v = unquote(tok.token, sql.get(tok.start as usize..tok.end as usize)?)?;
-        let s = a.statements.get_mut(si)?;
-        let target = match field {
-            SlotField::Filter(i) => s.tenant_filters.get_mut(i)?,
-            SlotField::Mention(i) => s.tenant_mentions.get_mut(i)?,
-        };
-        *target = TenantValue::Literal(v);
-        for slot in s.slots.iter_mut().filter(|sl| sl.field == field) {
-            slot.loc = tok.start;
+fn slot_target<'a>(a: &'a mut Analysis, slot: &Slot) -> Option<&'a mut TenantValue> {
+    let s = a.statements.get_mut(slot.stmt)?;
+    match slot.field {
+        SlotField::Filter(i) => s.tenant_filters.get_mut(i),
+        SlotField::Mention(i) => s.tenant_mentions.get_mut(i),
+    }
+}
+
+fn instantiate(t: &Template, sql: &str, literals: &[Literal]) -> Option<Arc<Analysis>> {
+    if t.slots.is_empty() {
+        return Some(Arc::clone(&t.analysis));
+    }
+    let mut a = Analysis::clone(&t.analysis);
+    for slot in &t.slots {
+        let l = literals.get(slot.literal)?;
+        let v = unquote(l.kind, literal_text(sql, l)?)?;
+        *slot_target(&mut a, slot)? = TenantValue::Literal(v);
+        let loc = i32::try_from(l.start).ok()?;
+        let s = a.statements.get_mut(slot.stmt)?;
+        for sl in s.slots.iter_mut().filter(|sl| sl.field == slot.field) {
+            sl.loc = loc;
         }
     }
     for s in &mut a.statements {
         s.filter_tenant = s.tenant_filters.first().cloned();
     }
-    Some(a)
+    Some(Arc::new(a))
 }
 
 #[cfg(test)]
@@ -260,14 +358,50 @@ mod tests {
 
     #[test]
     fn unquote_forms() {
-        let s = Token::Sconst as i32;
+        let s = LitKind::Str;
         assert_eq!(unquote(s, "'a''b'").as_deref(), Some("a'b"));
         assert_eq!(unquote(s, "E'ab'").as_deref(), Some("ab"));
         assert_eq!(unquote(s, "E'a\\nb'"), None);
         assert_eq!(unquote(s, "$$x'y$$").as_deref(), Some("x'y"));
         assert_eq!(unquote(s, "$t$x$t$").as_deref(), Some("x"));
         assert_eq!(unquote(s, "'a'\n'b'"), None);
-        assert_eq!(unquote(Token::Iconst as i32, "0042").as_deref(), Some("42"));
-        assert_eq!(unquote(Token::Iconst as i32, "0x2A"), None);
+        assert_eq!(unquote(LitKind::Int, "0042").as_deref(), Some("42"));
+        assert_eq!(unquote(LitKind::Int, "0x2A"), None);
+    }
+
+    /// The safety net itself: a literal list that differs from the
+    /// scanner's in any range or kind never yields a template.
+    #[test]
+    fn templates_need_the_scanners_literals() {
+        let lit = |start, end, kind| Literal { start, end, kind };
+        let sql = "SELECT 'a'\n'b', 1, 2.5, $1";
+        let tokens = scan_tokens(sql).unwrap();
+        let right = [
+            lit(7, 14, LitKind::Str),
+            lit(16, 17, LitKind::Int),
+            lit(19, 22, LitKind::Float),
+        ];
+        assert!(same_literals(&tokens, &right));
+        let split = [
+            lit(7, 10, LitKind::Str),
+            lit(11, 14, LitKind::Str),
+            lit(16, 17, LitKind::Int),
+            lit(19, 22, LitKind::Float),
+        ];
+        assert!(!same_literals(&tokens, &split));
+        assert!(!same_literals(&tokens, &right[..2]));
+        let mut kind = right;
+        kind[2].kind = LitKind::Int;
+        assert!(!same_literals(&tokens, &kind));
+        let mut range = right;
+        range[1].end = 18;
+        assert!(!same_literals(&tokens, &range));
+        let bits = scan_tokens("SELECT B'1'").unwrap();
+        assert!(!same_literals(&bits, &[lit(7, 11, LitKind::Str)]));
+
+        let cfg = RouterConfig::default();
+        let a = Arc::new(crate::router::analyze(sql, &cfg).unwrap());
+        assert!(build_template(&a, sql, &tokens, &right).is_some());
+        assert!(build_template(&a, sql, &tokens, &split).is_none());
     }
 }

@@ -15,6 +15,7 @@ mod cache;
 mod classify;
 mod decision;
 mod explain;
+mod lexer;
 #[cfg(test)]
 mod tests;
 

@@ -402,7 +402,14 @@ fn routing_table() {
         // The cached path (including level-2 templates built from earlier
         // cases with other literals) must agree with a fresh analysis.
         let cached = match cache.analyze(sql, &cfg) {
-            Ok(a) => outcome(route_with(&a, *ctx)),
+            Ok(a) => {
+                if let Ok(fresh) = analyze(sql, &cfg) {
+                    if *a != fresh {
+                        failures.push(format!("{sql}  cached analysis differs from fresh"));
+                    }
+                }
+                outcome(route_with(&a, *ctx))
+            }
             Err(e) => format!("err {}", e.sqlstate),
         };
         if cached != got {
@@ -662,15 +669,25 @@ fn level2_hit_substitutes_tenant_literal() {
     )
     .unwrap();
     assert_eq!(*a2, fresh);
+    // Level-2 hits are not copied into level 1 (see ParseCache::analyze),
+    // so the same text is served from its template again.
     let again = cache
         .analyze(
             "SELECT * FROM accounts WHERE tenant_id = 'globex' AND id = 2",
             &cfg,
         )
         .unwrap();
-    assert!(Arc::ptr_eq(&a2, &again));
+    assert_eq!(*again, fresh);
     let st = cache.stats();
-    assert_eq!((st.l1_hits, st.hits, st.size), (1, 2, 3));
+    assert_eq!((st.l1_hits, st.l2_hits, st.hits, st.size), (0, 2, 2, 2));
+    let first = cache
+        .analyze(
+            "SELECT * FROM accounts WHERE tenant_id = 'acme' AND id = 1",
+            &cfg,
+        )
+        .unwrap();
+    assert!(Arc::ptr_eq(&a1, &first));
+    assert_eq!(cache.stats().l1_hits, 1);
 
     // Quoting forms and INSERT rows go through the same substitution.
     for sql in [
@@ -710,6 +727,10 @@ fn level2_never_templates_structural_literals() {
             "/* tenant_id='acme' */ SELECT * FROM accounts",
             "/* tenant_id='globex' */ SELECT * FROM accounts",
         ),
+        // Two-phase-commit gids are literals carried by the analysis.
+        ("PREPARE TRANSACTION 'g1'", "PREPARE TRANSACTION 'g2'"),
+        ("COMMIT PREPARED 'g1'", "COMMIT PREPARED 'g2'"),
+        ("ROLLBACK PREPARED 'g1'", "ROLLBACK PREPARED 'g2'"),
     ];
     for (a, b) in pairs {
         let ca = cache.analyze(a, &cfg).unwrap();
@@ -718,7 +739,7 @@ fn level2_never_templates_structural_literals() {
         assert_eq!(*cb, analyze(b, &cfg).unwrap());
     }
     assert_eq!(cache.stats().l2_hits, 0);
-    assert_eq!(cache.stats().misses, 8);
+    assert_eq!(cache.stats().misses, 14);
 }
 
 #[test]
@@ -816,4 +837,400 @@ fn explain_output() {
     );
     let text = explain("SELEC 1", Option::None, Option::None, &cfg, &dir());
     assert!(text.starts_with("error: 42601"), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// Level-2 keys from the fast lexer, checked against PostgreSQL's scanner.
+
+use crate::router::lexer::{fast_key, LitKind};
+use pg_query::protobuf::Token;
+
+/// Literal ranges and kinds as pg_query's scanner reports them; a kind of
+/// None is a literal the fast lexer never produces (bit strings).
+fn pg_literals(sql: &str) -> Result<Vec<(u32, u32, Option<LitKind>)>, String> {
+    // pg_query 18.1 builds a slice from a null pointer when there are no
+    // tokens (see cache::scan_tokens).
+    if sql.bytes().all(|b| b" \t\n\r\x0b\x0c".contains(&b)) {
+        return Ok(Vec::new());
+    }
+    let tokens = pg_query::scan_tokens(sql).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for t in tokens {
+        let kind = match Token::try_from(t.token) {
+            Ok(Token::Sconst | Token::Usconst) => Some(LitKind::Str),
+            Ok(Token::Iconst) => Some(LitKind::Int),
+            Ok(Token::Fconst) => Some(LitKind::Float),
+            Ok(Token::Bconst | Token::Xconst) => None,
+            _ => continue,
+        };
+        out.push((t.start as u32, t.end as u32, kind));
+    }
+    Ok(out)
+}
+
+/// Ok(true) when the fast lexer found exactly the scanner's literals,
+/// Ok(false) when it declined, Err when it answered wrongly.
+fn fast_key_agrees(sql: &str) -> Result<bool, String> {
+    let Some(k) = fast_key(sql) else {
+        return Ok(false);
+    };
+    let fast: Vec<_> = k
+        .literals
+        .iter()
+        .map(|l| (l.start, l.end, Some(l.kind)))
+        .collect();
+    match pg_literals(sql) {
+        Ok(pg) if pg == fast => Ok(true),
+        Ok(pg) => Err(format!("{sql:?}\n    fast {fast:?}\n    pg   {pg:?}")),
+        Err(e) => Err(format!("{sql:?}: fast key but scanner error {e}")),
+    }
+}
+
+/// The same text with every literal replaced by another value of the same
+/// kind, as the fast lexer sees it: a text that must share the key.
+fn respell_literals(sql: &str) -> Option<String> {
+    let k = fast_key(sql)?;
+    let mut out = String::new();
+    let mut last = 0;
+    for l in &k.literals {
+        out.push_str(&sql[last..l.start as usize]);
+        // Keep the quoting style (`''E'a'` is two literals, `'''a'` one),
+        // and start a float with `.` since it may follow an identifier
+        // (`a.5`).
+        out.push_str(match (l.kind, sql.as_bytes()[l.start as usize]) {
+            (LitKind::Str, b'e' | b'E') => "E'q''\\\\é'",
+            (LitKind::Str, b'$') => "$z$q'é$$z$",
+            (LitKind::Str, _) => "'q''é'",
+            (LitKind::Int, _) => "7",
+            (LitKind::Float, _) => ".5e1",
+        });
+        last = l.end as usize;
+    }
+    out.push_str(&sql[last..]);
+    Some(out)
+}
+
+const TRICKY: &[&str] = &[
+    "SELECT /* a /* it's */ 'b */ 1, 'c'",
+    "SELECT /* tenant_id='t1' /* nested 'x */ $$ */ * FROM accounts WHERE id = 3",
+    "/* tenant_id='t1' */ SELECT * FROM accounts WHERE tenant_id = 't2'",
+    "SELECT * FROM accounts -- tenant_id='x' it's\nWHERE tenant_id = 'acme'",
+    "SELECT $$ it's $1 'x' $$, $a$ '$$' $b$ $a$, 'y', $1",
+    "SELECT $a$ $ba$a$, $_1$x$_1$, $é$x$é$",
+    "SELECT E'it\\'s', e'\\\\', E'a''b\\n', 'a\\', 1",
+    "SELECT E'\\101', E'\\x41', E'\\u0041'",
+    "SELECT a$b, a$1, a$$b$$, \"a$\", x FROM t$1 WHERE c = $1",
+    "SELECT \"quoted \"\"identifier\"\"\" FROM \"t\"\"x\" WHERE \"tenant_id\" = 'acme'",
+    "SELECT \"it's\", '\"', \"--\", \"/*\" FROM t",
+    "SELECT 'a'\n'b'",
+    "SELECT 'a' -- c\n 'b', 1",
+    "SELECT 'a'\r\n'b'",
+    "SELECT 'a' 'b'",
+    "SELECT 'a'/* c */'b'",
+    "SELECT 'a' ||\n'b'",
+    "SELECT E'a'\n'b'",
+    "SELECT 1.5e3, .5, 1e-3, 1.e3, 1., 0042, 1E+10, .5e-3, 1.5E3",
+    "SELECT 2147483647, 2147483648, -2147483648, 000000000000012, 99999999999999999999",
+    "SELECT x..5, a.5, t.col, 1 .. 2",
+    "SELECT 1..5",
+    "SELECT 1.2.3",
+    "SELECT 1abc",
+    "SELECT 1e",
+    "SELECT 1ex",
+    "SELECT 0x1F, 0o17, 0b101, 1_000",
+    "SELECT $1abc",
+    "SELECT $1.5",
+    "SELECT n'abc', N'x', date '2020-01-01', interval '1 day', 'x'::text",
+    "SELECT U&'d\\0061t\\+000061', U&\"d\\0061t\"",
+    "SELECT B'101', X'1F', b'1', x'f'",
+    "SELECT e'x', be'y', Ee'z', ue'w', u&1",
+    "SELECT 'é', \"é\", é, 1 ≠ 2",
+    "SELECT 1 +-- c\n2, 3 */* c */ 4, 5 <-- c\n6",
+    "SELECT 1 */**/ 2 */",
+    "SELECT $1::int, $2, $10 FROM t",
+    "\tSELECT\u{b}1\u{c},\r2",
+    "SELECT 1; SELECT 'a'; -- c\nSELECT $$b$$",
+    "SELECT 'unterminated",
+    "SELECT \"unterminated",
+    "SELECT /* unterminated",
+    "SELECT $$unterminated",
+    "SELECT $tag unterminated",
+    "SELECT \"\"",
+    "SELECT 'a''''b', '''', ''",
+    "SELECT '\\' , 'x'",
+    "SELECT ?, :x, @ 1, ~2, !3, #4, ^5, &6, |7, `8",
+    "SELECT 1::numeric(10,2), 'a' COLLATE \"C\", ARRAY[1,2.5]",
+];
+
+/// Every statement the tests route, and the tricky forms above: the fast
+/// lexer either declines or finds exactly the scanner's literals, and so
+/// does every text that shares its key.
+#[test]
+fn fast_key_matches_postgres_scanner() {
+    let mut failures = Vec::new();
+    let mut answered = 0;
+    let mut all: Vec<&str> = CASES.iter().map(|c| c.0).collect();
+    all.extend_from_slice(TRICKY);
+    for sql in &all {
+        match fast_key_agrees(sql) {
+            Ok(true) => answered += 1,
+            Ok(false) => {}
+            Err(e) => failures.push(e),
+        }
+        if let Some(other) = respell_literals(sql) {
+            assert_eq!(
+                fast_key(&other).map(|k| k.key),
+                fast_key(sql).map(|k| k.key)
+            );
+            if let Err(e) = fast_key_agrees(&other) {
+                failures.push(format!("respelled: {e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}\n", failures.join("\n"));
+    // The fast path must actually serve ordinary SQL.
+    assert!(
+        answered * 10 >= CASES.len() * 9,
+        "only {answered} of {} answered",
+        all.len()
+    );
+}
+
+/// Random concatenations of lexically interesting fragments. Any fast key
+/// must describe the scanner's literals exactly, also after respelling.
+#[test]
+fn fast_key_fuzz_against_postgres_scanner() {
+    const FRAGMENTS: &[&str] = &[
+        "'",
+        "''",
+        "'a'",
+        "E'",
+        "e",
+        "E",
+        "\\",
+        "\\'",
+        "$",
+        "$$",
+        "$a$",
+        "$1",
+        "a$",
+        "1",
+        "0",
+        "42",
+        ".",
+        "..",
+        "e5",
+        "E-3",
+        "+",
+        "-",
+        "--",
+        "/",
+        "*",
+        "/*",
+        "*/",
+        "\n",
+        "\r",
+        " ",
+        "\t",
+        "\"",
+        "\"\"",
+        "x",
+        "b",
+        "n",
+        "U&",
+        "u",
+        "&",
+        "_",
+        "é",
+        ";",
+        ",",
+        "(",
+        ")",
+        ":",
+        "::",
+        "=",
+        "<",
+        ">",
+        "|",
+        "2147483648",
+        "SELECT ",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        // xorshift64*: deterministic, so failures reproduce.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut failures = Vec::new();
+    let mut answered = 0;
+    let runs = 30_000;
+    for _ in 0..runs {
+        let n = 1 + next() % 12;
+        let mut sql = String::new();
+        for _ in 0..n {
+            sql.push_str(FRAGMENTS[(next() % FRAGMENTS.len() as u64) as usize]);
+        }
+        match fast_key_agrees(&sql) {
+            Ok(true) => answered += 1,
+            Ok(false) => {}
+            Err(e) => failures.push(e),
+        }
+        if let Some(other) = respell_literals(&sql) {
+            if fast_key(&other).map(|k| k.key) != fast_key(&sql).map(|k| k.key) {
+                failures.push(format!("{sql:?}: respelled {other:?} has another key"));
+            }
+            if let Err(e) = fast_key_agrees(&other) {
+                failures.push(format!("respelled: {e}"));
+            }
+        }
+        if failures.len() > 20 {
+            break;
+        }
+    }
+    assert!(failures.is_empty(), "{}\n", failures.join("\n"));
+    assert!(answered > runs / 5, "only {answered} of {runs} answered");
+}
+
+/// Every routed statement, served from a template built from a variant
+/// with other literal values, equals a fresh analysis.
+#[test]
+fn level2_templates_agree_with_fresh_analysis() {
+    let cfg = RouterConfig::default();
+    let mut l2 = 0;
+    for (sql, _, _) in CASES {
+        let Some(variant) = respell_literals(sql) else {
+            continue;
+        };
+        for (first, second) in [(variant.as_str(), *sql), (*sql, variant.as_str())] {
+            let cache = ParseCache::new(8);
+            let _ = cache.analyze(first, &cfg);
+            let cached = cache.analyze(second, &cfg);
+            l2 += cache.stats().l2_hits;
+            match (cached, analyze(second, &cfg)) {
+                (Ok(c), Ok(f)) => assert_eq!(*c, f, "{second} after {first}"),
+                (Err(c), Err(f)) => assert_eq!(c, f, "{second} after {first}"),
+                (c, f) => panic!("{second} after {first}: cached {c:?}, fresh {f:?}"),
+            }
+        }
+    }
+    assert!(l2 >= 100, "only {l2} level-2 hits");
+}
+
+#[test]
+fn level2_serves_only_same_shape() {
+    let cfg = RouterConfig::default();
+    let cache = ParseCache::new(64);
+    let route = |sql: &str| {
+        let a = cache.analyze(sql, &cfg).unwrap();
+        assert_eq!(*a, analyze(sql, &cfg).unwrap(), "{sql}");
+        outcome(route_with(&a, Anon))
+    };
+    let l2 = || cache.stats().l2_hits;
+
+    let base = "/* app=web */ SELECT * FROM accounts a WHERE a.tenant_id = 'acme' AND a.id = 10";
+    assert_eq!(route(base), "acme/stmt");
+    assert_eq!((cache.stats().misses, l2()), (1, 0));
+    // Same shape, other literals (any string spelling): served from the
+    // template, with the new tenant.
+    for (sql, want) in [
+        (
+            "/* app=web */ SELECT * FROM accounts a WHERE a.tenant_id = 'globex' AND a.id = 11",
+            "globex/stmt",
+        ),
+        (
+            "/* app=web */ SELECT * FROM accounts a WHERE a.tenant_id = E'initech' AND a.id = 12",
+            "initech/stmt",
+        ),
+        (
+            "/* app=web */ SELECT * FROM accounts a WHERE a.tenant_id = $t$hooli$t$ AND a.id = 1",
+            "err 08004",
+        ),
+    ] {
+        let before = l2();
+        assert_eq!(route(sql), want, "{sql}");
+        assert_eq!(l2(), before + 1, "{sql} was not a level-2 hit");
+    }
+    // A different non-literal: never served by the template above.
+    for (sql, want) in [
+        // Table name.
+        (
+            "/* app=web */ SELECT * FROM users a WHERE a.tenant_id = 'globex' AND a.id = 11",
+            "app",
+        ),
+        // Identifier: not the tenant column, so no statement tenant.
+        (
+            "/* app=web */ SELECT * FROM accounts a WHERE a.owner_id = 'globex' AND a.id = 11",
+            "err 55000",
+        ),
+        // Comment: a tenant hint appears.
+        (
+            "/* app=web, tenant_id='globex' */ SELECT * FROM accounts a WHERE a.tenant_id = 'globex' AND a.id = 11",
+            "globex/hint",
+        ),
+        // Operator.
+        (
+            "/* app=web */ SELECT * FROM accounts a WHERE a.tenant_id <> 'globex' AND a.id = 11",
+            "err 0A000",
+        ),
+        // Literal kind: a number is not a string.
+        (
+            "/* app=web */ SELECT * FROM accounts a WHERE a.tenant_id = 'globex' AND a.id = 11.5",
+            "globex/stmt",
+        ),
+    ] {
+        let before = l2();
+        assert_eq!(route(sql), want, "{sql}");
+        assert_eq!(l2(), before, "{sql} was served by another statement's template");
+    }
+
+    // Hint values live in comments, which are part of the key.
+    let hinted = "/* tenant_id='acme' */ SELECT * FROM accounts WHERE id = 1";
+    assert_eq!(route(hinted), "acme/hint");
+    let before = l2();
+    assert_eq!(
+        route("/* tenant_id='globex' */ SELECT * FROM accounts WHERE id = 1"),
+        "globex/hint"
+    );
+    assert_eq!(l2(), before);
+    assert_eq!(
+        route("/* tenant_id='acme' */ SELECT * FROM accounts WHERE id = 2"),
+        "acme/hint"
+    );
+    assert_eq!(l2(), before + 1);
+
+    // Texts the fast lexer declines still work, through the full path.
+    let misses = cache.stats().misses;
+    assert_eq!(
+        route("SELECT * FROM accounts WHERE tenant_id = 'ac'\n'me'"),
+        "acme/stmt"
+    );
+    assert_eq!(
+        route("SELECT * FROM accounts WHERE tenant_id = 'gl'\n'obex'"),
+        "globex/stmt"
+    );
+    assert_eq!(cache.stats().misses, misses + 2);
+
+    // Texts without any token (an empty simple Query) must not reach
+    // pg_query's scanner, which mishandles them.
+    for sql in ["", " ", "\n\t"] {
+        assert!(cache.analyze(sql, &cfg).unwrap().statements.is_empty());
+    }
+}
+
+#[test]
+fn empty_and_blank_texts_analyze_without_touching_the_scanner_bug() {
+    // pg_query 18.1's scanner builds a slice from a null pointer for a text
+    // without tokens; an empty simple Query is valid protocol, so both entry
+    // points must survive it (a debug build aborts otherwise).
+    let cfg = RouterConfig::default();
+    let cache = ParseCache::new(16);
+    for sql in ["", " ", "\n\t ", "\r\n"] {
+        let a = analyze(sql, &cfg).expect("blank text analyses");
+        assert!(a.statements.iter().all(|s| s.tables.is_empty()), "{sql:?}");
+        cache
+            .analyze(sql, &cfg)
+            .expect("blank text through the cache");
+    }
 }
