@@ -7,8 +7,10 @@
 #
 # Rows: direct PostgreSQL, a plain TCP relay (bench/relay), pgtenant
 # pass-through (routing disabled), pgtenant routed (routing enabled, pgbench
-# tables are tenant tables of tenant "bench"), PgBouncer (transaction mode,
-# pool 20) when installed. Each in -M simple / extended / prepared.
+# tables are tenant tables of tenant "bench"), both again with `workers = 1`
+# (a single-threaded runtime, like PgBouncer's one thread), PgBouncer
+# (transaction mode, pool 20) when installed. Each in -M simple / extended /
+# prepared.
 # Prints a markdown table and writes it to bench/results.md.
 #
 # Environment:
@@ -16,6 +18,9 @@
 #   BENCH_CLIENTS     pgbench -c (default 16); BENCH_THREADS: -j (default 2)
 #   BENCH_SCALE       pgbench -i -s (default 10)
 #   BENCH_MODES       pgbench -M modes to run (default "simple extended prepared")
+#   BENCH_ROUNDS      rounds (default 3): every row runs once per round, rounds
+#                     interleave the rows, and the table shows each row's median,
+#                     so a burst of noise on the shared machine hits one sample
 #   PG_BIN            PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #   CARGO_TARGET_DIR  where cargo builds (default <repo>/target)
 set -euo pipefail
@@ -30,6 +35,7 @@ PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 export CARGO_TARGET_DIR=$TARGET_DIR
 read -r -a MODES <<<"${BENCH_MODES:-simple extended prepared}"
+ROUNDS=${BENCH_ROUNDS:-3}
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -142,9 +148,10 @@ SQL
 
 # ---------------------------------------------------------------- pgtenant
 export ENCRYPTION_KEY=$(openssl rand -hex 32)
-write_config() { # file port routing-enabled
+write_config() { # file port routing-enabled [workers]
     cat >"$1" <<EOF
 listen = "127.0.0.1:$2"
+${4:+workers = $4}
 [app_db]
 url = "postgres://postgres:$PW@127.0.0.1:$PGPORT_/bench?sslmode=disable"
 [auth]
@@ -156,8 +163,11 @@ enabled = $3
 EOF
 }
 PT_PORT=$(free_port); RT_PORT=$(free_port); RELAY_PORT=$(free_port); BOUNCER_PORT=$(free_port)
+PT1_PORT=$(free_port); RT1_PORT=$(free_port)
 write_config "$TMP/passthrough.toml" "$PT_PORT" false
 write_config "$TMP/routed.toml" "$RT_PORT" true
+write_config "$TMP/passthrough1.toml" "$PT1_PORT" false 1
+write_config "$TMP/routed1.toml" "$RT1_PORT" true 1
 
 "$PGTENANT" tenant add --config "$TMP/routed.toml" --id bench --name Bench --subdomain bench \
     --url "postgres://postgres:$PW@127.0.0.1:$PGPORT_/bench?sslmode=disable" >"$TMP/tenant-add.log" 2>&1 \
@@ -169,10 +179,16 @@ RELAY_PID=$!; PIDS+=("$RELAY_PID")
 PT_PID=$!; PIDS+=("$PT_PID")
 "$PGTENANT" serve --config "$TMP/routed.toml" >"$TMP/pgtenant-routed.log" 2>&1 &
 RT_PID=$!; PIDS+=("$RT_PID")
+"$PGTENANT" serve --config "$TMP/passthrough1.toml" >"$TMP/pgtenant-passthrough1.log" 2>&1 &
+PT1_PID=$!; PIDS+=("$PT1_PID")
+"$PGTENANT" serve --config "$TMP/routed1.toml" >"$TMP/pgtenant-routed1.log" 2>&1 &
+RT1_PID=$!; PIDS+=("$RT1_PID")
 wait_listen "$RELAY_PORT" relay "$RELAY_PID" "$TMP/relay.log" || die "relay did not start"
 PT_OK=1; RT_OK=1
 wait_listen "$PT_PORT" "pgtenant pass-through" "$PT_PID" "$TMP/pgtenant-passthrough.log" || PT_OK=0
 wait_listen "$RT_PORT" "pgtenant routed" "$RT_PID" "$TMP/pgtenant-routed.log" || RT_OK=0
+wait_listen "$PT1_PORT" "pgtenant pass-through 1 thread" "$PT1_PID" "$TMP/pgtenant-passthrough1.log" || PT_OK=0
+wait_listen "$RT1_PORT" "pgtenant routed 1 thread" "$RT1_PID" "$TMP/pgtenant-routed1.log" || RT_OK=0
 
 # ---------------------------------------------------------------- pgbouncer
 BOUNCER=$(command -v pgbouncer || true)
@@ -220,6 +236,8 @@ TARGETS=(
 )
 [[ $PT_OK == 1 ]] && TARGETS+=("pgtenant pass-through|$BASE port=$PT_PORT user=bench@example.com|$PT_PID")
 [[ $RT_OK == 1 ]] && TARGETS+=("pgtenant routed|$BASE port=$RT_PORT user=bench@example.com options='-c app.tenant_id=bench'|$RT_PID")
+[[ $PT_OK == 1 ]] && TARGETS+=("pgtenant pass-through, 1 thread|$BASE port=$PT1_PORT user=bench@example.com|$PT1_PID")
+[[ $RT_OK == 1 ]] && TARGETS+=("pgtenant routed, 1 thread|$BASE port=$RT1_PORT user=bench@example.com options='-c app.tenant_id=bench'|$RT1_PID")
 [[ -n $BOUNCER_PID ]] && TARGETS+=("pgbouncer $BOUNCER_VERSION|$BASE port=$BOUNCER_PORT user=postgres|$BOUNCER_PID")
 
 # Sanity check: one query through every path (errors show up here first).
@@ -251,35 +269,53 @@ fi
 # Warm-up: pull the pgbench tables into shared buffers before the first row.
 pgbench -n -S -c "$CLIENTS" -j "$THREADS" -T 2 "$BASE port=$PGPORT_ user=postgres" >/dev/null 2>&1 || true
 
-declare -A TPS TXNS FAILED ABORTED CPU ERRS
-run_one() { # mode name conninfo pid
-    local mode=$1 name=$2 conn=$3 pid=$4 key="$1|$2" out err c0="" c1=""
-    out=$TMP/pgbench.$mode.${name// /_}.out; err=${out%.out}.err
-    [[ -n $pid ]] && c0=$(cpu_ticks "$pid")
+# Context switches (voluntary + involuntary) of every thread of a process.
+ctx_switches() {
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/{s += $2} END{print s + 0}'
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END{if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+# Per row (mode|name): space-separated samples, one per round.
+declare -A TPS_S CPU_S CSW_S TXNS FAILED ABORTED ERRS
+run_one() { # mode name conninfo pid round
+    local mode=$1 name=$2 conn=$3 pid=$4 key="$1|$2" out err c0="" c1="" x0="" x1="" tps txns cpu="" csw=""
+    out=$TMP/pgbench.$mode.${name// /_}.$5.out; err=${out%.out}.err
+    [[ -n $pid ]] && { c0=$(cpu_ticks "$pid"); x0=$(ctx_switches "$pid"); }
     pgbench -n -S -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$SECS" "$conn" >"$out" 2>"$err" || true
-    [[ -n $pid ]] && c1=$(cpu_ticks "$pid")
-    TPS[$key]=$(awk '/^tps = /{print $3; exit}' "$out"); TPS[$key]=${TPS[$key]:-0}
-    TXNS[$key]=$(awk -F': ' '/number of transactions actually processed/{split($2, a, "/"); print a[1]; exit}' "$out")
-    TXNS[$key]=${TXNS[$key]:-0}
-    FAILED[$key]=$(awk '/number of failed transactions/{print $5; exit}' "$out"); FAILED[$key]=${FAILED[$key]:-0}
-    ABORTED[$key]=$(grep -c 'aborted in command\|aborted while' "$err" || true)
-    if [[ -n $c0 && -n $c1 && ${TXNS[$key]} -gt 0 ]]; then
-        CPU[$key]=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="${TXNS[$key]}" 'BEGIN{printf "%.1f", d * 1e6 / hz / n}')
-    else
-        CPU[$key]="-"
+    [[ -n $pid ]] && { c1=$(cpu_ticks "$pid"); x1=$(ctx_switches "$pid"); }
+    tps=$(awk '/^tps = /{print $3; exit}' "$out"); tps=${tps:-0}
+    txns=$(awk -F': ' '/number of transactions actually processed/{split($2, a, "/"); print a[1]; exit}' "$out")
+    txns=${txns:-0}
+    TXNS[$key]=$(( ${TXNS[$key]:-0} + txns ))
+    FAILED[$key]=$(( ${FAILED[$key]:-0} + $(awk '/number of failed transactions/{print $5 + 0; exit}' "$out") + 0 ))
+    ABORTED[$key]=$(( ${ABORTED[$key]:-0} + $(grep -c 'aborted in command\|aborted while' "$err" || true) ))
+    if [[ -n $c0 && -n $c1 && $txns -gt 0 ]]; then
+        cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$txns" 'BEGIN{printf "%.1f", d * 1e6 / hz / n}')
+        csw=$(awk -v d=$((x1 - x0)) -v n="$txns" 'BEGIN{printf "%.2f", d / n}')
+        CPU_S[$key]+=" $cpu"; CSW_S[$key]+=" $csw"
     fi
+    TPS_S[$key]+=" $tps"
     if [[ -s $err ]]; then ERRS[$key]=$(sed -E 's/client [0-9]+/client N/g' "$err" | sort | uniq -c | sort -rn | head -5); fi
-    log "$(printf '%-9s %-24s tps=%-10s txns=%-8s failed=%-4s aborted=%-3s cpu_us/tx=%s' \
-        "$mode" "$name" "${TPS[$key]}" "${TXNS[$key]}" "${FAILED[$key]}" "${ABORTED[$key]}" "${CPU[$key]}")"
+    log "$(printf 'round %s %-9s %-32s tps=%-10s txns=%-8s cpu_us/tx=%-5s ctxsw/tx=%s' \
+        "$5" "$mode" "$name" "$tps" "$txns" "${cpu:--}" "${csw:--}")"
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-log "running: pgbench -n -S -c $CLIENTS -j $THREADS -T $SECS, modes: ${MODES[*]}"
-for mode in "${MODES[@]}"; do
-    for t in "${TARGETS[@]}"; do
-        IFS='|' read -r name conn pid <<<"$t"
-        run_one "$mode" "$name" "$conn" "$pid"
+log "running: pgbench -n -S -c $CLIENTS -j $THREADS -T $SECS, modes: ${MODES[*]}, $ROUNDS round(s)"
+for ((round = 1; round <= ROUNDS; round++)); do
+    for mode in "${MODES[@]}"; do
+        for t in "${TARGETS[@]}"; do
+            IFS='|' read -r name conn pid <<<"$t"
+            run_one "$mode" "$name" "$conn" "$pid" "$round"
+        done
     done
+done
+declare -A TPS CPU CSW
+for k in "${!TPS_S[@]}"; do
+    TPS[$k]=$(median <<<"${TPS_S[$k]}")
+    CPU[$k]=$(median <<<"${CPU_S[$k]:-}")
+    CSW[$k]=$(median <<<"${CSW_S[$k]:-}")
 done
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -293,22 +329,23 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f", a / b; e
     echo "- machine: $(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), shared with other work; load average before/after the runs: $LOAD_BEFORE / $LOAD_AFTER"
     echo "- $(pgbench --version), $("$PG_BIN/postgres" --version | sed 's/postgres (PostgreSQL) /PostgreSQL /')${BOUNCER_VERSION:+, PgBouncer $BOUNCER_VERSION}"
     echo "- \`pgbench -n -S -c $CLIENTS -j $THREADS -T $SECS\`, scale $SCALE, fsync=off, everything on 127.0.0.1"
-    echo "- CPU µs/tx = proxy process utime+stime over the run / transactions (clock tick $((1000 / CLK_TCK)) ms)"
+    echo "- CPU µs/tx = proxy process utime+stime over the run / transactions (clock tick $((1000 / CLK_TCK)) ms); ctx sw/tx = the proxy's context switches (all threads) / transactions"
+    echo "- $ROUNDS round(s), rows interleaved; every figure is the row's median over the rounds (tps samples: see the log)"
     echo
-    echo "| mode | path | tps | vs direct | vs relay | proxy CPU µs/tx | failed tx | aborted clients |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    echo "| mode | path | tps | vs direct | vs relay | proxy CPU µs/tx | ctx sw/tx | failed tx | aborted clients |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
     for mode in "${MODES[@]}"; do
         for t in "${TARGETS[@]}"; do
             IFS='|' read -r name _ _ <<<"$t"
             k="$mode|$name"
-            tps=$(printf '%.0f' "${TPS[$k]}") cpu=${CPU[$k]}
+            tps=$(printf '%.0f' "${TPS[$k]}") cpu=${CPU[$k]} csw=${CSW[$k]}
             vd=$(ratio "${TPS[$k]}" "${TPS["$mode|direct"]}") vr=$(ratio "${TPS[$k]}" "${TPS["$mode|relay"]}")
             if [[ ${ABORTED[$k]} != 0 || ${TXNS[$k]} == 0 ]]; then
                 # pgbench's tps for an aborted run covers only the few transactions before the abort.
-                tps="($tps, run aborted)" vd="-" vr="-" cpu="-"
+                tps="($tps, run aborted)" vd="-" vr="-" cpu="-" csw="-"
             fi
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$mode" "$name" "$tps" "$vd" "$vr" \
-                "$cpu" "${FAILED[$k]}" "${ABORTED[$k]}"
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$mode" "$name" "$tps" "$vd" "$vr" \
+                "$cpu" "$csw" "${FAILED[$k]}" "${ABORTED[$k]}"
         done
     done
     notes=""

@@ -67,6 +67,9 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     server_params: tokio::sync::OnceCell<Vec<(String, String)>>,
     router_config: RwLock<Arc<RouterConfig>>,
+    /// `routing.enabled`, read on every statement: an atomic copy of the
+    /// config value so the hot path takes no lock for it.
+    routing_enabled: std::sync::atomic::AtomicBool,
     pub parse_cache: ParseCache,
     pub registry: Arc<TenantRegistry>,
     pub secrets: Option<Arc<SecretBox>>,
@@ -107,6 +110,7 @@ impl Shared {
             cancels: CancelRegistry::default(),
             server_params: tokio::sync::OnceCell::new(),
             router_config: RwLock::new(Arc::new(router_config)),
+            routing_enabled: config.routing.enabled.into(),
             registry,
             secrets,
             placements: RwLock::new((u64::MAX, HashMap::new())),
@@ -125,7 +129,8 @@ impl Shared {
     }
 
     pub fn routing_enabled(&self) -> bool {
-        self.config.read().unwrap().routing.enabled
+        self.routing_enabled
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Applies a re-read configuration (SIGHUP / RELOAD) without dropping clients.
@@ -142,6 +147,8 @@ impl Shared {
         *self.tls.write().unwrap() = tls;
         *self.router_config.write().unwrap() = Arc::new(router_config(&config));
         self.placements.write().unwrap().0 = u64::MAX;
+        self.routing_enabled
+            .store(config.routing.enabled, std::sync::atomic::Ordering::Relaxed);
         *self.config.write().unwrap() = Arc::new(config);
         Ok(())
     }

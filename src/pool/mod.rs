@@ -188,7 +188,7 @@ impl PooledConn {
     pub fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
             conn.last_used = Instant::now();
-            let expired = conn.created.elapsed() >= conn.lifetime;
+            let expired = conn.last_used.duration_since(conn.created) >= conn.lifetime;
             if !expired
                 && !conn.retire_after_use
                 && !self.pool.retired.load(Ordering::Relaxed)
@@ -267,53 +267,26 @@ impl DataSourcePool {
 
     /// Waits for a connection, up to the checkout timeout.
     pub async fn checkout(self: &Arc<Self>, tenant: Option<&str>) -> Result<PooledConn, PgError> {
-        let started = Instant::now();
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let waited = tokio::time::timeout(self.settings.checkout_timeout, async {
-            let tenant_permit = match tenant {
-                Some(t) if self.settings.max_per_tenant < self.settings.size => {
-                    let sem = self
-                        .per_tenant
-                        .entry(t.to_string())
-                        .or_insert_with(|| Arc::new(Semaphore::new(self.settings.max_per_tenant)))
-                        .clone();
-                    Some(sem.acquire_owned().await.expect("never closed"))
-                }
-                _ => None,
-            };
-            let permit = self
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
-            (permit, tenant_permit)
-        })
-        .await;
-        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-        let wait_us = started.elapsed().as_micros() as u64;
-        self.stats
-            .wait_us_total
-            .fetch_add(wait_us, Ordering::Relaxed);
-        self.stats.max_wait_us.fetch_max(wait_us, Ordering::Relaxed);
-        let Ok((permit, tenant_permit)) = waited else {
-            return Err(PgError::error(
-                "53300",
-                format!(
-                    "no server connection available in pool \"{}\" within {} ms",
-                    self.name,
-                    self.settings.checkout_timeout.as_millis()
-                ),
-            )
-            .with_hint("The data source is saturated: retry later, or raise the pool size (connection_pool_config.pool_size)."));
+        let tenant_sem = self.tenant_semaphore(tenant);
+        // Fast path, the common case under normal load: permits are free, so
+        // no timer is armed and there is no wait to account.
+        let fast = match &tenant_sem {
+            Some(sem) => sem.clone().try_acquire_owned().ok().map(Some),
+            None => Some(None),
+        }
+        .and_then(|tp| Some((self.permits.clone().try_acquire_owned().ok()?, tp)));
+        let (permit, tenant_permit) = match fast {
+            Some(p) => p,
+            None => self.wait_for_permits(tenant_sem).await?,
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
         let reused = loop {
             let candidate = self.idle.lock().unwrap().pop();
             match candidate {
                 Some(mut c) => {
-                    if c.created.elapsed() < c.lifetime
-                        && c.last_used.elapsed() < self.settings.idle_timeout
+                    if now.duration_since(c.created) < c.lifetime
+                        && now.duration_since(c.last_used) < self.settings.idle_timeout
                         && c.is_healthy()
                     {
                         break Some(c);
@@ -332,6 +305,64 @@ impl DataSourcePool {
             pool: self.clone(),
             _permit: permit,
             _tenant_permit: tenant_permit,
+        })
+    }
+
+    /// The per-tenant cap's semaphore, when the cap is below the pool size.
+    fn tenant_semaphore(&self, tenant: Option<&str>) -> Option<Arc<Semaphore>> {
+        let t = tenant?;
+        if self.settings.max_per_tenant >= self.settings.size {
+            return None;
+        }
+        if let Some(sem) = self.per_tenant.get(t) {
+            return Some(sem.clone());
+        }
+        Some(
+            self.per_tenant
+                .entry(t.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.settings.max_per_tenant)))
+                .clone(),
+        )
+    }
+
+    /// Waits (fairly, in arrival order) for the tenant's and the pool's
+    /// permits, at most `checkout_timeout`; 53300 when it runs out.
+    async fn wait_for_permits(
+        &self,
+        tenant_sem: Option<Arc<Semaphore>>,
+    ) -> Result<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>), PgError> {
+        let started = Instant::now();
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let waited = tokio::time::timeout(self.settings.checkout_timeout, async {
+            let tenant_permit = match tenant_sem {
+                Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
+                None => None,
+            };
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            (permit, tenant_permit)
+        })
+        .await;
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        let wait_us = started.elapsed().as_micros() as u64;
+        self.stats
+            .wait_us_total
+            .fetch_add(wait_us, Ordering::Relaxed);
+        self.stats.max_wait_us.fetch_max(wait_us, Ordering::Relaxed);
+        waited.map_err(|_| {
+            PgError::error(
+                "53300",
+                format!(
+                    "no server connection available in pool \"{}\" within {} ms",
+                    self.name,
+                    self.settings.checkout_timeout.as_millis()
+                ),
+            )
+            .with_hint("The data source is saturated: retry later, or raise the pool size (connection_pool_config.pool_size).")
         })
     }
 

@@ -192,7 +192,13 @@ impl Session {
         wire.clear();
         self.wire = wire;
         self.pending = batch;
+        let routing = self.shared.routing_enabled();
         for query in bound {
+            // As for simple queries: pass-through only needs the analysis of
+            // a statement that may change session state.
+            if !routing && !super::may_change_session_state(&query) {
+                continue;
+            }
             if let Ok(Some(analysis)) = self.shared.analyze(&query) {
                 self.note_session_effects(&target, &analysis, &query);
             }
@@ -270,6 +276,17 @@ fn register_parse(
     }
     let generation = *next_generation;
     *next_generation += 1;
+    if p.name.is_empty() {
+        // Drivers re-send the same unnamed statement on every execution: keep
+        // the entry (no allocation), only its generation changes.
+        if let Some(old) = prepared.get_mut("") {
+            if *old.query == *p.query && old.param_types[..] == *p.param_types {
+                old.generation = generation;
+                old.param_oids = declared_oids(p.param_types);
+                return Ok(());
+            }
+        }
+    }
     prepared.insert(
         p.name.to_string(),
         Prepared {

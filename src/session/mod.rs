@@ -80,18 +80,20 @@ impl Attached {
     /// Accounts a ReadyForQuery: one request done, maybe one transaction.
     fn note_ready(&mut self) {
         let stats = &self.conn.pool().stats;
+        // One clock read serves both durations.
+        let now = std::time::Instant::now();
         if let Some(t) = self.query_started.take() {
             stats.queries.fetch_add(1, Ordering::Relaxed);
             stats
                 .query_us_total
-                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                .fetch_add(now.duration_since(t).as_micros() as u64, Ordering::Relaxed);
         }
         if self.status == TxStatus::Idle {
             if let Some(t) = self.xact_started.take() {
                 stats.xacts.fetch_add(1, Ordering::Relaxed);
                 stats
                     .xact_us_total
-                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .fetch_add(now.duration_since(t).as_micros() as u64, Ordering::Relaxed);
             }
         }
     }
@@ -463,10 +465,19 @@ impl Session {
         let Some(a) = self.attached.as_mut() else {
             return Ok(());
         };
+        // Bytes forwarded, added to the pool's counter once per read rather
+        // than once per message (a shared atomic is a contended cache line).
+        let mut forwarded = 0u64;
         loop {
             let f = match a.conn.reader.try_frame() {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    if forwarded > 0 {
+                        let stats = &a.conn.pool().stats;
+                        stats.bytes_sent.fetch_add(forwarded, Ordering::Relaxed);
+                    }
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::error!(pool = %a.target.pool.name, error = %e, "malformed backend message");
                     self.attached = None;
@@ -519,11 +530,7 @@ impl Session {
                 }
             }
             if forward {
-                a.conn
-                    .pool()
-                    .stats
-                    .bytes_sent
-                    .fetch_add(f.raw().len() as u64, Ordering::Relaxed);
+                forwarded += f.raw().len() as u64;
                 self.out.extend_from_slice(f.raw());
             }
         }
@@ -573,7 +580,13 @@ impl Session {
                 ));
             }
         }
-        let conn = match self.parked.remove(&park_key(target)) {
+        // Only session pooling parks connections: no key to build otherwise.
+        let parked = if self.parked.is_empty() {
+            None
+        } else {
+            self.parked.remove(&park_key(target))
+        };
+        let conn = match parked {
             Some(c) => c,
             None => {
                 crate::admin::wait_while_paused(target.tenant.as_deref()).await;
@@ -804,20 +817,30 @@ impl Session {
 }
 
 /// Whether `sql` may change session state (SET, RESET, DISCARD, set_config,
-/// advisory locks, LISTEN, PREPARE…): a cheap, conservative text check.
+/// advisory locks, LISTEN, PREPARE…): a cheap, conservative text check, run
+/// on every pass-through statement, so one pass over the bytes.
 pub(crate) fn may_change_session_state(sql: &str) -> bool {
-    [
-        "set",
-        "discard",
-        "advisory",
-        "listen",
-        "prepare",
-        "deallocate",
-        "begin",
-        "start",
-    ]
-    .iter()
-    .any(|w| contains_ignore_case(sql, w))
+    const WORDS: [&[u8]; 8] = [
+        b"set",
+        b"discard",
+        b"advisory",
+        b"listen",
+        b"prepare",
+        b"deallocate",
+        b"begin",
+        b"start",
+    ];
+    let b = sql.as_bytes();
+    b.windows(2).enumerate().any(|(i, w)| {
+        // Most positions fail on their first two letters (ASCII-lowercased
+        // by setting bit 5; only letters can then match).
+        let prefix = [w[0] | 0x20, w[1] | 0x20];
+        WORDS.iter().any(|word| {
+            word[..2] == prefix
+                && b.get(i..i + word.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(word))
+        })
+    })
 }
 
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
@@ -855,4 +878,36 @@ fn quote_ident_path(name: &str) -> String {
         .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_change_session_state;
+
+    #[test]
+    fn session_state_words_are_found_in_any_case_and_position() {
+        for sql in [
+            "SET search_path = x",
+            "select set_config('a', 'b', false)",
+            "DISCARD ALL",
+            "SELECT pg_advisory_lock(1)",
+            "LISTEN ch",
+            "PREPARE p AS SELECT 1",
+            "DEALLOCATE p",
+            "BEGIN",
+            "START TRANSACTION",
+            "  /* x */ reset all; SeT x = 1",
+        ] {
+            assert!(may_change_session_state(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "UPDATE t SET",
+            "",
+            "s",
+        ] {
+            // "UPDATE t SET" must be flagged (conservative); the others not.
+            assert_eq!(may_change_session_state(sql), sql.contains("SET"), "{sql}");
+        }
+    }
 }
