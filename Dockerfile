@@ -12,8 +12,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libclang-dev clang \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
+# Dependencies first, so source edits do not rebuild them. third_party/ holds
+# the patched pg_query (see third_party/pg_query/PATCHES.md).
 COPY Cargo.toml Cargo.lock ./
+COPY third_party ./third_party
 RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && cargo build --release --locked --bin pgtenant \
  && rm -rf src target/release/.fingerprint/pgtenant-* target/release/deps/pgtenant-* target/release/deps/libpgtenant-*

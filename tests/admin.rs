@@ -785,6 +785,18 @@ fn deployment_files_are_consistent() {
             assert!(deploy(src).exists(), "COPY source {src} missing");
         }
     }
+    // Path dependencies (the patched pg_query) are in the build context.
+    let manifest = std::fs::read_to_string(deploy("Cargo.toml")).unwrap();
+    for dir in manifest
+        .lines()
+        .filter_map(|l| l.split("path = \"").nth(1)?.split('"').next())
+    {
+        let top = dir.split('/').next().unwrap();
+        assert!(
+            docker.contains(&format!("COPY {top} ")),
+            "Dockerfile does not COPY {top} (path dependency {dir})"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -30,8 +30,19 @@ pub(crate) struct LiteralSlot {
 /// Parses and analyses `sql`; the uncached entry point, public so tools and
 /// tests can bypass the cache.
 pub fn analyze(sql: &str, cfg: &RouterConfig) -> Result<Analysis, RouteError> {
-    let tokens = scan_tokens(sql)?;
+    let tokens = if may_have_comments(sql) {
+        scan_tokens(sql)?
+    } else {
+        Vec::new()
+    };
     analyze_tokens(sql, &tokens, cfg)
+}
+
+/// False when `sql` cannot contain a comment (neither `--` nor `/*` occurs
+/// anywhere in it): the analysis then needs no scanner tokens, which saves
+/// a scan (~4 µs) on a parse-cache miss.
+pub(crate) fn may_have_comments(sql: &str) -> bool {
+    sql.contains("--") || sql.contains("/*")
 }
 
 /// pg_query's scanner, guarded: on an empty or whitespace-only text
@@ -56,14 +67,16 @@ fn syntax_error(e: pg_query::Error) -> RouteError {
 }
 
 /// Analysis when the caller already scanned the SQL (the cache needs the
-/// tokens for its level-2 key), avoiding a second scan.
+/// tokens to check its level-2 templates), avoiding a second scan. The
+/// tokens are only read for comments (tenant hints): `tokens` may be empty
+/// when [`may_have_comments`] is false.
 pub(crate) fn analyze_tokens(
     sql: &str,
     tokens: &[ScanToken],
     cfg: &RouterConfig,
 ) -> Result<Analysis, RouteError> {
-    let parsed = pg_query::parse(sql, 0).map_err(syntax_error)?;
-    let stmts = &parsed.protobuf.stmts;
+    let parsed = pg_query::parse_protobuf(sql, 0).map_err(syntax_error)?;
+    let stmts = &parsed.stmts;
 
     // Statement end offsets, so comments can be attached to a statement:
     // PostgreSQL's statement ranges exclude leading comments, so a comment
@@ -845,9 +858,9 @@ impl<'a> Walker<'a> {
         }
         let prev = std::mem::replace(&mut self.drop_params, true);
         for (q, mode) in queries {
-            match pg_query::parse(&q, mode) {
+            match pg_query::parse_protobuf(&q, mode) {
                 Ok(r) => {
-                    for s in &r.protobuf.stmts {
+                    for s in &r.stmts {
                         if let Some(e) = s.stmt.as_ref().and_then(|n| n.node.as_ref()) {
                             let saved = std::mem::take(&mut self.scopes);
                             self.walk_root(e, false);

@@ -4,7 +4,9 @@
 //! with literal values blanked out (see [`super::lexer`]) to an analysis
 //! *template*, so statements that differ only in literals (ORMs inlining
 //! values, pgbench `-M simple`) skip pg_query entirely; the tenant literals
-//! are then read back from the new text by literal index.
+//! are then read back from the new text by literal index. A template is
+//! built the second time its shape is parsed (see [`Shape::Seen`]), so a
+//! one-off statement pays for one parse and nothing more.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use lru::LruCache;
 use pg_query::protobuf::{ScanToken, Token};
 
-use crate::router::analysis::{analyze_tokens, scan_tokens, SlotField};
+use crate::router::analysis::{analyze_tokens, may_have_comments, scan_tokens, SlotField};
 use crate::router::lexer::{fast_key, LitKind, Literal};
 use crate::router::{Analysis, RouteError, RouterConfig, TenantValue, TxnControl};
 
@@ -49,13 +51,23 @@ struct Template {
     slots: Vec<Slot>,
 }
 
+/// What level 2 knows of a statement shape (a fast key).
+#[derive(Clone)]
+enum Shape {
+    /// Parsed once; no template yet. Checking a template needs pg_query's
+    /// scanner (~4 µs), which a statement whose shape never recurs should
+    /// not pay, so the template is built when the shape comes back.
+    Seen,
+    Template(Arc<Template>),
+}
+
 struct Inner {
     cfg: Option<RouterConfig>,
     /// Bumped whenever the levels are cleared, so work done outside the
     /// lock under an older configuration is neither served nor stored.
     generation: u64,
     l1: LruCache<String, Arc<Analysis>>,
-    l2: LruCache<Vec<u8>, Arc<Template>>,
+    l2: LruCache<Vec<u8>, Shape>,
     l1_hits: u64,
 }
 
@@ -115,8 +127,9 @@ impl ParseCache {
         // Lexing happens outside the lock: it is the bulk of a level-2 hit
         // and other sessions' level-1 hits should not wait for it.
         let fast = fast_key(sql);
+        let mut seen_before = false;
         if let Some(f) = &fast {
-            let template = {
+            let shape = {
                 let mut g = self.lock();
                 if g.generation == generation {
                     g.l2.get(f.key.as_slice()).cloned()
@@ -124,31 +137,55 @@ impl ParseCache {
                     None
                 }
             };
-            if let Some(a) = template.and_then(|t| instantiate(&t, sql, &f.literals)) {
-                // Not copied into level 1: texts that differ only in
-                // literals (pgbench -M simple, ORMs inlining ids) rarely
-                // repeat exactly, so copying them would cost a String and
-                // an LRU insertion per hit (measured ~0.4 µs, about as much
-                // as the rest of the hit) and evict entries that do repeat.
-                self.l2_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(a);
+            seen_before = shape.is_some();
+            if let Some(Shape::Template(t)) = shape {
+                if let Some(a) = instantiate(&t, sql, &f.literals) {
+                    // Not copied into level 1: texts that differ only in
+                    // literals (pgbench -M simple, ORMs inlining ids) rarely
+                    // repeat exactly, so copying them would cost a String and
+                    // an LRU insertion per hit (measured ~0.4 µs, about as much
+                    // as the rest of the hit) and evict entries that do repeat.
+                    self.l2_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(a);
+                }
             }
         }
 
-        let tokens = scan_tokens(sql)?;
+        let want_template = seen_before && fast.is_some();
+        let tokens = if want_template || may_have_comments(sql) {
+            scan_tokens(sql)?
+        } else {
+            Vec::new()
+        };
         let a = Arc::new(analyze_tokens(sql, &tokens, cfg)?);
-        let template = fast
-            .as_ref()
-            .and_then(|f| build_template(&a, sql, &tokens, &f.literals));
+        let template = match &fast {
+            Some(f) if want_template => build_template(&a, sql, &tokens, &f.literals),
+            _ => None,
+        };
         self.misses.fetch_add(1, Ordering::Relaxed);
         let mut g = self.lock();
         if g.generation == generation {
             g.l1.put(sql.to_string(), Arc::clone(&a));
-            if let (Some(t), Some(f)) = (template, fast) {
-                g.l2.put(f.key, Arc::new(t));
+            match (template, fast) {
+                (Some(t), Some(f)) => {
+                    g.l2.put(f.key, Shape::Template(Arc::new(t)));
+                }
+                (None, Some(f)) if !seen_before => {
+                    g.l2.put(f.key, Shape::Seen);
+                }
+                // Seen again and still no template (not templatable, or the
+                // lexer and the scanner disagree): nothing to add.
+                _ => {}
             }
         }
         Ok(a)
+    }
+
+    /// Drops level 1 only, so tests can make a shape recur without
+    /// repeating an exact text (which level 1 would answer).
+    #[cfg(test)]
+    pub(crate) fn forget_level1(&self) {
+        self.lock().l1.clear();
     }
 
     /// Current counters.
