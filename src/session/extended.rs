@@ -192,11 +192,8 @@ impl Session {
         wire.clear();
         self.wire = wire;
         self.pending = batch;
-        let routing = self.shared.routing_enabled();
         for query in bound {
-            // As for simple queries: pass-through only needs the analysis of
-            // a statement that may change session state.
-            if !routing && !super::may_change_session_state(&query) {
+            if !self.needs_analysis(&query) {
                 continue;
             }
             if let Ok(Some(analysis)) = self.shared.analyze(&query) {

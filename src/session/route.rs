@@ -22,6 +22,14 @@ impl From<router::RouteError> for PgError {
 }
 
 impl Session {
+    /// Whether `sql` must be analysed: always when routing; in pass-through
+    /// only for session state, and a statement whose text names none of it
+    /// cannot change it (a function doing so would be invisible to the
+    /// analysis too).
+    pub(super) fn needs_analysis(&self, sql: &str) -> bool {
+        self.shared.routing_enabled() || super::may_change_session_state(sql)
+    }
+
     pub(super) fn routing(&self) -> router::SessionRouting<'_> {
         router::SessionRouting {
             session_tenant: self.session_tenant.as_deref(),
@@ -354,11 +362,7 @@ impl Session {
         raw: &bytes::Bytes,
         sql: &str,
     ) -> Result<(), PgError> {
-        // Pass-through only needs the analysis for session state; a statement
-        // whose text names none of it cannot change it (a function doing so
-        // would be invisible to the analysis too).
-        let needs_analysis = self.shared.routing_enabled() || super::may_change_session_state(sql);
-        let analysis = match if needs_analysis {
+        let analysis = match if self.needs_analysis(sql) {
             self.shared.analyze(sql)
         } else {
             Ok(None)
