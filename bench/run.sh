@@ -8,7 +8,7 @@
 # Rows: direct PostgreSQL, a plain TCP relay (bench/relay), pgtenant
 # pass-through (routing disabled), pgtenant routed (routing enabled, pgbench
 # tables are tenant tables of tenant "bench"), both again with `workers = 1`
-# (a single-threaded runtime, like PgBouncer's one thread), PgBouncer
+# (every session on the main thread, like PgBouncer's one thread), PgBouncer
 # (transaction mode, pool 20) when installed. Each in -M simple / extended /
 # prepared.
 # Prints a markdown table and writes it to bench/results.md.

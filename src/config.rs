@@ -31,7 +31,8 @@ pub struct Config {
     /// Seconds SIGTERM waits for in-flight transactions before closing.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_secs: u64,
-    /// Runtime worker threads; default one per core.
+    /// Session workers (threads, each one event loop running whole sessions);
+    /// default one per core.
     #[serde(default)]
     pub workers: Option<usize>,
     /// Largest client message accepted, in bytes; bigger ones are a protocol error.

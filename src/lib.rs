@@ -18,3 +18,4 @@ pub mod run;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod workers;

@@ -81,22 +81,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            // `workers` caps the runtime's threads (default: one per core;
-            // measured on 2 cores, a single thread cost more CPU per transaction).
-            let workers = config
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let rt = if workers <= 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(workers)
-                    .enable_all()
-                    .build()
-            }
-            .expect("tokio runtime");
+            // One thread here; `serve` starts its session workers itself
+            // (src/workers.rs explains why not tokio's multi-thread runtime).
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             rt.block_on(async move {
                 match command {
                     Command::Serve => pgtenant::run::serve(config).await,

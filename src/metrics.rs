@@ -367,6 +367,16 @@ fn scrape_time_families(shared: &crate::server::Shared) -> Vec<prometheus::proto
     ));
     entries.set(cs.size as i64);
 
+    let worker_sessions = reg!(igv(
+        "pgtenant_worker_sessions",
+        "Client sessions running on each session worker (thread)",
+        &["worker"]
+    ));
+    for (k, n) in crate::workers::sessions().into_iter().enumerate() {
+        worker_sessions
+            .with_label_values(&[&k.to_string()])
+            .set(n as i64);
+    }
     let admin_clients = reg!(IntGauge::new(
         "pgtenant_tracked_client_sessions",
         "Client sessions listed by SHOW CLIENTS (excludes admin console sessions)"

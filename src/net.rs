@@ -21,6 +21,20 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
     }
+
+    /// Re-registers a plain socket with the calling thread's runtime, so its
+    /// readiness wakes this thread directly (see `crate::workers`). TLS
+    /// streams cannot be taken apart and rebuilt with tokio-rustls; they are
+    /// returned unchanged and keep being served by the runtime that opened
+    /// them, which is correct, only a wake-up dearer. `Err`: the socket is
+    /// closed.
+    pub fn into_current_runtime(self) -> io::Result<(Stream, bool)> {
+        match self {
+            Stream::Tcp(s) => Ok((Stream::Tcp(TcpStream::from_std(s.into_std()?)?), true)),
+            Stream::Unix(s) => Ok((Stream::Unix(UnixStream::from_std(s.into_std()?)?), true)),
+            tls => Ok((tls, false)),
+        }
+    }
 }
 
 macro_rules! delegate {

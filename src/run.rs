@@ -36,6 +36,17 @@ fn secrets_from_env() -> Option<Arc<SecretBox>> {
 /// `pgtenant serve`.
 pub async fn serve(config: Config) -> ExitCode {
     init_logging(&config);
+    // Before Shared::new: pools size their per-worker idle lists by the count.
+    let workers = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = match crate::workers::Workers::start(workers) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("pgtenant: cannot start worker threads: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let registry = Arc::new(TenantRegistry::new());
     let secrets = secrets_from_env();
     let shared = match Shared::new(config.clone(), registry.clone(), secrets.clone()) {
@@ -93,8 +104,8 @@ pub async fn serve(config: Config) -> ExitCode {
             }
         })
     };
-    tracing::info!(listen = %config.listen, "pgtenant ready");
-    server::serve(listener, shared, rx).await;
+    tracing::info!(listen = %config.listen, workers = crate::workers::count(), "pgtenant ready");
+    server::serve(listener, shared, &workers, rx).await;
     if let Some(s) = sync {
         s.abort();
     }

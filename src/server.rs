@@ -414,6 +414,7 @@ async fn rls_protected(url: &BackendUrl, table: &TableRef, setting: &str) -> Res
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    workers: &crate::workers::Workers,
     shutdown: tokio::sync::watch::Receiver<Option<Duration>>,
 ) {
     let mut shutdown = shutdown;
@@ -432,7 +433,7 @@ pub async fn serve(
                 let _ = tcp.set_nodelay(true);
                 let shared = shared.clone();
                 let guard = tracker.enter();
-                tokio::spawn(async move {
+                workers.spawn_session(tcp, move |tcp| async move {
                     Session::run(tcp, peer, shared).await;
                     drop(guard);
                 });

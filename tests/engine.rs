@@ -687,3 +687,67 @@ fn json_logs_carry_no_secrets_and_sigterm_drains() {
         assert!(!log.contains(secret), "log leaks a secret");
     }
 }
+
+/// Sessions are spread over the session workers (one event loop per thread),
+/// and one pool serves them all: with a pool of one connection, clients on
+/// three different workers take turns on the same backend connection, which
+/// moves to whichever worker needs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_on_every_worker_share_one_pool() {
+    let app = Cluster::start();
+    app.createdb("app");
+    app.psql("app", APP_SCHEMA);
+    add_user(&app, "app", "alice@example.com", &scram(PW), None);
+    let mport = free_port();
+    let config = format!(
+        "workers = 3\n[app_db]\nurl = \"{}\"\n[auth]\nquery = \"{}\"\n[routing]\nenabled = false\n[pool]\nsize = 1\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n",
+        app.url("app"),
+        auth_query()
+    );
+    let proxy = Proxy::start(&config, &[]);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(client(&proxy, "alice@example.com", PW).await);
+    }
+    let (code, metrics) = http_get(mport, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for k in 0..3 {
+        let line = format!("pgtenant_worker_sessions{{worker=\"{k}\"}} 1");
+        assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
+    }
+
+    // In turns: every client gets the one connection, whichever worker it is on.
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        for c in &clients {
+            let pid: i32 = c
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            pids.insert(pid);
+        }
+    }
+    assert_eq!(
+        pids.len(),
+        1,
+        "one pooled connection expected, saw {pids:?}"
+    );
+
+    // All at once: they queue for it and each gets its own answer.
+    let answers = futures::future::join_all(clients.iter().enumerate().map(|(i, c)| async move {
+        let sql = format!("SELECT {i}::int FROM pg_sleep(0.05)");
+        c.query_one(sql.as_str(), &[])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+    }))
+    .await;
+    for (i, a) in answers.into_iter().enumerate() {
+        assert_eq!(a.unwrap(), i as i32);
+    }
+    let backends: i64 = app
+        .psql("app", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtenant' AND datname = 'app'")
+        .parse()
+        .unwrap();
+    assert_eq!(backends, 1, "{}", proxy.log_text());
+}

@@ -104,6 +104,10 @@ pub struct ServerConn {
     created: Instant,
     lifetime: Duration,
     last_used: Instant,
+    /// The worker whose runtime registered the socket (`crate::workers`): the
+    /// connection idles in that worker's list, so it is reused where its
+    /// readiness events arrive.
+    home: usize,
 }
 
 impl ServerConn {
@@ -148,7 +152,8 @@ pub struct DataSourcePool {
     pub name: String,
     pub url: BackendUrl,
     pub settings: PoolSettings,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Idle connections, one list per worker (indexed by `ServerConn::home`).
+    idle: Box<[Mutex<Vec<ServerConn>>]>,
     permits: Arc<Semaphore>,
     per_tenant: DashMap<String, Arc<Semaphore>>,
     pub stats: PoolStats,
@@ -194,7 +199,7 @@ impl PooledConn {
                 && !self.pool.retired.load(Ordering::Relaxed)
                 && conn.reader.buffered() == 0
             {
-                self.pool.idle.lock().unwrap().push(conn);
+                self.pool.idle_list(conn.home).lock().unwrap().push(conn);
             }
         }
     }
@@ -213,30 +218,45 @@ impl DataSourcePool {
             permits: Arc::new(Semaphore::new(settings.size)),
             url,
             settings,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..crate::workers::count())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             per_tenant: DashMap::new(),
             stats: PoolStats::default(),
             retired: false.into(),
         })
     }
 
+    fn idle_list(&self, worker: usize) -> &Mutex<Vec<ServerConn>> {
+        &self.idle[worker % self.idle.len()]
+    }
+
     /// Number of idle connections (admin/metrics).
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap().len()
+        self.idle.iter().map(|l| l.lock().unwrap().len()).sum()
+    }
+
+    /// Keeps the idle connections for which `keep` holds; returns how many closed.
+    fn retain_idle(&self, mut keep: impl FnMut(&ServerConn) -> bool) -> usize {
+        let mut closed = 0;
+        for list in self.idle.iter() {
+            let mut idle = list.lock().unwrap();
+            let before = idle.len();
+            idle.retain(&mut keep);
+            closed += before - idle.len();
+        }
+        closed
     }
 
     /// Stops reusing connections: idle ones close now, busy ones on release.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
-        self.idle.lock().unwrap().clear();
+        self.retain_idle(|_| false);
     }
 
     /// Closes idle connections last used for `tenant` (a suspended tenant's).
     pub fn close_idle_for_tenant(&self, tenant: &str) -> usize {
-        let mut idle = self.idle.lock().unwrap();
-        let before = idle.len();
-        idle.retain(|c| c.tenant_setting.as_deref() != Some(tenant));
-        before - idle.len()
+        self.retain_idle(|c| c.tenant_setting.as_deref() != Some(tenant))
     }
 
     /// Closes idle connections past their idle timeout or lifetime, then
@@ -244,10 +264,9 @@ impl DataSourcePool {
     /// pool has room, so it never competes with clients).
     pub async fn maintain(&self) {
         let idle_timeout = self.settings.idle_timeout;
-        self.idle
-            .lock()
-            .unwrap()
-            .retain(|c| c.last_used.elapsed() < idle_timeout && c.created.elapsed() < c.lifetime);
+        self.retain_idle(|c| {
+            c.last_used.elapsed() < idle_timeout && c.created.elapsed() < c.lifetime
+        });
         if self.retired.load(Ordering::Relaxed) {
             return;
         }
@@ -258,7 +277,7 @@ impl DataSourcePool {
                 return;
             };
             match self.open().await {
-                Ok(conn) => self.idle.lock().unwrap().push(conn),
+                Ok(conn) => self.idle_list(conn.home).lock().unwrap().push(conn),
                 Err(_) => return,
             }
             drop(permit);
@@ -280,22 +299,7 @@ impl DataSourcePool {
             None => self.wait_for_permits(tenant_sem).await?,
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let reused = loop {
-            let candidate = self.idle.lock().unwrap().pop();
-            match candidate {
-                Some(mut c) => {
-                    if now.duration_since(c.created) < c.lifetime
-                        && now.duration_since(c.last_used) < self.settings.idle_timeout
-                        && c.is_healthy()
-                    {
-                        break Some(c);
-                    }
-                }
-                None => break None,
-            }
-        };
-        let conn = match reused {
+        let conn = match self.take_idle() {
             Some(c) => c,
             None => self.open().await?,
         };
@@ -306,6 +310,48 @@ impl DataSourcePool {
             _permit: permit,
             _tenant_permit: tenant_permit,
         })
+    }
+
+    /// A reusable idle connection: this worker's own first (most recently
+    /// used first), else another worker's, moved to this worker's runtime.
+    /// Expired or broken ones met on the way are closed. A new connection is
+    /// opened only when every list came up empty, which keeps the pool at
+    /// `size` connections (a release racing the scan can let it open one
+    /// more, which the next checkout then reuses).
+    fn take_idle(&self) -> Option<ServerConn> {
+        let now = Instant::now();
+        let me = crate::workers::current();
+        let lists = self.idle.len();
+        for i in 0..lists {
+            let list = &self.idle[(me + i) % lists];
+            loop {
+                let Some(mut c) = list.lock().unwrap().pop() else {
+                    break;
+                };
+                if now.duration_since(c.created) >= c.lifetime
+                    || now.duration_since(c.last_used) >= self.settings.idle_timeout
+                    || !c.is_healthy()
+                {
+                    continue;
+                }
+                if c.home == me {
+                    return Some(c);
+                }
+                match c.stream.into_current_runtime() {
+                    Ok((stream, moved)) => {
+                        c.stream = stream;
+                        if moved {
+                            c.home = me;
+                        }
+                        return Some(c);
+                    }
+                    Err(e) => {
+                        tracing::debug!(pool = %self.name, error = %e, "idle connection lost while moving between workers");
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The per-tenant cap's semaphore, when the cap is below the pool size.
@@ -386,6 +432,7 @@ impl DataSourcePool {
                     created: Instant::now(),
                     lifetime: self.settings.max_lifetime.mul_f64(1.0 - jitter),
                     last_used: Instant::now(),
+                    home: crate::workers::current(),
                 })
             }
             Err(e) => {

@@ -820,26 +820,23 @@ impl Session {
 /// advisory locks, LISTEN, PREPARE…): a cheap, conservative text check, run
 /// on every pass-through statement, so one pass over the bytes.
 pub(crate) fn may_change_session_state(sql: &str) -> bool {
-    const WORDS: [&[u8]; 8] = [
-        b"set",
-        b"discard",
-        b"advisory",
-        b"listen",
-        b"prepare",
-        b"deallocate",
-        b"begin",
-        b"start",
-    ];
     let b = sql.as_bytes();
-    b.windows(2).enumerate().any(|(i, w)| {
-        // Most positions fail on their first two letters (ASCII-lowercased
-        // by setting bit 5; only letters can then match).
-        let prefix = [w[0] | 0x20, w[1] | 0x20];
-        WORDS.iter().any(|word| {
-            word[..2] == prefix
-                && b.get(i..i + word.len())
-                    .is_some_and(|s| s.eq_ignore_ascii_case(word))
-        })
+    (0..b.len().saturating_sub(1)).any(|i| {
+        // Most positions fail on their first two letters, ASCII-lowercased by
+        // setting bit 5 (only letters can then match; a jump on the pair).
+        let word: &[u8] = match [b[i] | 0x20, b[i + 1] | 0x20] {
+            [b's', b'e'] => b"set",
+            [b'd', b'i'] => b"discard",
+            [b'a', b'd'] => b"advisory",
+            [b'l', b'i'] => b"listen",
+            [b'p', b'r'] => b"prepare",
+            [b'd', b'e'] => b"deallocate",
+            [b'b', b'e'] => b"begin",
+            [b's', b't'] => b"start",
+            _ => return false,
+        };
+        b.get(i..i + word.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(word))
     })
 }
 
