@@ -3,7 +3,9 @@
 //! refusal reason, auth method, pool name — never tenant ids on per-query
 //! series, so 10k tenants do not explode cardinality.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use crate::workers::PerWorker;
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
 /// Everything pgtenant exports, registered once.
@@ -13,8 +15,6 @@ pub struct Metrics {
     pub auth: IntCounterVec,
     pub refused: IntCounterVec,
     pub backend_errors: IntCounterVec,
-    pub bytes_received: IntCounter,
-    pub bytes_sent: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -48,20 +48,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["class"],
     )
     .unwrap();
-    let bytes_received = IntCounter::new(
-        "pgtenant_client_received_bytes_total",
-        "Bytes received from clients",
-    )
-    .unwrap();
-    let bytes_sent =
-        IntCounter::new("pgtenant_client_sent_bytes_total", "Bytes sent to clients").unwrap();
     for c in [
         Box::new(clients.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(auth.clone()),
         Box::new(refused.clone()),
         Box::new(backend_errors.clone()),
-        Box::new(bytes_received.clone()),
-        Box::new(bytes_sent.clone()),
     ] {
         registry.register(c).unwrap();
     }
@@ -71,8 +62,6 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         auth,
         refused,
         backend_errors,
-        bytes_received,
-        bytes_sent,
     }
 });
 
@@ -89,11 +78,26 @@ pub fn backend_error(sqlstate: &str) {
     let class = sqlstate.get(..2).unwrap_or("XX");
     METRICS.backend_errors.with_label_values(&[class]).inc();
 }
+
+/// Client traffic, bumped per message: per worker, summed at scrape time.
+#[derive(Default)]
+struct ClientBytes {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+static CLIENT_BYTES: LazyLock<PerWorker<ClientBytes>> = LazyLock::new(PerWorker::default);
+
 pub fn bytes_received(n: usize) {
-    METRICS.bytes_received.inc_by(n as u64);
+    CLIENT_BYTES
+        .here()
+        .received
+        .fetch_add(n as u64, Ordering::Relaxed);
 }
 pub fn bytes_sent(n: usize) {
-    METRICS.bytes_sent.inc_by(n as u64);
+    CLIENT_BYTES
+        .here()
+        .sent
+        .fetch_add(n as u64, Ordering::Relaxed);
 }
 
 /// Counts a client connection for as long as it lives.
@@ -235,6 +239,19 @@ fn scrape_time_families(shared: &crate::server::Shared) -> Vec<prometheus::proto
         "Bytes sent by the pool's backends to clients",
         &["pool"]
     ));
+    let client_received = reg!(IntCounter::new(
+        "pgtenant_client_received_bytes_total",
+        "Bytes received from clients"
+    ));
+    let client_sent = reg!(IntCounter::new(
+        "pgtenant_client_sent_bytes_total",
+        "Bytes sent to clients"
+    ));
+    for w in CLIENT_BYTES.iter() {
+        client_received.inc_by(w.received.load(Relaxed));
+        client_sent.inc_by(w.sent.load(Relaxed));
+    }
+
     let pools = reg!(IntGauge::new(
         "pgtenant_pools",
         "Pools (data sources) known"
@@ -244,7 +261,8 @@ fn scrape_time_families(shared: &crate::server::Shared) -> Vec<prometheus::proto
     for p in &all {
         let l = [p.name.as_str()];
         let st = &p.stats;
-        let active = st.active.load(Relaxed) as i64;
+        let t = st.totals();
+        let active = t.active as i64;
         pool_clients
             .with_label_values(&[&p.name, "active"])
             .set(active);
@@ -260,32 +278,24 @@ fn scrape_time_families(shared: &crate::server::Shared) -> Vec<prometheus::proto
         pool_size
             .with_label_values(&[&p.name, p.settings.mode.as_str()])
             .set(p.settings.size as i64);
-        checkouts
-            .with_label_values(&l)
-            .inc_by(st.checkouts.load(Relaxed));
-        wait.with_label_values(&l)
-            .inc_by(st.wait_us_total.load(Relaxed) as f64 / 1e6);
+        checkouts.with_label_values(&l).inc_by(t.checkouts);
+        wait.with_label_values(&l).inc_by(t.wait_us as f64 / 1e6);
         max_wait
             .with_label_values(&l)
             .set(st.max_wait_us.load(Relaxed) as f64 / 1e6);
         connect_errors
             .with_label_values(&l)
             .inc_by(st.connect_errors.load(Relaxed));
-        queries
-            .with_label_values(&l)
-            .inc_by(st.queries.load(Relaxed));
-        xacts.with_label_values(&l).inc_by(st.xacts.load(Relaxed));
+        queries.with_label_values(&l).inc_by(t.queries);
+        xacts.with_label_values(&l).inc_by(t.xacts);
         query_time
             .with_label_values(&l)
-            .inc_by(st.query_us_total.load(Relaxed) as f64 / 1e6);
+            .inc_by(t.query_us as f64 / 1e6);
         xact_time
             .with_label_values(&l)
-            .inc_by(st.xact_us_total.load(Relaxed) as f64 / 1e6);
-        received
-            .with_label_values(&l)
-            .inc_by(st.bytes_received.load(Relaxed));
-        sent.with_label_values(&l)
-            .inc_by(st.bytes_sent.load(Relaxed));
+            .inc_by(t.xact_us as f64 / 1e6);
+        received.with_label_values(&l).inc_by(t.bytes_received);
+        sent.with_label_values(&l).inc_by(t.bytes_sent);
     }
 
     let rs = shared.registry.stats();

@@ -22,6 +22,26 @@ impl Stream {
         matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
     }
 
+    /// Whether the peer sent anything (bytes, EOF or an error) nobody has
+    /// read: an idle backend connection must have nothing to say. Plain
+    /// sockets use `try_read`, which costs no syscall while tokio knows the
+    /// socket is not readable, and registers no waker; TLS streams are
+    /// polled once.
+    pub fn has_unread_input(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let quiet =
+            |r: io::Result<usize>| matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        match self {
+            Stream::Tcp(s) => !quiet(s.try_read(&mut probe)),
+            Stream::Unix(s) => !quiet(s.try_read(&mut probe)),
+            tls => {
+                use futures::FutureExt;
+                use tokio::io::AsyncReadExt;
+                tls.read(&mut probe).now_or_never().is_some()
+            }
+        }
+    }
+
     /// Re-registers a plain socket with the calling thread's runtime, so its
     /// readiness wakes this thread directly (see `crate::workers`). TLS
     /// streams cannot be taken apart and rebuilt with tokio-rustls; they are

@@ -159,3 +159,37 @@ impl Drop for SessionCount {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// One `T` per worker, each on its own cache line, for counters bumped on
+/// every request: shared atomics would bounce their line between cores on
+/// each bump. Writers touch [`PerWorker::here`]; readers sum [`PerWorker::iter`].
+pub struct PerWorker<T> {
+    slots: Box<[CacheLine<T>]>,
+}
+
+/// 128 bytes: a cache line plus the neighbour that adjacent-line prefetch
+/// pulls in with it.
+#[repr(align(128))]
+#[derive(Default)]
+struct CacheLine<T>(T);
+
+impl<T: Default> Default for PerWorker<T> {
+    /// One slot per worker (sized by [`count`], so make it after [`Workers::start`]).
+    fn default() -> Self {
+        PerWorker {
+            slots: (0..count()).map(|_| CacheLine::default()).collect(),
+        }
+    }
+}
+
+impl<T> PerWorker<T> {
+    /// The calling worker's slot.
+    pub fn here(&self) -> &T {
+        &self.slots[current() % self.slots.len()].0
+    }
+
+    /// Every worker's slot.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().map(|s| &s.0)
+    }
+}

@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::net::Stream;
-use crate::pool::DataSourcePool;
+use crate::pool::{DataSourcePool, PoolTotals};
 use crate::protocol::backend::{self as be, PgError, TxStatus};
 use crate::protocol::frontend;
 use crate::protocol::FrameReader;
@@ -514,7 +514,7 @@ fn show_pools(shared: &Shared) -> Table {
     ]);
     for p in pools(shared) {
         let st = &p.stats;
-        let active = st.active.load(Relaxed);
+        let active = st.active();
         // PgBouncer's maxwait is the oldest waiter's wait; pgtenant keeps the
         // longest completed wait, reported while anyone is waiting.
         let max_wait = if st.waiting.load(Relaxed) > 0 {
@@ -544,42 +544,13 @@ fn show_pools(shared: &Shared) -> Table {
     t
 }
 
-/// Counter values of one pool at one instant.
-#[derive(Clone, Copy, Default)]
-struct Totals {
-    assignments: u64,
-    xacts: u64,
-    queries: u64,
-    received: u64,
-    sent: u64,
-    xact_us: u64,
-    query_us: u64,
-    wait_us: u64,
-}
-
-impl Totals {
-    fn of(p: &DataSourcePool) -> Totals {
-        let st = &p.stats;
-        Totals {
-            assignments: st.checkouts.load(Relaxed),
-            xacts: st.xacts.load(Relaxed),
-            queries: st.queries.load(Relaxed),
-            received: st.bytes_received.load(Relaxed),
-            sent: st.bytes_sent.load(Relaxed),
-            xact_us: st.xact_us_total.load(Relaxed),
-            query_us: st.query_us_total.load(Relaxed),
-            wait_us: st.wait_us_total.load(Relaxed),
-        }
-    }
-}
-
 /// PgBouncer's stats period: averages cover the time since the previous
 /// period started (at least one full period once one has passed).
 const STATS_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
 struct Snapshots {
-    previous: Option<(Instant, HashMap<String, Totals>)>,
-    current: (Instant, HashMap<String, Totals>),
+    previous: Option<(Instant, HashMap<String, PoolTotals>)>,
+    current: (Instant, HashMap<String, PoolTotals>),
 }
 
 static SNAPSHOTS: LazyLock<Mutex<Option<Snapshots>>> = LazyLock::new(|| Mutex::new(None));
@@ -587,9 +558,9 @@ static SNAPSHOTS: LazyLock<Mutex<Option<Snapshots>>> = LazyLock::new(|| Mutex::n
 /// Per-second rates and per-event averages since the reference snapshot.
 fn averages(pools: &[Arc<DataSourcePool>]) -> HashMap<String, [u64; 8]> {
     let now = Instant::now();
-    let current: HashMap<String, Totals> = pools
+    let current: HashMap<String, PoolTotals> = pools
         .iter()
-        .map(|p| (p.name.clone(), Totals::of(p)))
+        .map(|p| (p.name.clone(), p.stats.totals()))
         .collect();
     let mut guard = SNAPSHOTS.lock().unwrap_or_else(|e| e.into_inner());
     let snaps = guard.get_or_insert_with(|| Snapshots {
@@ -610,7 +581,7 @@ fn averages(pools: &[Arc<DataSourcePool>]) -> HashMap<String, [u64; 8]> {
             let per_sec = |x: u64| (x as f64 / secs).round() as u64;
             let xacts = d(c.xacts, b.xacts);
             let queries = d(c.queries, b.queries);
-            let assignments = d(c.assignments, b.assignments);
+            let assignments = d(c.checkouts, b.checkouts);
             let avg = |total: u64, count: u64| total.checked_div(count).unwrap_or(0);
             (
                 name.clone(),
@@ -618,8 +589,8 @@ fn averages(pools: &[Arc<DataSourcePool>]) -> HashMap<String, [u64; 8]> {
                     per_sec(assignments),
                     per_sec(xacts),
                     per_sec(queries),
-                    per_sec(d(c.received, b.received)),
-                    per_sec(d(c.sent, b.sent)),
+                    per_sec(d(c.bytes_received, b.bytes_received)),
+                    per_sec(d(c.bytes_sent, b.bytes_sent)),
                     avg(d(c.xact_us, b.xact_us), xacts),
                     avg(d(c.query_us, b.query_us), queries),
                     avg(d(c.wait_us, b.wait_us), assignments),
@@ -693,16 +664,16 @@ fn show_stats(shared: &Shared, legacy: bool, totals: bool, avgs: bool) -> Table 
         tag: "SHOW".into(),
     };
     for p in &all {
-        let c = Totals::of(p);
+        let c = p.stats.totals();
         let a = averages.get(&p.name).copied().unwrap_or_default();
         let mut row = vec![s(&p.name)];
         if totals {
             row.extend([
-                n(c.assignments),
+                n(c.checkouts),
                 n(c.xacts),
                 n(c.queries),
-                n(c.received),
-                n(c.sent),
+                n(c.bytes_received),
+                n(c.bytes_sent),
                 n(c.xact_us),
                 n(c.query_us),
                 n(c.wait_us),
@@ -819,7 +790,7 @@ fn show_clients(shared: &Shared) -> Table {
 fn show_servers(shared: &Shared) -> Table {
     let mut t = Table::new(CONN_COLUMNS);
     for p in pools(shared) {
-        let active = p.stats.active.load(Relaxed);
+        let active = p.stats.active();
         let idle = p.idle_count();
         for (state, count) in [("active", active), ("idle", idle)] {
             for i in 0..count {
@@ -875,7 +846,7 @@ fn show_databases(shared: &Shared) -> Table {
     ]);
     let paused_all = crate::admin::paused().0;
     for p in pools(shared) {
-        let current = p.stats.active.load(Relaxed) + p.idle_count();
+        let current = p.stats.active() + p.idle_count();
         t.push(vec![
             s(&p.name),
             s(&p.url.host),
@@ -890,7 +861,7 @@ fn show_databases(shared: &Shared) -> Table {
             n(p.settings.size),
             n(current),
             n(0),
-            n(p.stats.active.load(Relaxed) + p.stats.waiting.load(Relaxed)),
+            n(p.stats.active() + p.stats.waiting.load(Relaxed)),
             n(paused_all as u8),
             n(0),
         ]);
@@ -915,8 +886,7 @@ fn show_users(shared: &Shared) -> Table {
     }
     let mut servers: BTreeMap<String, usize> = BTreeMap::new();
     for p in shared.pools.all() {
-        *servers.entry(p.url.user.clone()).or_default() +=
-            p.stats.active.load(Relaxed) + p.idle_count();
+        *servers.entry(p.url.user.clone()).or_default() += p.stats.active() + p.idle_count();
     }
     let mut names: Vec<String> = clients.keys().chain(servers.keys()).cloned().collect();
     names.sort();
@@ -941,10 +911,7 @@ fn show_lists(shared: &Shared) -> Table {
     let mut users: Vec<&str> = all.iter().map(|p| p.url.user.as_str()).collect();
     users.sort();
     users.dedup();
-    let used_servers: usize = all
-        .iter()
-        .map(|p| p.stats.active.load(Relaxed) + p.idle_count())
-        .sum();
+    let used_servers: usize = all.iter().map(|p| p.stats.active() + p.idle_count()).sum();
     let mut t = Table::new(&[("list", TEXT), ("items", INT8)]);
     for (k, v) in [
         ("databases", all.len()),
@@ -1199,9 +1166,7 @@ fn show_tenants(shared: &Shared) -> Table {
             s(r.pool.mode.as_str()),
             n(r.pool.pool_size),
             n(n_clients),
-            Val(pool
-                .as_ref()
-                .map(|p| p.stats.active.load(Relaxed).to_string())),
+            Val(pool.as_ref().map(|p| p.stats.active().to_string())),
             Val(pool.as_ref().map(|p| p.idle_count().to_string())),
             s(if crate::admin::is_paused(Some(&r.id)) {
                 "yes"
@@ -1245,15 +1210,16 @@ fn show_routes(shared: &Shared) -> Table {
             "unused"
         };
         let st = &p.stats;
+        let totals = st.totals();
         t.push(vec![
             s(target),
             s(&p.name),
             n(tenants),
-            n(st.active.load(Relaxed)),
+            n(totals.active),
             n(st.waiting.load(Relaxed)),
-            n(st.checkouts.load(Relaxed)),
-            n(st.queries.load(Relaxed)),
-            n(st.xacts.load(Relaxed)),
+            n(totals.checkouts),
+            n(totals.queries),
+            n(totals.xacts),
             n(st.connect_errors.load(Relaxed)),
         ]);
     }

@@ -20,7 +20,7 @@ pub struct ClientInfo {
     /// The tenant the session's current (or last) transaction ran for.
     pub tenant: std::sync::Arc<Mutex<Option<String>>>,
     /// Signalled by `KILL <tenant>`: the session ends with 57P01.
-    pub kill: std::sync::Arc<tokio::sync::Notify>,
+    pub kill: std::sync::Arc<crate::session::kill::KillSwitch>,
 }
 
 /// Ends every session working for `tenant` (KILL); returns how many.
@@ -28,7 +28,7 @@ pub fn kill_tenant_sessions(clients: &dashmap::DashMap<u64, ClientInfo>, tenant:
     let mut n = 0;
     for c in clients.iter() {
         if c.tenant.lock().unwrap().as_deref() == Some(tenant) {
-            c.kill.notify_one();
+            c.kill.fire();
             n += 1;
         }
     }

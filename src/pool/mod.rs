@@ -101,8 +101,8 @@ pub struct ServerConn {
     pub lock_owner: Option<u64>,
     /// A client reset the whole session (DISCARD ALL): close instead of reusing.
     pub retire_after_use: bool,
-    created: Instant,
-    lifetime: Duration,
+    /// End of the (jittered) lifetime: compared, never subtracted, on the hot path.
+    expires: Instant,
     last_used: Instant,
     /// The worker whose runtime registered the socket (`crate::workers`): the
     /// connection idles in that worker's list, so it is reused where its
@@ -115,10 +115,7 @@ impl ServerConn {
     /// mean the server closed it (restart, admin termination, idle timeout).
     /// Costs no syscall when the socket has no readiness event pending.
     fn is_healthy(&mut self) -> bool {
-        use futures::FutureExt;
-        use tokio::io::AsyncReadExt;
-        let mut probe = [0u8; 1];
-        self.stream.read(&mut probe).now_or_never().is_none()
+        !self.stream.has_unread_input()
     }
 
     pub fn has_prepared(&self, name: &str) -> bool {
@@ -126,15 +123,24 @@ impl ServerConn {
     }
 }
 
-/// Counters for SHOW POOLS / metrics, kept lock-free.
+/// Counters for SHOW POOLS / metrics, kept lock-free. The ones bumped on
+/// every request live in [`PoolCounters`], one set per worker.
 #[derive(Default)]
 pub struct PoolStats {
     pub waiting: AtomicUsize,
-    pub active: AtomicUsize,
     pub connect_errors: AtomicU64,
+    pub max_wait_us: AtomicU64,
+    pub counters: crate::workers::PerWorker<PoolCounters>,
+}
+
+/// The per-request counters of one pool on one worker.
+#[derive(Default)]
+pub struct PoolCounters {
+    /// Connections checked out. Incremented and decremented on whichever
+    /// worker the session runs; only the (wrapping) sum is meaningful.
+    pub active: AtomicUsize,
     pub checkouts: AtomicU64,
     pub wait_us_total: AtomicU64,
-    pub max_wait_us: AtomicU64,
     /// Requests answered (ReadyForQuery), as PgBouncer's total_query_count.
     pub queries: AtomicU64,
     /// Transactions ended (ReadyForQuery 'I'), as total_xact_count.
@@ -146,6 +152,50 @@ pub struct PoolStats {
     pub bytes_sent: AtomicU64,
 }
 
+/// A pool's [`PoolCounters`] summed over workers, at one instant.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct PoolTotals {
+    pub active: usize,
+    pub checkouts: u64,
+    pub wait_us: u64,
+    pub queries: u64,
+    pub xacts: u64,
+    pub query_us: u64,
+    pub xact_us: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+
+impl PoolStats {
+    /// Sums the per-worker counters.
+    pub fn totals(&self) -> PoolTotals {
+        let mut t = PoolTotals::default();
+        for c in self.counters.iter() {
+            t.active = t.active.wrapping_add(c.active.load(Ordering::Relaxed));
+            t.checkouts += c.checkouts.load(Ordering::Relaxed);
+            t.wait_us += c.wait_us_total.load(Ordering::Relaxed);
+            t.queries += c.queries.load(Ordering::Relaxed);
+            t.xacts += c.xacts.load(Ordering::Relaxed);
+            t.query_us += c.query_us_total.load(Ordering::Relaxed);
+            t.xact_us += c.xact_us_total.load(Ordering::Relaxed);
+            t.bytes_received += c.bytes_received.load(Ordering::Relaxed);
+            t.bytes_sent += c.bytes_sent.load(Ordering::Relaxed);
+        }
+        t
+    }
+
+    /// Connections checked out now.
+    pub fn active(&self) -> usize {
+        self.counters.iter().fold(0usize, |n, c| {
+            n.wrapping_add(c.active.load(Ordering::Relaxed))
+        })
+    }
+}
+
+/// One worker's idle connections, most recently used last.
+#[allow(clippy::vec_box)] // boxed on purpose: see `DataSourcePool::idle`
+type IdleList = Mutex<Vec<Box<ServerConn>>>;
+
 /// The pool of one data source.
 pub struct DataSourcePool {
     /// `user@host:port/db`: identity, metrics label, admin display. Never secret.
@@ -153,7 +203,9 @@ pub struct DataSourcePool {
     pub url: BackendUrl,
     pub settings: PoolSettings,
     /// Idle connections, one list per worker (indexed by `ServerConn::home`).
-    idle: Box<[Mutex<Vec<ServerConn>>]>,
+    /// Connections are boxed so that checkout and release move a pointer,
+    /// not the whole struct, through lists, guards and the session.
+    idle: Box<[IdleList]>,
     permits: Arc<Semaphore>,
     per_tenant: DashMap<String, Arc<Semaphore>>,
     pub stats: PoolStats,
@@ -163,9 +215,11 @@ pub struct DataSourcePool {
 
 /// A checked-out connection. Drop it to discard; call `release` to reuse.
 pub struct PooledConn {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     pool: Arc<DataSourcePool>,
-    _permit: OwnedSemaphorePermit,
+    /// The tenant's share of the pool, when capped. (The pool's own permit
+    /// is not held as an object: `Drop` hands it back to `pool.permits`,
+    /// which saves two refcount updates on the shared semaphore per checkout.)
     _tenant_permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -193,7 +247,7 @@ impl PooledConn {
     pub fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
             conn.last_used = Instant::now();
-            let expired = conn.last_used.duration_since(conn.created) >= conn.lifetime;
+            let expired = conn.last_used >= conn.expires;
             if !expired
                 && !conn.retire_after_use
                 && !self.pool.retired.load(Ordering::Relaxed)
@@ -207,7 +261,16 @@ impl PooledConn {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        // A connection not released closes before its permit is back, so a
+        // waiter that then opens one never makes the pool exceed its size.
+        drop(self.conn.take());
+        self.pool.permits.add_permits(1);
+        self.pool
+            .stats
+            .counters
+            .here()
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -227,7 +290,7 @@ impl DataSourcePool {
         })
     }
 
-    fn idle_list(&self, worker: usize) -> &Mutex<Vec<ServerConn>> {
+    fn idle_list(&self, worker: usize) -> &IdleList {
         &self.idle[worker % self.idle.len()]
     }
 
@@ -242,7 +305,7 @@ impl DataSourcePool {
         for list in self.idle.iter() {
             let mut idle = list.lock().unwrap();
             let before = idle.len();
-            idle.retain(&mut keep);
+            idle.retain(|c| keep(c));
             closed += before - idle.len();
         }
         closed
@@ -264,9 +327,7 @@ impl DataSourcePool {
     /// pool has room, so it never competes with clients).
     pub async fn maintain(&self) {
         let idle_timeout = self.settings.idle_timeout;
-        self.retain_idle(|c| {
-            c.last_used.elapsed() < idle_timeout && c.created.elapsed() < c.lifetime
-        });
+        self.retain_idle(|c| c.last_used.elapsed() < idle_timeout && Instant::now() < c.expires);
         if self.retired.load(Ordering::Relaxed) {
             return;
         }
@@ -293,23 +354,29 @@ impl DataSourcePool {
             Some(sem) => sem.clone().try_acquire_owned().ok().map(Some),
             None => Some(None),
         }
-        .and_then(|tp| Some((self.permits.clone().try_acquire_owned().ok()?, tp)));
-        let (permit, tenant_permit) = match fast {
+        .and_then(|tp| {
+            // Given back by `PooledConn`'s drop.
+            self.permits.try_acquire().ok()?.forget();
+            Some(tp)
+        });
+        let tenant_permit = match fast {
             Some(p) => p,
             None => self.wait_for_permits(tenant_sem).await?,
         };
-        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        let conn = match self.take_idle() {
+        let counters = self.stats.counters.here();
+        counters.checkouts.fetch_add(1, Ordering::Relaxed);
+        counters.active.fetch_add(1, Ordering::Relaxed);
+        // Holds the permits from here: a failed or abandoned open gives them back.
+        let mut pooled = PooledConn {
+            conn: None,
+            pool: self.clone(),
+            _tenant_permit: tenant_permit,
+        };
+        pooled.conn = Some(match self.take_idle() {
             Some(c) => c,
             None => self.open().await?,
-        };
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
-        Ok(PooledConn {
-            conn: Some(conn),
-            pool: self.clone(),
-            _permit: permit,
-            _tenant_permit: tenant_permit,
-        })
+        });
+        Ok(pooled)
     }
 
     /// A reusable idle connection: this worker's own first (most recently
@@ -318,7 +385,7 @@ impl DataSourcePool {
     /// opened only when every list came up empty, which keeps the pool at
     /// `size` connections (a release racing the scan can let it open one
     /// more, which the next checkout then reuses).
-    fn take_idle(&self) -> Option<ServerConn> {
+    fn take_idle(&self) -> Option<Box<ServerConn>> {
         let now = Instant::now();
         let me = crate::workers::current();
         let lists = self.idle.len();
@@ -328,7 +395,7 @@ impl DataSourcePool {
                 let Some(mut c) = list.lock().unwrap().pop() else {
                     break;
                 };
-                if now.duration_since(c.created) >= c.lifetime
+                if now >= c.expires
                     || now.duration_since(c.last_used) >= self.settings.idle_timeout
                     || !c.is_healthy()
                 {
@@ -376,7 +443,7 @@ impl DataSourcePool {
     async fn wait_for_permits(
         &self,
         tenant_sem: Option<Arc<Semaphore>>,
-    ) -> Result<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>), PgError> {
+    ) -> Result<Option<OwnedSemaphorePermit>, PgError> {
         let started = Instant::now();
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         let waited = tokio::time::timeout(self.settings.checkout_timeout, async {
@@ -384,18 +451,16 @@ impl DataSourcePool {
                 Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
                 None => None,
             };
-            let permit = self
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
-            (permit, tenant_permit)
+            // Given back by `PooledConn`'s drop.
+            self.permits.acquire().await.expect("never closed").forget();
+            tenant_permit
         })
         .await;
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
         let wait_us = started.elapsed().as_micros() as u64;
         self.stats
+            .counters
+            .here()
             .wait_us_total
             .fetch_add(wait_us, Ordering::Relaxed);
         self.stats.max_wait_us.fetch_max(wait_us, Ordering::Relaxed);
@@ -412,12 +477,13 @@ impl DataSourcePool {
         })
     }
 
-    async fn open(&self) -> Result<ServerConn, PgError> {
+    async fn open(&self) -> Result<Box<ServerConn>, PgError> {
         match connect::connect(&self.url).await {
             Ok(c) => {
                 // Jitter spreads reconnect storms when many connections age together.
                 let jitter = rand::random::<f64>() * 0.2;
-                Ok(ServerConn {
+                let now = Instant::now();
+                Ok(Box::new(ServerConn {
                     id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
                     stream: c.stream,
                     reader: c.reader,
@@ -429,11 +495,10 @@ impl DataSourcePool {
                     tenant_setting: None,
                     lock_owner: None,
                     retire_after_use: false,
-                    created: Instant::now(),
-                    lifetime: self.settings.max_lifetime.mul_f64(1.0 - jitter),
-                    last_used: Instant::now(),
+                    expires: now + self.settings.max_lifetime.mul_f64(1.0 - jitter),
+                    last_used: now,
                     home: crate::workers::current(),
-                })
+                }))
             }
             Err(e) => {
                 self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);

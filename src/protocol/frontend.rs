@@ -41,12 +41,12 @@ impl<'a> Cursor<'a> {
     }
     fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         let rest = &self.buf[self.pos..];
-        let end = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.err())?;
-        self.pos += end + 1;
-        std::str::from_utf8(&rest[..end]).map_err(|_| self.err())
+        // CStr's search goes a word at a time (every Query passes here).
+        let s = std::ffi::CStr::from_bytes_until_nul(rest)
+            .map_err(|_| self.err())?
+            .to_bytes();
+        self.pos += s.len() + 1;
+        std::str::from_utf8(s).map_err(|_| self.err())
     }
     fn i16(&mut self) -> Result<i16, ProtocolError> {
         let b = self

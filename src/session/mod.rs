@@ -11,6 +11,7 @@
 pub mod cancel;
 mod expect;
 mod extended;
+pub mod kill;
 mod route;
 pub mod startup;
 
@@ -73,13 +74,15 @@ impl Attached {
         self.conn
             .pool()
             .stats
+            .counters
+            .here()
             .bytes_received
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Accounts a ReadyForQuery: one request done, maybe one transaction.
     fn note_ready(&mut self) {
-        let stats = &self.conn.pool().stats;
+        let stats = self.conn.pool().stats.counters.here();
         // One clock read serves both durations.
         let now = std::time::Instant::now();
         if let Some(t) = self.query_started.take() {
@@ -148,7 +151,7 @@ pub struct Session {
     pub local_tenant: Option<String>,
     attached: Option<Attached>,
     parked: HashMap<String, PooledConn>,
-    cancel_slot: CancelSlot,
+    cancel_slot: Arc<CancelSlot>,
     /// Extended-protocol messages waiting for Sync/Flush.
     pending: Vec<Frame>,
     /// Scratch buffer for a batch's bytes towards the backend.
@@ -156,7 +159,7 @@ pub struct Session {
     /// The admin console's view of which tenant this session works for.
     tenant_slot: Arc<std::sync::Mutex<Option<String>>>,
     /// `KILL <tenant>` from the console.
-    kill: Arc<tokio::sync::Notify>,
+    kill: Arc<kill::KillSwitch>,
     prepared: HashMap<String, Prepared>,
     next_generation: u64,
     /// A BEGIN not yet sent: it goes to the backend the next statement picks.
@@ -169,6 +172,9 @@ pub struct Session {
     skip_until_sync: bool,
     settings: HashMap<String, Settings>,
     startup_settings: Settings,
+    /// The last detached connection's (empty) queue, kept so attaching
+    /// does not allocate a new one every transaction.
+    spare_expect: ExpectQueue,
 }
 
 impl Session {
@@ -206,7 +212,7 @@ impl Session {
             connected_at: std::time::SystemTime::now(),
             tls: auth.stream.is_tls(),
             tenant: Arc::new(std::sync::Mutex::new(None)),
-            kill: Arc::new(tokio::sync::Notify::new()),
+            kill: Arc::default(),
         };
         let (tenant_slot, kill) = (info.tenant.clone(), info.kill.clone());
         shared.clients.insert(id, info);
@@ -230,7 +236,7 @@ impl Session {
         id: u64,
         shared: Arc<Shared>,
         a: startup::Authenticated,
-        cancel_slot: CancelSlot,
+        cancel_slot: Arc<CancelSlot>,
     ) -> Session {
         let tenant_setting = shared.config().routing.tenant_setting.clone();
         let startup_tenant = a
@@ -295,6 +301,7 @@ impl Session {
             switching: false,
             settings: HashMap::new(),
             startup_settings,
+            spare_expect: ExpectQueue::default(),
         }
     }
 
@@ -315,10 +322,8 @@ impl Session {
     /// The relay loop: read whichever side has bytes, process whole messages,
     /// write what is due. Returns `Err` only for errors to send before closing.
     async fn relay(&mut self) -> Result<(), PgError> {
-        // Registered once: a fresh `notified()` per turn would lock the
-        // Notify's waiter list twice per request.
         let kill = self.kill.clone();
-        let mut kill_signal = std::pin::pin!(kill.notified());
+        let mut kill_signal = kill.fired();
         loop {
             // 1. Whole client messages already buffered.
             loop {
@@ -364,23 +369,27 @@ impl Session {
             match attached {
                 Some(a) => {
                     let conn = &mut *a.conn;
+                    // Fixed order (no random start: one less RNG draw per wait);
+                    // each branch completes after one read, so none starves.
                     tokio::select! {
+                        biased;
                         r = creader.fill(client) => match r {
                             Ok(true) => {}
                             _ => return Ok(()),
                         },
-                        _ = &mut kill_signal => return Err(killed()),
                         r = conn.reader.fill(&mut conn.stream) => match r {
                             Ok(true) => {}
                             _ => {
                                 self.attached = None; // broken: dropped, never reused
-                                self.set_cancel_target(None).await;
+                                self.cancel_slot.clear().await;
                                 return Err(PgError::fatal("08006", "the data source closed the connection unexpectedly"));
                             }
                         },
+                        _ = &mut kill_signal => return Err(killed()),
                     }
                 }
                 None => tokio::select! {
+                    biased;
                     r = creader.fill(client) => match r {
                         Ok(true) => {}
                         _ => return Ok(()),
@@ -468,12 +477,14 @@ impl Session {
         // Bytes forwarded, added to the pool's counter once per read rather
         // than once per message (a shared atomic is a contended cache line).
         let mut forwarded = 0u64;
+        // Rarely filled (statements an error skipped): one buffer for the batch.
+        let mut undone = Vec::new();
         loop {
             let f = match a.conn.reader.try_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => {
                     if forwarded > 0 {
-                        let stats = &a.conn.pool().stats;
+                        let stats = a.conn.pool().stats.counters.here();
                         stats.bytes_sent.fetch_add(forwarded, Ordering::Relaxed);
                     }
                     return Ok(());
@@ -508,9 +519,8 @@ impl Session {
                 }
                 _ => {}
             }
-            let mut undone = Vec::new();
             let forward = a.expect.on_backend_message(&f, &mut self.out, &mut undone);
-            for u in undone {
+            for u in undone.drain(..) {
                 match u {
                     expect::Undone::Parse(name) if name.is_empty() => a.conn.unnamed_owner = None,
                     expect::Undone::Parse(name) => a.conn.prepared.retain(|n| *n != name),
@@ -554,7 +564,9 @@ impl Session {
         }
         self.client_failed = false;
         let a = self.attached.take().expect("checked");
-        self.set_cancel_target(None).await;
+        self.cancel_slot.clear().await;
+        // Empty here; its buffer serves the next transaction.
+        self.spare_expect = a.expect;
         if a.conn.pool().settings.mode == PoolMode::Session {
             self.parked.insert(park_key(&a.target), a.conn);
         } else {
@@ -599,15 +611,14 @@ impl Session {
                 *slot = target.tenant.clone();
             }
         }
-        self.set_cancel_target(Some(CancelTarget {
+        self.cancel_slot.set(CancelTarget {
             pool: target.pool.clone(),
             key: conn.backend_key,
-        }))
-        .await;
+        });
         let mut a = Attached {
             target: target.clone(),
             conn,
-            expect: ExpectQueue::default(),
+            expect: std::mem::take(&mut self.spare_expect),
             since_sync: false,
             status: TxStatus::Idle,
             copy_in: false,
@@ -752,10 +763,6 @@ impl Session {
             .map_err(|_| backend_lost())
     }
 
-    async fn set_cancel_target(&self, t: Option<CancelTarget>) {
-        *self.cancel_slot.lock().await = t;
-    }
-
     async fn flush_client(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             crate::metrics::bytes_sent(self.out.len());
@@ -794,7 +801,7 @@ impl Session {
     async fn close_backends(&mut self) {
         if let Some(a) = self.attached.take() {
             if a.expect.is_empty() && !a.since_sync && a.status == TxStatus::Idle && !a.copy_in {
-                self.set_cancel_target(None).await;
+                self.cancel_slot.clear().await;
                 a.conn.release();
             } else {
                 // A running statement (pg_sleep, a long scan) would not notice
@@ -805,7 +812,7 @@ impl Session {
                         crate::pool::connect::send_cancel(&a.target.pool.url, a.conn.backend_key)
                             .await;
                 }
-                self.set_cancel_target(None).await;
+                self.cancel_slot.clear().await;
                 drop(a);
             }
         }
@@ -818,26 +825,45 @@ impl Session {
 
 /// Whether `sql` may change session state (SET, RESET, DISCARD, set_config,
 /// advisory locks, LISTEN, PREPARE…): a cheap, conservative text check, run
-/// on every pass-through statement, so one pass over the bytes.
+/// on every pass-through statement, so one pass over the bytes that looks
+/// only at word starts. Letters and digits make words; anything else,
+/// `_` included, separates them, so `pg_advisory_lock` and `set_config`
+/// are found by their parts.
 pub(crate) fn may_change_session_state(sql: &str) -> bool {
     let b = sql.as_bytes();
-    (0..b.len().saturating_sub(1)).any(|i| {
-        // Most positions fail on their first two letters, ASCII-lowercased by
-        // setting bit 5 (only letters can then match; a jump on the pair).
+    let mut i = 0;
+    while i + 1 < b.len() {
+        if !b[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        // A word starts at i. Most fail on their first two letters,
+        // ASCII-lowercased by setting bit 5 (only letters can then match).
         let word: &[u8] = match [b[i] | 0x20, b[i + 1] | 0x20] {
             [b's', b'e'] => b"set",
+            [b'r', b'e'] => b"reset",
             [b'd', b'i'] => b"discard",
             [b'a', b'd'] => b"advisory",
             [b'l', b'i'] => b"listen",
+            [b'u', b'n'] => b"unlisten",
             [b'p', b'r'] => b"prepare",
             [b'd', b'e'] => b"deallocate",
             [b'b', b'e'] => b"begin",
             [b's', b't'] => b"start",
-            _ => return false,
+            _ => b"",
         };
-        b.get(i..i + word.len())
-            .is_some_and(|s| s.eq_ignore_ascii_case(word))
-    })
+        if !word.is_empty()
+            && b.get(i..i + word.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(word))
+        {
+            return true;
+        }
+        i += 1;
+        while i < b.len() && b[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+    }
+    false
 }
 
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
@@ -894,17 +920,25 @@ mod tests {
             "BEGIN",
             "START TRANSACTION",
             "  /* x */ reset all; SeT x = 1",
+            "RESET ALL",
+            "UNLISTEN *",
+            "select pg_try_advisory_lock_shared(1)",
+            "select 1;set x=1",
+            "select\tpg_catalog.set_config('a', 'b', false)",
         ] {
             assert!(may_change_session_state(sql), "{sql}");
         }
-        for sql in [
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
-            "UPDATE t SET",
-            "",
-            "s",
+        for (sql, flagged) in [
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", false),
+            // Words inside other words are not words.
+            ("SELECT * FROM offsets OFFSET 5", false),
+            ("SELECT presets, subsets FROM t", false),
+            // Conservative: SET as a word, even in UPDATE, is flagged.
+            ("UPDATE t SET", true),
+            ("", false),
+            ("s", false),
         ] {
-            // "UPDATE t SET" must be flagged (conservative); the others not.
-            assert_eq!(may_change_session_state(sql), sql.contains("SET"), "{sql}");
+            assert_eq!(may_change_session_state(sql), flagged, "{sql}");
         }
     }
 }
