@@ -758,3 +758,40 @@ async fn sessions_on_every_worker_share_one_pool() {
         proxy.log_text()
     );
 }
+
+/// A pooled connection the server closed while idle (restart, admin
+/// termination, idle timeout) is noticed at checkout and replaced: the
+/// client's next statement runs on a new backend instead of failing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_connection_the_server_closed_is_replaced_at_checkout() {
+    let app = Cluster::start();
+    app.createdb("app");
+    app.psql("app", APP_SCHEMA);
+    add_user(&app, "app", "alice@example.com", &scram(PW), None);
+    let config = format!(
+        "[app_db]\nurl = \"{}\"\n[auth]\nquery = \"{}\"\n[routing]\nenabled = false\n[pool]\nsize = 1\n",
+        app.url("app"),
+        auth_query()
+    );
+    let proxy = Proxy::start(&config, &[]);
+    let c = client(&proxy, "alice@example.com", PW).await;
+    let first: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let killed = app.psql("app", &format!("SELECT pg_terminate_backend({first})"));
+    assert_eq!(killed, "t");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let second: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "statement after the backend died: {e}\n{}",
+                proxy.log_text()
+            )
+        })
+        .get(0);
+    assert_ne!(first, second);
+}
