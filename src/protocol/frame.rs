@@ -45,6 +45,29 @@ impl Frame {
     }
 }
 
+/// A whole message still inside a [`FrameReader`]'s buffer, for messages
+/// the proxy only looks at and copies on (every backend response): cheaper
+/// than a [`Frame`], which costs a reference count per message.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRef<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> FrameRef<'a> {
+    /// The message type byte.
+    pub fn tag(&self) -> u8 {
+        self.bytes[0]
+    }
+    /// The payload after tag and length.
+    pub fn body(&self) -> &'a [u8] {
+        &self.bytes[5..]
+    }
+    /// The full original bytes, for forwarding unchanged.
+    pub fn raw(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
 /// Buffers reads from a stream and yields complete frames.
 ///
 /// Each frame is split off the shared buffer (`BytesMut::split_to`), so
@@ -70,6 +93,14 @@ impl FrameReader {
 
     /// The next complete frame already in the buffer, if any.
     pub fn try_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        Ok(self.next_len()?.map(|total| Frame {
+            bytes: self.buf.split_to(total).freeze(),
+        }))
+    }
+
+    /// The length of the next frame if the buffer holds all of it; read it
+    /// with [`FrameReader::front`], then drop it with [`FrameReader::consume`].
+    pub fn next_len(&mut self) -> Result<Option<usize>, ProtocolError> {
         if self.buf.len() < 5 {
             return Ok(None);
         }
@@ -85,9 +116,19 @@ impl FrameReader {
             self.buf.reserve(total - self.buf.len());
             return Ok(None);
         }
-        Ok(Some(Frame {
-            bytes: self.buf.split_to(total).freeze(),
-        }))
+        Ok(Some(total))
+    }
+
+    /// The complete frame of `len` bytes at the front (from `next_len`).
+    pub fn front(&self, len: usize) -> FrameRef<'_> {
+        FrameRef {
+            bytes: &self.buf[..len],
+        }
+    }
+
+    /// Drops the `len` bytes of the front frame.
+    pub fn consume(&mut self, len: usize) {
+        self.buf.advance(len);
     }
 
     /// Reads from `stream` until at least one more byte arrived.
@@ -167,6 +208,21 @@ mod tests {
         assert_eq!(r.try_frame().unwrap().unwrap().body(), b"SELECT 1\0");
         assert_eq!(r.try_frame().unwrap().unwrap().tag(), b'S');
         assert!(r.try_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn borrowed_frames_are_the_same_messages() {
+        let mut r = FrameReader::new(1024);
+        r.buf.extend_from_slice(b"Z\0\0\0\x05IC\0\0\0\x0dSELECT 1\0D\0");
+        let n = r.next_len().unwrap().unwrap();
+        let f = r.front(n);
+        assert_eq!((f.tag(), f.body(), f.raw().len()), (b'Z', &b"I"[..], 6));
+        r.consume(n);
+        let n = r.next_len().unwrap().unwrap();
+        assert_eq!(r.front(n).body(), b"SELECT 1\0");
+        r.consume(n);
+        assert_eq!(r.next_len().unwrap(), None);
+        assert_eq!(r.buffered(), 2);
     }
 
     #[test]

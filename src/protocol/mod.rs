@@ -11,4 +11,4 @@ pub mod frame;
 pub mod frontend;
 pub mod startup;
 
-pub use frame::{Frame, FrameReader, ProtocolError};
+pub use frame::{Frame, FrameReader, FrameRef, ProtocolError};

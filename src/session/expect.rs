@@ -8,7 +8,7 @@
 //! Close that never reached this backend), in the position the client expects.
 
 use crate::protocol::backend::tag;
-use crate::protocol::Frame;
+use crate::protocol::FrameRef;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -112,7 +112,7 @@ impl ExpectQueue {
     /// Accounts for one backend message; returns whether to forward it.
     pub fn on_backend_message(
         &mut self,
-        f: &Frame,
+        f: FrameRef<'_>,
         out: &mut BytesMut,
         undone: &mut Vec<Undone>,
     ) -> bool {

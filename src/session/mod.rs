@@ -480,8 +480,8 @@ impl Session {
         // Rarely filled (statements an error skipped): one buffer for the batch.
         let mut undone = Vec::new();
         loop {
-            let f = match a.conn.reader.try_frame() {
-                Ok(Some(f)) => f,
+            let len = match a.conn.reader.next_len() {
+                Ok(Some(len)) => len,
                 Ok(None) => {
                     if forwarded > 0 {
                         let stats = a.conn.pool().stats.counters.here();
@@ -498,7 +498,10 @@ impl Session {
                     ));
                 }
             };
-            match f.tag() {
+            // The message is read in place and copied on; no Bytes per message.
+            let f = a.conn.reader.front(len);
+            let t = f.tag();
+            match t {
                 be::tag::COPY_IN_RESPONSE | be::tag::COPY_BOTH_RESPONSE => {
                     a.copy_in = true;
                     a.expect.on_copy_in();
@@ -511,7 +514,6 @@ impl Session {
                         .and_then(TxStatus::from_byte)
                         .unwrap_or(TxStatus::Idle);
                     a.copy_in = false;
-                    a.note_ready();
                 }
                 be::tag::ERROR_RESPONSE => {
                     a.copy_in = false;
@@ -519,7 +521,14 @@ impl Session {
                 }
                 _ => {}
             }
-            let forward = a.expect.on_backend_message(&f, &mut self.out, &mut undone);
+            if a.expect.on_backend_message(f, &mut self.out, &mut undone) {
+                forwarded += len as u64;
+                self.out.extend_from_slice(f.raw());
+            }
+            a.conn.reader.consume(len);
+            if t == be::tag::READY_FOR_QUERY {
+                a.note_ready();
+            }
             for u in undone.drain(..) {
                 match u {
                     expect::Undone::Parse(name) if name.is_empty() => a.conn.unnamed_owner = None,
@@ -532,16 +541,12 @@ impl Session {
                     }
                 }
             }
-            if f.tag() == be::tag::READY_FOR_QUERY && a.expect.is_empty() {
+            if t == be::tag::READY_FOR_QUERY && a.expect.is_empty() {
                 a.since_sync = false;
                 if a.status == TxStatus::Idle {
                     // SET LOCAL ends with its transaction, whatever the pooling mode.
                     self.local_tenant = None;
                 }
-            }
-            if forward {
-                forwarded += f.raw().len() as u64;
-                self.out.extend_from_slice(f.raw());
             }
         }
     }
