@@ -213,7 +213,8 @@ mod tests {
     #[test]
     fn borrowed_frames_are_the_same_messages() {
         let mut r = FrameReader::new(1024);
-        r.buf.extend_from_slice(b"Z\0\0\0\x05IC\0\0\0\x0dSELECT 1\0D\0");
+        r.buf
+            .extend_from_slice(b"Z\0\0\0\x05IC\0\0\0\x0dSELECT 1\0D\0");
         let n = r.next_len().unwrap().unwrap();
         let f = r.front(n);
         assert_eq!((f.tag(), f.body(), f.raw().len()), (b'Z', &b"I"[..], 6));

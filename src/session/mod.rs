@@ -529,14 +529,18 @@ impl Session {
             if t == be::tag::READY_FOR_QUERY {
                 a.note_ready();
             }
-            for u in undone.drain(..) {
-                match u {
-                    expect::Undone::Parse(name) if name.is_empty() => a.conn.unnamed_owner = None,
-                    expect::Undone::Parse(name) => a.conn.prepared.retain(|n| *n != name),
-                    expect::Undone::Close(name) => a.conn.prepared.push_back(name),
-                    expect::Undone::Described(name, oids) => {
-                        if let Some(p) = self.prepared.get_mut(&*name) {
-                            p.param_oids = oids;
+            if !undone.is_empty() {
+                for u in undone.drain(..) {
+                    match u {
+                        expect::Undone::Parse(name) if name.is_empty() => {
+                            a.conn.unnamed_owner = None
+                        }
+                        expect::Undone::Parse(name) => a.conn.prepared.retain(|n| *n != name),
+                        expect::Undone::Close(name) => a.conn.prepared.push_back(name),
+                        expect::Undone::Described(name, oids) => {
+                            if let Some(p) = self.prepared.get_mut(&*name) {
+                                p.param_oids = oids;
+                            }
                         }
                     }
                 }
@@ -835,40 +839,50 @@ impl Session {
 /// `_` included, separates them, so `pg_advisory_lock` and `set_config`
 /// are found by their parts.
 pub(crate) fn may_change_session_state(sql: &str) -> bool {
-    let b = sql.as_bytes();
-    let mut i = 0;
-    while i + 1 < b.len() {
-        if !b[i].is_ascii_alphanumeric() {
-            i += 1;
-            continue;
+    /// Letters and digits: the bytes words are made of.
+    static WORD: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            t[c] = (c as u8).is_ascii_alphanumeric();
+            c += 1;
         }
-        // A word starts at i. Most fail on their first two letters,
-        // ASCII-lowercased by setting bit 5 (only letters can then match).
-        let word: &[u8] = match [b[i] | 0x20, b[i + 1] | 0x20] {
-            [b's', b'e'] => b"set",
-            [b'r', b'e'] => b"reset",
-            [b'd', b'i'] => b"discard",
-            [b'a', b'd'] => b"advisory",
-            [b'l', b'i'] => b"listen",
-            [b'u', b'n'] => b"unlisten",
-            [b'p', b'r'] => b"prepare",
-            [b'd', b'e'] => b"deallocate",
-            [b'b', b'e'] => b"begin",
-            [b's', b't'] => b"start",
-            _ => b"",
-        };
-        if !word.is_empty()
-            && b.get(i..i + word.len())
-                .is_some_and(|s| s.eq_ignore_ascii_case(word))
-        {
+        t
+    };
+    let b = sql.as_bytes();
+    let mut in_word = false;
+    for (i, &c) in b.iter().enumerate() {
+        let word = WORD[c as usize];
+        if word && !in_word && starts_session_word(&b[i..]) {
             return true;
         }
-        i += 1;
-        while i < b.len() && b[i].is_ascii_alphanumeric() {
-            i += 1;
-        }
+        in_word = word;
     }
     false
+}
+
+/// Whether `rest` begins with one of the words of `may_change_session_state`.
+fn starts_session_word(rest: &[u8]) -> bool {
+    let [a, b, ..] = rest else {
+        return false;
+    };
+    // Most words fail on their first two letters, ASCII-lowercased by
+    // setting bit 5 (only letters can then match).
+    let word: &[u8] = match [a | 0x20, b | 0x20] {
+        [b's', b'e'] => b"set",
+        [b'r', b'e'] => b"reset",
+        [b'd', b'i'] => b"discard",
+        [b'a', b'd'] => b"advisory",
+        [b'l', b'i'] => b"listen",
+        [b'u', b'n'] => b"unlisten",
+        [b'p', b'r'] => b"prepare",
+        [b'd', b'e'] => b"deallocate",
+        [b'b', b'e'] => b"begin",
+        [b's', b't'] => b"start",
+        _ => return false,
+    };
+    rest.get(..word.len())
+        .is_some_and(|s| s.eq_ignore_ascii_case(word))
 }
 
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
