@@ -795,3 +795,67 @@ async fn an_idle_connection_the_server_closed_is_replaced_at_checkout() {
         .get(0);
     assert_ne!(first, second);
 }
+
+/// Clients in a non-UTF-8 client_encoding: their bytes reach PostgreSQL
+/// unchanged in both protocols (psql's simple queries, pgbench's Parse), and
+/// a statement the proxy must read (a SET) but cannot as UTF-8 is refused
+/// with 22021 without ending the session.
+#[test]
+fn latin1_clients_relay_their_bytes_unchanged() {
+    let s = setup();
+    let dir = std::env::temp_dir().join(format!("pgtenant-latin1-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |program: &str, args: &[&str], script: &[u8]| {
+        let file = dir.join(format!("{program}.sql"));
+        std::fs::write(&file, script).unwrap();
+        let out = Command::new(program)
+            .args(args)
+            .arg("-f")
+            .arg(&file)
+            .arg(s.proxy.conninfo("alice@example.com", PW, "app"))
+            .env("PGCLIENTENCODING", "LATIN1")
+            .output()
+            .expect(program);
+        (
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // "été" in LATIN1: one byte per letter, not valid UTF-8.
+    let (ok, stdout, stderr) = run(
+        "psql",
+        &["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"],
+        b"SELECT length('\xe9t\xe9');\nINSERT INTO items VALUES (3, '\xe9t\xe9');\nSELECT name FROM items WHERE id = 3;\n",
+    );
+    assert!(ok, "{stderr}\n{}", s.proxy.log_text());
+    assert_eq!(stdout, b"3\n\xe9t\xe9\n");
+    assert_eq!(
+        s.app.psql("app", "SELECT name FROM items WHERE id = 3"),
+        "été",
+        "stored as the same characters"
+    );
+
+    let (ok, stdout, stderr) = run(
+        "pgbench",
+        &["-n", "-M", "extended", "-c", "2", "-t", "20"],
+        b"SELECT length('\xe9t\xe9');\n",
+    );
+    let text = String::from_utf8_lossy(&stdout);
+    assert!(ok, "{text}{stderr}");
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+
+    let (ok, stdout, stderr) = run(
+        "psql",
+        &["-X", "-q", "-A", "-t", "-v", "VERBOSITY=verbose"],
+        b"SET application_name = 'caf\xe9';\nSELECT 41 + 1;\n",
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("22021") && stderr.contains("client_encoding"),
+        "{stderr}"
+    );
+    assert_eq!(stdout, b"42\n", "the session goes on: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,13 +39,19 @@ impl<'a> Cursor<'a> {
     fn err(&self) -> ProtocolError {
         ProtocolError::Malformed(self.what)
     }
-    fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
+    /// A NUL-terminated string's bytes, in whatever encoding the client uses.
+    fn cbytes(&mut self) -> Result<&'a [u8], ProtocolError> {
         let rest = &self.buf[self.pos..];
         // CStr's search goes a word at a time (every Query passes here).
         let s = std::ffi::CStr::from_bytes_until_nul(rest)
             .map_err(|_| self.err())?
             .to_bytes();
         self.pos += s.len() + 1;
+        Ok(s)
+    }
+    /// A NUL-terminated string the proxy must read as text (names, commands).
+    fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
+        let s = self.cbytes()?;
         std::str::from_utf8(s).map_err(|_| self.err())
     }
     fn i16(&mut self) -> Result<i16, ProtocolError> {
@@ -82,11 +88,18 @@ pub fn query_text(body: &[u8]) -> Result<&str, ProtocolError> {
     Cursor::new(body, "Query").cstr()
 }
 
+/// `Query`: the SQL's bytes as sent, in the client's encoding (LATIN1 text
+/// is not UTF-8 and must still be relayed unchanged).
+pub fn query_bytes(body: &[u8]) -> Result<&[u8], ProtocolError> {
+    Cursor::new(body, "Query").cbytes()
+}
+
 /// `Parse`: statement name, SQL text and declared parameter types.
 #[derive(Debug)]
 pub struct Parse<'a> {
     pub name: &'a str,
-    pub query: &'a str,
+    /// The SQL's bytes, in the client's encoding.
+    pub query: &'a [u8],
     /// The raw parameter-type section (count + OIDs), kept for re-encoding.
     pub param_types: &'a [u8],
 }
@@ -94,7 +107,7 @@ pub struct Parse<'a> {
 pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
     let mut c = Cursor::new(body, "Parse");
     let name = c.cstr()?;
-    let query = c.cstr()?;
+    let query = c.cbytes()?;
     let start = c.pos;
     let n = c.i16()?;
     if n < 0 {
@@ -243,12 +256,12 @@ fn framed(tag: u8, body_len: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
 }
 
 /// A `Parse` with the statement renamed to `server_name`.
-pub fn encode_parse(server_name: &str, query: &str, param_types: &[u8]) -> Bytes {
+pub fn encode_parse(server_name: &str, query: &[u8], param_types: &[u8]) -> Bytes {
     let len = server_name.len() + 1 + query.len() + 1 + param_types.len();
     framed(tag::PARSE, len, |o| {
         o.put_slice(server_name.as_bytes());
         o.put_u8(0);
-        o.put_slice(query.as_bytes());
+        o.put_slice(query);
         o.put_u8(0);
         o.put_slice(param_types);
     })

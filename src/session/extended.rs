@@ -22,10 +22,10 @@ fn malformed(e: crate::protocol::ProtocolError) -> PgError {
 }
 
 /// `pgt_` + 128 bits of SHA-256 over the text and declared types.
-fn server_name(query: &str, param_types: &[u8]) -> Arc<str> {
+fn server_name(query: &[u8], param_types: &[u8]) -> Arc<str> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(query.as_bytes());
+    h.update(query);
     h.update([0]);
     h.update(param_types);
     let d = h.finalize();
@@ -73,7 +73,7 @@ impl Session {
         let cap = a.conn.pool().settings.prepared_per_connection;
         let mut sent_extended = false;
         // Statements bound in this batch, for session-state bookkeeping afterwards.
-        let mut bound: Vec<std::sync::Arc<str>> = Vec::new();
+        let mut bound: Vec<std::sync::Arc<[u8]>> = Vec::new();
         for f in batch.drain(..) {
             match f.tag() {
                 tag::PARSE => {
@@ -196,8 +196,12 @@ impl Session {
             if !self.needs_analysis(&query) {
                 continue;
             }
-            if let Ok(Some(analysis)) = self.shared.analyze(&query) {
-                self.note_session_effects(&target, &analysis, &query);
+            // Not UTF-8 here means no session state: `route_batch` refused those at Parse.
+            let Ok(sql) = super::route::analysis_text(&query) else {
+                continue;
+            };
+            if let Ok(Some(analysis)) = self.shared.analyze(sql) {
+                self.note_session_effects(&target, &analysis, sql);
             }
         }
         Ok(())

@@ -105,7 +105,8 @@ impl Attached {
 /// A client's prepared statement, as the proxy remembers it for re-preparing
 /// on whichever connection a later transaction lands on.
 pub struct Prepared {
-    pub query: Arc<str>,
+    /// The SQL's bytes as the client sent them (any client encoding).
+    pub query: Arc<[u8]>,
     pub param_types: Bytes,
     /// Content-addressed server-side name (`pgt_…`), shared by identical statements.
     pub server_name: Arc<str>,
@@ -408,9 +409,9 @@ impl Session {
                 if !self.pending.is_empty() {
                     self.dispatch_batch().await?;
                 }
-                let sql = crate::protocol::frontend::query_text(f.body())
+                let text = crate::protocol::frontend::query_bytes(f.body())
                     .map_err(|e| PgError::fatal("08P01", e.to_string()))?;
-                self.simple_query(f.raw(), sql).await?;
+                self.simple_query(f.raw(), text).await?;
             }
             tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE => {
                 self.pending.push(f);
@@ -838,7 +839,7 @@ impl Session {
 /// only at word starts. Letters and digits make words; anything else,
 /// `_` included, separates them, so `pg_advisory_lock` and `set_config`
 /// are found by their parts.
-pub(crate) fn may_change_session_state(sql: &str) -> bool {
+pub(crate) fn may_change_session_state(sql: &[u8]) -> bool {
     /// Letters and digits: the bytes words are made of.
     static WORD: [bool; 256] = {
         let mut t = [false; 256];
@@ -849,7 +850,7 @@ pub(crate) fn may_change_session_state(sql: &str) -> bool {
         }
         t
     };
-    let b = sql.as_bytes();
+    let b = sql;
     let mut in_word = false;
     for (i, &c) in b.iter().enumerate() {
         let word = WORD[c as usize];

@@ -26,7 +26,7 @@ impl Session {
     /// only for session state, and a statement whose text names none of it
     /// cannot change it (a function doing so would be invisible to the
     /// analysis too).
-    pub(super) fn needs_analysis(&self, sql: &str) -> bool {
+    pub(super) fn needs_analysis(&self, sql: &[u8]) -> bool {
         self.shared.routing_enabled() || super::may_change_session_state(sql)
     }
 
@@ -169,6 +169,15 @@ impl Session {
     /// in it decides (the session's current target applies).
     pub(super) async fn route_batch(&mut self, batch: &[Frame]) -> Result<Option<Target>, PgError> {
         if !self.shared.routing_enabled() {
+            // Pass-through still reads statements that change session state
+            // (their effects are replayed): those must be UTF-8. ASCII, the
+            // common case, is checked without the word scan.
+            for f in batch.iter().filter(|f| f.tag() == tag::PARSE) {
+                let p = fe::parse(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+                if !p.query.is_ascii() && self.needs_analysis(p.query) {
+                    analysis_text(p.query)?;
+                }
+            }
             return Ok(None);
         }
         let mut chosen: Option<Target> = None;
@@ -179,7 +188,7 @@ impl Session {
                 tag::PARSE => {
                     let p =
                         fe::parse(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
-                    if let Some(a) = self.shared.analyze(p.query)? {
+                    if let Some(a) = self.shared.analyze(analysis_text(p.query)?)? {
                         parsed.retain(|(n, _)| n != p.name);
                         parsed.push((p.name.to_string(), a));
                     }
@@ -268,7 +277,8 @@ impl Session {
             .or_else(|| {
                 self.prepared
                     .get(name)
-                    .and_then(|p| self.shared.analyze(&p.query).ok().flatten())
+                    .and_then(|p| analysis_text(&p.query).ok())
+                    .and_then(|sql| self.shared.analyze(sql).ok().flatten())
             })
     }
 
@@ -356,22 +366,24 @@ impl Session {
     }
 
     /// A simple-protocol Query: hold BEGIN, route, refuse, or forward.
-    /// `raw` is the original Query message, forwarded unchanged; `sql` its text.
+    /// `raw` is the original Query message, forwarded unchanged; `text` its
+    /// SQL in the client's encoding.
     pub(super) async fn simple_query(
         &mut self,
         raw: &bytes::Bytes,
-        sql: &str,
+        text: &[u8],
     ) -> Result<(), PgError> {
-        let analysis = match if self.needs_analysis(sql) {
-            self.shared.analyze(sql)
-        } else {
-            Ok(None)
-        } {
-            Ok(a) => a,
-            Err(e) => {
-                self.refuse_query(e).await?;
-                return Ok(());
+        // `sql` is the text as UTF-8, read only where `analysis` is Some.
+        let (analysis, sql) = if self.needs_analysis(text) {
+            match analysis_text(text).and_then(|sql| Ok((self.shared.analyze(sql)?, sql))) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.refuse_query(e).await?;
+                    return Ok(());
+                }
             }
+        } else {
+            (None, "")
         };
         let attached = self.attached.is_some();
         if let Some(a) = analysis.as_deref() {
@@ -517,4 +529,17 @@ fn cross_target(current: &Target, wanted: &Target) -> PgError {
         ),
     )
     .with_hint("A transaction cannot span databases: COMMIT or ROLLBACK first, then run the statement in its own transaction.")
+}
+
+/// The SQL of a statement the proxy must analyze, as UTF-8. Statements it
+/// only relays may be in any client encoding (their bytes go on unchanged);
+/// one it must read is refused when it is not UTF-8, rather than guessed at.
+pub(super) fn analysis_text(text: &[u8]) -> Result<&str, PgError> {
+    std::str::from_utf8(text).map_err(|_| {
+        PgError::error(
+            "22021",
+            "pgtenant must read this statement to route it, and its text is not valid UTF-8",
+        )
+        .with_hint("Set client_encoding to UTF8, or keep non-UTF-8 text out of statements pgtenant routes (SET, BEGIN, tenant tables).")
+    })
 }
