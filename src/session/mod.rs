@@ -946,7 +946,7 @@ mod tests {
             "select 1;set x=1",
             "select\tpg_catalog.set_config('a', 'b', false)",
         ] {
-            assert!(may_change_session_state(sql), "{sql}");
+            assert!(may_change_session_state(sql.as_bytes()), "{sql}");
         }
         for (sql, flagged) in [
             ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", false),
@@ -958,7 +958,7 @@ mod tests {
             ("", false),
             ("s", false),
         ] {
-            assert_eq!(may_change_session_state(sql), flagged, "{sql}");
+            assert_eq!(may_change_session_state(sql.as_bytes()), flagged, "{sql}");
         }
     }
 }
