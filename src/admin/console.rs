@@ -790,7 +790,8 @@ fn show_clients(shared: &Shared) -> Table {
 fn show_servers(shared: &Shared) -> Table {
     let mut t = Table::new(CONN_COLUMNS);
     for p in pools(shared) {
-        let active = p.stats.active();
+        // Clamped: a row per connection, and never more rows than the pool holds.
+        let active = p.stats.active().min(p.settings.size);
         let idle = p.idle_count();
         for (state, count) in [("active", active), ("idle", idle)] {
             for i in 0..count {

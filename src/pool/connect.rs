@@ -313,8 +313,19 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
+/// How long a cancel may take to deliver. A session giving its connection
+/// back waits for cancels in flight (`CancelSlot::clear`), so an unreachable
+/// server must not hold it, its connection and its permit forever.
+const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Sends a CancelRequest for `key` to the backend at `url` on a new connection.
 pub async fn send_cancel(url: &BackendUrl, key: (i32, i32)) -> std::io::Result<()> {
+    tokio::time::timeout(CANCEL_TIMEOUT, send_cancel_now(url, key))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+async fn send_cancel_now(url: &BackendUrl, key: (i32, i32)) -> std::io::Result<()> {
     let mut req = [0u8; 16];
     req[0..4].copy_from_slice(&16i32.to_be_bytes());
     req[4..8].copy_from_slice(&crate::protocol::startup::CANCEL_REQUEST.to_be_bytes());

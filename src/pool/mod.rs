@@ -108,6 +108,24 @@ pub struct ServerConn {
     /// connection idles in that worker's list, so it is reused where its
     /// readiness events arrive.
     home: usize,
+    /// Counts this connection in its pool's `open` for as long as it exists.
+    _open: OpenConn,
+}
+
+/// One open server connection in `DataSourcePool::open`, however it ends.
+struct OpenConn(Arc<AtomicUsize>);
+
+impl OpenConn {
+    fn new(count: &Arc<AtomicUsize>) -> OpenConn {
+        count.fetch_add(1, Ordering::Relaxed);
+        OpenConn(count.clone())
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ServerConn {
@@ -211,6 +229,10 @@ pub struct DataSourcePool {
     pub stats: PoolStats,
     /// Set when the pool should close connections on release (tenant suspended, URL changed).
     retired: std::sync::atomic::AtomicBool,
+    /// Server connections open (idle, checked out or parked). Permits bound
+    /// checkouts; this bounds connections when a checkout racing a release
+    /// on another worker opened one more than `size` (see `release`).
+    open: Arc<AtomicUsize>,
 }
 
 /// A checked-out connection. Drop it to discard; call `release` to reuse.
@@ -252,6 +274,7 @@ impl PooledConn {
                 && !conn.retire_after_use
                 && !self.pool.retired.load(Ordering::Relaxed)
                 && conn.reader.buffered() == 0
+                && self.pool.open.load(Ordering::Relaxed) <= self.pool.settings.size
             {
                 self.pool.idle_list(conn.home).lock().unwrap().push(conn);
             }
@@ -287,6 +310,7 @@ impl DataSourcePool {
             per_tenant: DashMap::new(),
             stats: PoolStats::default(),
             retired: false.into(),
+            open: Arc::default(),
         })
     }
 
@@ -372,7 +396,9 @@ impl DataSourcePool {
             pool: self.clone(),
             _tenant_permit: tenant_permit,
         };
-        pooled.conn = Some(match self.take_idle() {
+        // A release landing in a list the first scan had passed would make
+        // us open one connection too many: look once more before opening.
+        pooled.conn = Some(match self.take_idle().or_else(|| self.take_idle()) {
             Some(c) => c,
             None => self.open().await?,
         });
@@ -382,9 +408,10 @@ impl DataSourcePool {
     /// A reusable idle connection: this worker's own first (most recently
     /// used first), else another worker's, moved to this worker's runtime.
     /// Expired or broken ones met on the way are closed. A new connection is
-    /// opened only when every list came up empty, which keeps the pool at
-    /// `size` connections (a release racing the scan can let it open one
-    /// more, which the next checkout then reuses).
+    /// opened only when every list came up empty (twice, see `checkout`),
+    /// which keeps the pool at `size` connections; a release racing both
+    /// scans can still let it open one more, and `release` then closes
+    /// whichever connection comes back while the pool is over its size.
     fn take_idle(&self) -> Option<Box<ServerConn>> {
         let now = Instant::now();
         let me = crate::workers::current();
@@ -498,6 +525,7 @@ impl DataSourcePool {
                     expires: now + self.settings.max_lifetime.mul_f64(1.0 - jitter),
                     last_used: now,
                     home: crate::workers::current(),
+                    _open: OpenConn::new(&self.open),
                 }))
             }
             Err(e) => {

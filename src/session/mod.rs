@@ -370,14 +370,13 @@ impl Session {
             match attached {
                 Some(a) => {
                     let conn = &mut *a.conn;
-                    // Fixed order (no random start: one less RNG draw per wait);
-                    // each branch completes after one read, so none starves.
+                    // Fixed order, backend first: a client that always has
+                    // bytes ready must not keep us from draining responses
+                    // (the backend would block on its output, then stop
+                    // reading our writes). No random start: one less RNG
+                    // draw per wait.
                     tokio::select! {
                         biased;
-                        r = creader.fill(client) => match r {
-                            Ok(true) => {}
-                            _ => return Ok(()),
-                        },
                         r = conn.reader.fill(&mut conn.stream) => match r {
                             Ok(true) => {}
                             _ => {
@@ -385,6 +384,10 @@ impl Session {
                                 self.cancel_slot.clear().await;
                                 return Err(PgError::fatal("08006", "the data source closed the connection unexpectedly"));
                             }
+                        },
+                        r = creader.fill(client) => match r {
+                            Ok(true) => {}
+                            _ => return Ok(()),
                         },
                         _ = &mut kill_signal => return Err(killed()),
                     }
