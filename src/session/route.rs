@@ -197,7 +197,7 @@ impl Session {
                 tag::BIND => {
                     let b =
                         fe::bind(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
-                    let analysis = self.statement_analysis(&parsed, b.statement);
+                    let analysis = self.statement_analysis(&parsed, b.statement)?;
                     let oids = self
                         .prepared
                         .get(b.statement)
@@ -228,7 +228,7 @@ impl Session {
                     if d.kind != b'S' || batch.iter().any(|m| m.tag() == tag::BIND) {
                         None
                     } else {
-                        let analysis = self.statement_analysis(&parsed, d.name);
+                        let analysis = self.statement_analysis(&parsed, d.name)?;
                         match analysis {
                             Some(a) => Some((self.describe_decision(&a)?, table_less(&a))),
                             None => None,
@@ -263,23 +263,21 @@ impl Session {
     }
 
     /// The analysis of statement `name`: parsed earlier in this batch, or
-    /// prepared before (its text re-analyzed through the cache).
+    /// prepared before (its text re-analyzed through the cache). A prepared
+    /// statement that cannot be read as UTF-8 (prepared while routing was
+    /// off) is refused rather than sent where the session happens to be.
     fn statement_analysis(
         &self,
         parsed: &[(String, Arc<Analysis>)],
         name: &str,
-    ) -> Option<Arc<Analysis>> {
-        parsed
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a.clone())
-            .or_else(|| {
-                self.prepared
-                    .get(name)
-                    .and_then(|p| analysis_text(&p.query).ok())
-                    .and_then(|sql| self.shared.analyze(sql).ok().flatten())
-            })
+    ) -> Result<Option<Arc<Analysis>>, PgError> {
+        if let Some((_, a)) = parsed.iter().rev().find(|(n, _)| n == name) {
+            return Ok(Some(a.clone()));
+        }
+        match self.prepared.get(name) {
+            Some(p) => Ok(self.shared.analyze(analysis_text(&p.query)?).ok().flatten()),
+            None => Ok(None),
+        }
     }
 
     /// Describing a statement whose tenant only arrives at Bind (`tenant_id =
