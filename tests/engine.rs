@@ -764,16 +764,7 @@ async fn sessions_on_every_worker_share_one_pool() {
 /// client's next statement runs on a new backend instead of failing.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_connection_the_server_closed_is_replaced_at_checkout() {
-    let app = Cluster::start();
-    app.createdb("app");
-    app.psql("app", APP_SCHEMA);
-    add_user(&app, "app", "alice@example.com", &scram(PW), None);
-    let config = format!(
-        "[app_db]\nurl = \"{}\"\n[auth]\nquery = \"{}\"\n[routing]\nenabled = false\n[pool]\nsize = 1\n",
-        app.url("app"),
-        auth_query()
-    );
-    let proxy = Proxy::start(&config, &[]);
+    let Setup { app, proxy } = setup_with("[pool]\nsize = 1\n");
     let c = client(&proxy, "alice@example.com", PW).await;
     let first: i32 = c
         .query_one("SELECT pg_backend_pid()", &[])

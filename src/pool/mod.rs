@@ -204,9 +204,7 @@ impl PoolStats {
 
     /// Connections checked out now.
     pub fn active(&self) -> usize {
-        self.counters.iter().fold(0usize, |n, c| {
-            n.wrapping_add(c.active.load(Ordering::Relaxed))
-        })
+        self.totals().active
     }
 }
 
@@ -351,7 +349,8 @@ impl DataSourcePool {
     /// pool has room, so it never competes with clients).
     pub async fn maintain(&self) {
         let idle_timeout = self.settings.idle_timeout;
-        self.retain_idle(|c| c.last_used.elapsed() < idle_timeout && Instant::now() < c.expires);
+        let now = Instant::now();
+        self.retain_idle(|c| now.duration_since(c.last_used) < idle_timeout && now < c.expires);
         if self.retired.load(Ordering::Relaxed) {
             return;
         }
@@ -396,9 +395,7 @@ impl DataSourcePool {
             pool: self.clone(),
             _tenant_permit: tenant_permit,
         };
-        // A release landing in a list the first scan had passed would make
-        // us open one connection too many: look once more before opening.
-        pooled.conn = Some(match self.take_idle().or_else(|| self.take_idle()) {
+        pooled.conn = Some(match self.take_idle() {
             Some(c) => c,
             None => self.open().await?,
         });
@@ -408,10 +405,10 @@ impl DataSourcePool {
     /// A reusable idle connection: this worker's own first (most recently
     /// used first), else another worker's, moved to this worker's runtime.
     /// Expired or broken ones met on the way are closed. A new connection is
-    /// opened only when every list came up empty (twice, see `checkout`),
-    /// which keeps the pool at `size` connections; a release racing both
-    /// scans can still let it open one more, and `release` then closes
-    /// whichever connection comes back while the pool is over its size.
+    /// opened only when every list came up empty, which keeps the pool at
+    /// `size` connections; a release racing the scan can let it open one
+    /// more, and `release` then closes whichever connection comes back while
+    /// the pool is over its size.
     fn take_idle(&self) -> Option<Box<ServerConn>> {
         let now = Instant::now();
         let me = crate::workers::current();

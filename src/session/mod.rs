@@ -853,11 +853,10 @@ pub(crate) fn may_change_session_state(sql: &[u8]) -> bool {
         }
         t
     };
-    let b = sql;
     let mut in_word = false;
-    for (i, &c) in b.iter().enumerate() {
+    for (i, &c) in sql.iter().enumerate() {
         let word = WORD[c as usize];
-        if word && !in_word && starts_session_word(&b[i..]) {
+        if word && !in_word && starts_session_word(&sql[i..]) {
             return true;
         }
         in_word = word;
