@@ -165,9 +165,9 @@ impl Shared {
         self.server_params
             .get_or_try_init(|| async {
                 let pool = self.app_target().pool;
-                let conn = pool.checkout(None).await?;
+                let conn = pool.checkout(None, std::time::Instant::now()).await?;
                 let params = conn.params.clone();
-                conn.release();
+                conn.release(std::time::Instant::now());
                 Ok(params)
             })
             .await
@@ -259,7 +259,7 @@ impl Shared {
             (r.pool.max_connections_per_tenant as usize).clamp(1, settings.size);
         Ok(Target {
             pool: self.pools.get_or_create(&url, &settings),
-            tenant: Some(r.data_tenant_id().to_string()),
+            tenant: Some(r.data_tenant_id().into()),
         })
     }
 

@@ -18,7 +18,7 @@ pub struct ClientInfo {
     pub connected_at: std::time::SystemTime,
     pub tls: bool,
     /// The tenant the session's current (or last) transaction ran for.
-    pub tenant: std::sync::Arc<Mutex<Option<String>>>,
+    pub tenant: std::sync::Arc<Mutex<Option<std::sync::Arc<str>>>>,
     /// Signalled by `KILL <tenant>`: the session ends with 57P01.
     pub kill: std::sync::Arc<crate::session::kill::KillSwitch>,
 }

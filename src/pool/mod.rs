@@ -95,7 +95,7 @@ pub struct ServerConn {
     /// Fingerprint of the session settings applied (0 = pristine).
     pub settings_fingerprint: u64,
     /// The tenant value last written to the tenant setting on this connection.
-    pub tenant_setting: Option<String>,
+    pub tenant_setting: Option<Arc<str>>,
     /// The session that may hold session-level advisory locks here; another
     /// session's checkout releases them first.
     pub lock_owner: Option<u64>,
@@ -241,6 +241,9 @@ pub struct PooledConn {
     /// is not held as an object: `Drop` hands it back to `pool.permits`,
     /// which saves two refcount updates on the shared semaphore per checkout.)
     _tenant_permit: Option<OwnedSemaphorePermit>,
+    /// When the checkout got its permits: the session starts its request
+    /// timer from it instead of reading the clock again.
+    pub checked_out: Instant,
 }
 
 impl std::ops::Deref for PooledConn {
@@ -263,10 +266,12 @@ impl PooledConn {
     pub fn pool(&self) -> &Arc<DataSourcePool> {
         &self.pool
     }
-    /// Returns a connection the session saw idle (ReadyForQuery 'I') to the pool.
-    pub fn release(mut self) {
+    /// Returns a connection the session saw idle (ReadyForQuery 'I') to the
+    /// pool. `now` is the caller's latest clock reading (a session has one
+    /// from that ReadyForQuery): one clock read less per transaction.
+    pub fn release(mut self, now: Instant) {
         if let Some(mut conn) = self.conn.take() {
-            conn.last_used = Instant::now();
+            conn.last_used = now;
             let expired = conn.last_used >= conn.expires;
             if !expired
                 && !conn.retire_after_use
@@ -368,8 +373,13 @@ impl DataSourcePool {
         }
     }
 
-    /// Waits for a connection, up to the checkout timeout.
-    pub async fn checkout(self: &Arc<Self>, tenant: Option<&str>) -> Result<PooledConn, PgError> {
+    /// Waits for a connection, up to the checkout timeout. `now` is the
+    /// caller's clock reading, used to skip expired idle connections.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        tenant: Option<&str>,
+        now: Instant,
+    ) -> Result<PooledConn, PgError> {
         let tenant_sem = self.tenant_semaphore(tenant);
         // Fast path, the common case under normal load: permits are free, so
         // no timer is armed and there is no wait to account.
@@ -382,9 +392,10 @@ impl DataSourcePool {
             self.permits.try_acquire().ok()?.forget();
             Some(tp)
         });
-        let tenant_permit = match fast {
-            Some(p) => p,
-            None => self.wait_for_permits(tenant_sem).await?,
+        let (tenant_permit, now) = match fast {
+            Some(p) => (p, now),
+            // After a wait, the caller's reading is stale.
+            None => (self.wait_for_permits(tenant_sem).await?, Instant::now()),
         };
         let counters = self.stats.counters.here();
         counters.checkouts.fetch_add(1, Ordering::Relaxed);
@@ -394,8 +405,9 @@ impl DataSourcePool {
             conn: None,
             pool: self.clone(),
             _tenant_permit: tenant_permit,
+            checked_out: now,
         };
-        pooled.conn = Some(match self.take_idle() {
+        pooled.conn = Some(match self.take_idle(now) {
             Some(c) => c,
             None => self.open().await?,
         });
@@ -409,8 +421,7 @@ impl DataSourcePool {
     /// `size` connections; a release racing the scan can let it open one
     /// more, and `release` then closes whichever connection comes back while
     /// the pool is over its size.
-    fn take_idle(&self) -> Option<Box<ServerConn>> {
-        let now = Instant::now();
+    fn take_idle(&self, now: Instant) -> Option<Box<ServerConn>> {
         let me = crate::workers::current();
         let lists = self.idle.len();
         for i in 0..lists {

@@ -126,18 +126,42 @@ pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
 pub struct Bind<'a> {
     pub portal: &'a str,
     pub statement: &'a str,
-    formats: Vec<i16>,
-    values: Vec<Option<&'a [u8]>>,
+    /// The parameter format codes, two bytes each.
+    formats: &'a [u8],
+    /// The parameter values section (length-prefixed values), validated by
+    /// `bind` and walked only when routing reads a parameter: decoding every
+    /// Bind into vectors cost an allocation per execution.
+    values: &'a [u8],
     /// Offset of the bytes after the statement name, for renaming.
     rest_offset: usize,
 }
 
 impl<'a> Bind<'a> {
+    /// Parameter `i` (0-based): `None` when absent, `Some(None)` for NULL.
+    fn value(&self, i: usize) -> Option<Option<&'a [u8]>> {
+        let mut rest = self.values;
+        let mut k = 0;
+        loop {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = i32::from_be_bytes(*len);
+            let value = if len < 0 {
+                None
+            } else {
+                Some(tail.get(..len as usize)?)
+            };
+            if k == i {
+                return Some(value);
+            }
+            rest = &tail[value.map_or(0, <[u8]>::len)..];
+            k += 1;
+        }
+    }
+
     /// Whether parameter `n` (1-based) was sent as NULL (or not at all).
     pub fn param_is_null(&self, n: u16) -> bool {
         (n as usize)
             .checked_sub(1)
-            .and_then(|i| self.values.get(i))
+            .and_then(|i| self.value(i))
             .is_none_or(|v| v.is_none())
     }
 
@@ -146,11 +170,16 @@ impl<'a> Bind<'a> {
     /// value of an unknown or unsupported type gives `None` rather than a guess.
     pub fn param_text(&self, n: u16, oids: &[u32]) -> Option<String> {
         let i = (n as usize).checked_sub(1)?;
-        let value = (*self.values.get(i)?)?;
-        let format = match self.formats.len() {
+        let value = self.value(i)??;
+        let code = |k: usize| {
+            self.formats
+                .get(2 * k..2 * k + 2)
+                .map(|b| i16::from_be_bytes([b[0], b[1]]))
+        };
+        let format = match self.formats.len() / 2 {
             0 => 0,
-            1 => self.formats[0],
-            _ => *self.formats.get(i)?,
+            1 => code(0)?,
+            _ => code(i)?,
         };
         if format == 0 {
             return std::str::from_utf8(value).ok().map(str::to_owned);
@@ -188,23 +217,19 @@ pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
     if nf < 0 {
         return Err(c.err());
     }
-    let mut formats = Vec::with_capacity(nf as usize);
-    for _ in 0..nf {
-        formats.push(c.i16()?);
-    }
+    let formats = c.bytes(nf as usize * 2)?;
     let np = c.i16()?;
     if np < 0 {
         return Err(c.err());
     }
-    let mut values = Vec::with_capacity(np as usize);
+    let values_start = c.pos;
     for _ in 0..np {
         let len = c.i32()?;
-        if len < 0 {
-            values.push(None);
-        } else {
-            values.push(Some(c.bytes(len as usize)?));
+        if len >= 0 {
+            c.bytes(len as usize)?;
         }
     }
+    let values = &body[values_start..c.pos];
     let nr = c.i16()?;
     if nr < 0 {
         return Err(c.err());
@@ -341,6 +366,25 @@ mod tests {
         let again = bind(&renamed[5..]).unwrap();
         assert_eq!(again.statement, "pgt_7");
         assert_eq!(again.param_text(1, &[]).as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn bind_values_after_nulls_and_per_parameter_formats() {
+        let body = bind_body(
+            "s",
+            &[None, Some(b"x"), Some(&7i16.to_be_bytes()), Some(b"")],
+            &[0, 0, 1, 0],
+        );
+        let b = bind(&body).unwrap();
+        assert!(b.param_is_null(1));
+        assert_eq!(b.param_text(2, &[]).as_deref(), Some("x"));
+        assert_eq!(b.param_text(3, &[0, 0, 21]).as_deref(), Some("7"));
+        assert_eq!(b.param_text(4, &[]).as_deref(), Some(""));
+        assert!(b.param_is_null(5));
+        // A value running past the message is malformed, not read.
+        let mut short = bind_body("s", &[Some(b"abcdef")], &[]);
+        short.truncate(short.len() - 5);
+        assert!(bind(&short).is_err());
     }
 
     #[test]

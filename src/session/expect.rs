@@ -83,11 +83,14 @@ impl ExpectQueue {
 
     /// Records the client's own unnamed Parse, forwarded as is: if an error
     /// skips it, the connection's unnamed statement is not the client's.
-    pub fn push_unnamed_parse(&mut self) {
+    /// `unnamed` is the statement's (empty) server name, shared rather than
+    /// allocated per Parse.
+    pub fn push_unnamed_parse(&mut self, unnamed: Arc<str>) {
+        debug_assert!(unnamed.is_empty());
         self.q.push_back(Entry::Wait {
             awaits: Await::ParseComplete,
             swallow: false,
-            stmt: Some(Arc::from("")),
+            stmt: Some(unnamed),
         });
     }
 

@@ -72,22 +72,24 @@ impl Session {
         let a = self.attached.as_mut().expect("attached above");
         let cap = a.conn.pool().settings.prepared_per_connection;
         let mut sent_extended = false;
-        // Statements bound in this batch, for session-state bookkeeping afterwards.
+        // Statements bound in this batch that the proxy must read afterwards
+        // for session-state bookkeeping (usually none: no allocation).
+        let routing = self.shared.routing_enabled();
         let mut bound: Vec<std::sync::Arc<[u8]>> = Vec::new();
         for f in batch.drain(..) {
             match f.tag() {
                 tag::PARSE => {
                     let p = fe::parse(f.body()).map_err(malformed)?;
                     match register_parse(&mut self.prepared, &mut self.next_generation, &p) {
-                        Ok(()) if p.name.is_empty() => {
+                        Ok(server_name) if p.name.is_empty() => {
                             // The unnamed statement needs no renaming: forward the
                             // client's own Parse (its ParseComplete is the client's).
                             wire.extend_from_slice(f.raw());
-                            a.expect.push_unnamed_parse();
+                            a.expect.push_unnamed_parse(server_name);
                             a.conn.unnamed_owner = Some(self.next_generation - 1);
                             sent_extended = true;
                         }
-                        Ok(()) => a.expect.push_local(Bytes::from_static(PARSE_COMPLETE), out),
+                        Ok(_) => a.expect.push_local(Bytes::from_static(PARSE_COMPLETE), out),
                         Err(err) => {
                             a.expect.push_local(err.encode(), out);
                             // As in PostgreSQL, the rest of the batch is skipped up to Sync.
@@ -112,7 +114,9 @@ impl Session {
                                     &stmt.server_name,
                                 ));
                             }
-                            bound.push(stmt.query.clone());
+                            if routing || stmt.changes_session_state {
+                                bound.push(stmt.query.clone());
+                            }
                         }
                         // Unknown name: PostgreSQL reports it (26000).
                         None => wire.extend_from_slice(f.raw()),
@@ -193,9 +197,6 @@ impl Session {
         self.wire = wire;
         self.pending = batch;
         for query in bound {
-            if !self.needs_analysis(&query) {
-                continue;
-            }
             // Not UTF-8 here means no session state: `route_batch` refused those at Parse.
             let Ok(sql) = super::route::analysis_text(&query) else {
                 continue;
@@ -217,7 +218,7 @@ impl Session {
                     }
                     let p = fe::parse(f.body()).map_err(malformed)?;
                     match register_parse(&mut self.prepared, &mut self.next_generation, &p) {
-                        Ok(()) => self.out.extend_from_slice(PARSE_COMPLETE),
+                        Ok(_) => self.out.extend_from_slice(PARSE_COMPLETE),
                         Err(err) => {
                             self.out.extend_from_slice(&err.encode());
                             self.skip_until_sync = true;
@@ -263,12 +264,13 @@ impl Session {
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 
 /// Records a client's Parse; a named statement that already exists is 42P05,
-/// as in PostgreSQL (the unnamed one is simply replaced).
+/// as in PostgreSQL (the unnamed one is simply replaced). Returns the
+/// statement's server-side name (empty for the unnamed statement).
 fn register_parse(
-    prepared: &mut std::collections::HashMap<String, Prepared>,
+    prepared: &mut super::PreparedMap,
     next_generation: &mut u64,
     p: &fe::Parse<'_>,
-) -> Result<(), PgError> {
+) -> Result<Arc<str>, PgError> {
     if !p.name.is_empty() && prepared.contains_key(p.name) {
         return Err(PgError::error(
             "42P05",
@@ -283,36 +285,46 @@ fn register_parse(
         if let Some(old) = prepared.get_mut("") {
             if *old.query == *p.query && old.param_types[..] == *p.param_types {
                 old.generation = generation;
-                old.param_oids = declared_oids(p.param_types);
-                return Ok(());
+                set_declared_oids(&mut old.param_oids, p.param_types);
+                return Ok(old.server_name.clone());
             }
         }
     }
+    let name: Arc<str> = if p.name.is_empty() {
+        "".into()
+    } else {
+        server_name(p.query, p.param_types)
+    };
     prepared.insert(
         p.name.to_string(),
         Prepared {
             query: p.query.into(),
             param_types: Bytes::copy_from_slice(p.param_types),
-            server_name: if p.name.is_empty() {
-                "".into()
-            } else {
-                server_name(p.query, p.param_types)
-            },
+            server_name: name.clone(),
             generation,
-            param_oids: declared_oids(p.param_types),
+            param_oids: {
+                let mut oids = Vec::new();
+                set_declared_oids(&mut oids, p.param_types);
+                oids
+            },
+            changes_session_state: super::may_change_session_state(p.query),
         },
     );
-    Ok(())
+    Ok(name)
 }
 
-/// The OIDs a Parse declared (0 = let the server infer).
-fn declared_oids(param_types: &[u8]) -> Vec<u32> {
-    param_types
-        .get(2..)
-        .unwrap_or(&[])
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+/// Sets `oids` to the OIDs a Parse declared (0 = let the server infer),
+/// reusing its buffer: drivers re-send the unnamed statement on every
+/// execution.
+fn set_declared_oids(oids: &mut Vec<u32>, param_types: &[u8]) {
+    oids.clear();
+    oids.extend(
+        param_types
+            .get(2..)
+            .unwrap_or(&[])
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])),
+    );
 }
 
 /// Makes sure `stmt` exists on the attached connection, queueing a Parse

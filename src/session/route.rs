@@ -170,9 +170,12 @@ impl Session {
     pub(super) async fn route_batch(&mut self, batch: &[Frame]) -> Result<Option<Target>, PgError> {
         if !self.shared.routing_enabled() {
             // Pass-through still reads statements that change session state
-            // (their effects are replayed): those must be UTF-8. ASCII, the
-            // common case, is checked without the word scan.
+            // (their effects are replayed): those must be UTF-8. A message
+            // all ASCII, the common case, is neither decoded nor scanned.
             for f in batch.iter().filter(|f| f.tag() == tag::PARSE) {
+                if f.body().is_ascii() {
+                    continue;
+                }
                 let p = fe::parse(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
                 if !p.query.is_ascii() && self.needs_analysis(p.query) {
                     analysis_text(p.query)?;
