@@ -93,6 +93,89 @@ async fn tenants_on_one_shared_source_share_one_pool_and_exhaustion_gives_53300(
         .unwrap();
 }
 
+/// A client that gives up while queued for a connection costs nothing: its
+/// statement never runs on the connection freed after it left, and the
+/// pool's waiting count goes back to zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_leaving_while_queued_never_runs_its_statement() {
+    let f = fleet_with_pool(r#"{"pool_size": 1, "checkout_timeout_ms": 60000}"#);
+    let mport = free_port();
+    let p = f.proxy(&format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let holder = connect(&p).await;
+    holder
+        .batch_execute("BEGIN; SELECT * FROM accounts WHERE tenant_id = 'acme'")
+        .await
+        .unwrap();
+    let waiting = || {
+        let (_, m) = http_get(mport, "/metrics").unwrap();
+        m.lines()
+            .find(|l| {
+                l.starts_with("pgtenant_pool_client_connections{")
+                    && l.contains("shared")
+                    && l.contains("state=\"waiting\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("no waiting gauge for the shared pool in\n{m}"))
+    };
+
+    let conninfo = p.conninfo("svc@example.com", PW, "app");
+    // Client and connection in one task: aborting it closes the socket.
+    let leaver = tokio::spawn(async move {
+        let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let insert =
+            c.batch_execute("INSERT INTO accounts (tenant_id, name) VALUES ('globex', 'ghost')");
+        tokio::select! {
+            _ = conn => {}
+            _ = insert => {}
+        }
+    });
+    let mut queued = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if waiting() == 1 {
+            queued = true;
+            break;
+        }
+    }
+    assert!(queued, "the INSERT never queued\n{}", p.log_text());
+    // The client goes away (its socket closes) while still queued.
+    leaver.abort();
+    let _ = leaver.await;
+    let mut drained = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if waiting() == 0 {
+            drained = true;
+            break;
+        }
+    }
+    assert!(
+        drained,
+        "the departed client still counts as waiting\n{}",
+        p.log_text()
+    );
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    // The freed connection serves the next client, never the departed one.
+    let next = connect(&p).await;
+    next.query("SELECT * FROM accounts WHERE tenant_id = 'globex'", &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        f.shared.psql(
+            "shared",
+            "SELECT count(*) FROM accounts WHERE name = 'ghost'"
+        ),
+        "0",
+        "the departed client's INSERT ran\n{}",
+        p.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_data_source_fails_only_its_tenants_and_heals() {
     let f = fleet_with_pool(r#"{"pool_size": 4}"#);

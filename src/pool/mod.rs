@@ -480,7 +480,16 @@ impl DataSourcePool {
         tenant_sem: Option<Arc<Semaphore>>,
     ) -> Result<Option<OwnedSemaphorePermit>, PgError> {
         let started = Instant::now();
+        /// Counts a queued checkout, also when its future is dropped (the
+        /// client left while queued).
+        struct Queued<'a>(&'a AtomicUsize);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let queued = Queued(&self.stats.waiting);
         let waited = tokio::time::timeout(self.settings.checkout_timeout, async {
             let tenant_permit = match tenant_sem {
                 Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
@@ -491,7 +500,7 @@ impl DataSourcePool {
             tenant_permit
         })
         .await;
-        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        drop(queued);
         let wait_us = started.elapsed().as_micros() as u64;
         self.stats
             .counters

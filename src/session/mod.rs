@@ -179,6 +179,9 @@ pub struct Session {
     /// What this session last wrote to `tenant_slot` (only it writes
     /// there): the lock is taken only when the tenant changes.
     slot_tenant: Option<Arc<str>>,
+    /// The client closed its connection while the session waited for a
+    /// backend connection: the statement in hand is dropped, the session ends.
+    client_gone: bool,
     /// `KILL <tenant>` from the console.
     kill: Arc<kill::KillSwitch>,
     prepared: PreparedMap,
@@ -314,6 +317,7 @@ impl Session {
             wire: BytesMut::new(),
             tenant_slot: Arc::default(),
             slot_tenant: None,
+            client_gone: false,
             kill: Arc::default(),
             prepared: PreparedMap::default(),
             next_generation: 1,
@@ -361,7 +365,7 @@ impl Session {
                 }
                 match self.creader.try_frame() {
                     Ok(Some(f)) => {
-                        if !self.client_message(f).await? {
+                        if !self.client_message(f).await? || self.client_gone {
                             return Ok(());
                         }
                     }
@@ -636,11 +640,7 @@ impl Session {
         let (conn, started) = match parked {
             Some(c) => (c, None),
             None => {
-                crate::admin::wait_while_paused(target.tenant.as_deref()).await;
-                let c = target
-                    .pool
-                    .checkout(target.tenant.as_deref(), Instant::now())
-                    .await?;
+                let c = self.checkout_watching_client(target).await?;
                 let at = c.checked_out;
                 (c, Some(at))
             }
@@ -714,6 +714,35 @@ impl Session {
             .await?;
         }
         Ok(())
+    }
+
+    /// Waits out a PAUSE and the pool's queue while still reading the
+    /// client, as PgBouncer does: a client that leaves while queued gives
+    /// up its place, and its statement never runs on a connection freed
+    /// after it left. Bytes the client pipelines meanwhile are buffered (up
+    /// to `QUEUED_READ_LIMIT`) and served in order afterwards.
+    async fn checkout_watching_client(&mut self, target: &Target) -> Result<PooledConn, PgError> {
+        /// Enough to see a departing client's EOF behind any pipelined requests.
+        const QUEUED_READ_LIMIT: usize = 64 * 1024;
+        let tenant = target.tenant.as_deref();
+        let checkout = async {
+            crate::admin::wait_while_paused(tenant).await;
+            target.pool.checkout(tenant, Instant::now()).await
+        };
+        tokio::pin!(checkout);
+        loop {
+            let room = self.creader.buffered() < QUEUED_READ_LIMIT;
+            tokio::select! {
+                biased;
+                r = &mut checkout => return r,
+                r = self.creader.fill(&mut self.client), if room => {
+                    if !matches!(r, Ok(true)) {
+                        self.client_gone = true;
+                        return Err(closed());
+                    }
+                }
+            }
+        }
     }
 
     fn settings_for(&self, target: &Target) -> &Settings {
@@ -814,6 +843,10 @@ impl Session {
     /// Sends an error the proxy decided on, followed by ReadyForQuery when the
     /// client expects one (end of a simple query or of an extended batch).
     fn refuse(&mut self, err: &PgError, ready: bool) {
+        if self.client_gone {
+            // Nobody to tell: the session ends once the statement unwinds.
+            return;
+        }
         crate::metrics::refused(err.code);
         tracing::info!(session = self.id, user = %self.user, code = err.code, message = %err.message, "statement refused");
         self.out.extend_from_slice(&err.encode());
