@@ -450,6 +450,48 @@ fn malformed_input_gets_08p01_and_nothing_else_breaks() {
     assert!(!s.proxy.log_text().contains("panicked"));
 }
 
+/// Statement and portal names are opaque bytes in the client's encoding:
+/// a LATIN1 client's non-ASCII names work as on PostgreSQL, instead of
+/// closing the connection as malformed.
+#[test]
+fn latin1_statement_and_portal_names_work() {
+    let s = setup();
+    fn msg(tag: u8, body: &[&[u8]]) -> Vec<u8> {
+        let body = body.concat();
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(&body);
+        m
+    }
+    let stmt: &[u8] = b"caf\xe9\0";
+    let portal: &[u8] = b"p\xe9\0";
+    let parse = msg(b'P', &[stmt, b"SELECT 40 + 2\0", &0i16.to_be_bytes()]);
+    let requests = [
+        msg(b'Q', &[b"SET client_encoding = 'LATIN1'\0"]),
+        parse.clone(),
+        // Bind: portal, statement, no formats, no parameters, no result formats.
+        msg(b'B', &[portal, stmt, &[0, 0, 0, 0, 0, 0]]),
+        msg(b'D', &[b"P", portal]),
+        msg(b'E', &[portal, &0i32.to_be_bytes()]),
+        msg(b'S', &[]),
+        // The same name again: 42P05, as from PostgreSQL, and the session goes on.
+        parse,
+        msg(b'S', &[]),
+        msg(b'C', &[b"S", stmt]),
+        msg(b'S', &[]),
+        msg(b'Q', &[b"SELECT 'still here'\0"]),
+        msg(b'X', &[]),
+    ]
+    .concat();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let text = rt.block_on(raw_session_then(s.proxy.port, &requests));
+    assert!(!text.contains("08P01"), "{text}\n{}", s.proxy.log_text());
+    assert!(text.contains("42"), "{text}\n{}", s.proxy.log_text());
+    assert!(text.contains("42P05"), "{text}");
+    assert!(text.contains("still here"), "{text}");
+    assert!(!s.proxy.log_text().contains("panicked"));
+}
+
 /// Logs in with a raw socket (SCRAM via postgres-protocol), sends `bad`, returns what came back.
 async fn raw_session_then(port: u16, bad: &[u8]) -> String {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};

@@ -6,6 +6,7 @@
 
 use super::ProtocolError;
 use bytes::{BufMut, Bytes, BytesMut};
+use std::borrow::Cow;
 
 /// Client message type bytes.
 pub mod tag {
@@ -49,7 +50,26 @@ impl<'a> Cursor<'a> {
         self.pos += s.len() + 1;
         Ok(s)
     }
-    /// A NUL-terminated string the proxy must read as text (names, commands).
+    /// A statement name, in any client encoding. Names are opaque to the
+    /// proxy (it only matches them), so bytes that are not UTF-8 are kept
+    /// rather than refused (PostgreSQL accepts them from a LATIN1 client):
+    /// they map one-to-one to chars behind a leading NUL, which no name on
+    /// the wire can contain, so such a key never equals a UTF-8 name.
+    fn name(&mut self) -> Result<Cow<'a, str>, ProtocolError> {
+        let b = self.cbytes()?;
+        Ok(match std::str::from_utf8(b) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => Cow::Owned(
+                std::iter::once('\0')
+                    .chain(b.iter().map(|&c| match c {
+                        0..0x80 => c as char,
+                        _ => char::from_u32(0x100 + c as u32).expect("below the surrogates"),
+                    }))
+                    .collect(),
+            ),
+        })
+    }
+    /// A NUL-terminated string the proxy must read as text (commands).
     fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         let s = self.cbytes()?;
         std::str::from_utf8(s).map_err(|_| self.err())
@@ -83,6 +103,25 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A name key (`Cursor::name`) as text for messages: a key kept from
+/// non-UTF-8 bytes is shown lossily, and never with its NUL marker (an
+/// ErrorResponse field cannot contain NUL).
+pub fn name_for_display(key: &str) -> Cow<'_, str> {
+    match key.strip_prefix('\0') {
+        None => Cow::Borrowed(key),
+        Some(mapped) => {
+            let bytes: Vec<u8> = mapped
+                .chars()
+                .map(|c| match c as u32 {
+                    n @ 0..0x80 => n as u8,
+                    n => (n - 0x100) as u8,
+                })
+                .collect();
+            Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+        }
+    }
+}
+
 /// `Query`: the SQL text of a simple-protocol request.
 pub fn query_text(body: &[u8]) -> Result<&str, ProtocolError> {
     Cursor::new(body, "Query").cstr()
@@ -97,7 +136,8 @@ pub fn query_bytes(body: &[u8]) -> Result<&[u8], ProtocolError> {
 /// `Parse`: statement name, SQL text and declared parameter types.
 #[derive(Debug)]
 pub struct Parse<'a> {
-    pub name: &'a str,
+    /// The statement's name as a key (see `Cursor::name`).
+    pub name: Cow<'a, str>,
     /// The SQL's bytes, in the client's encoding.
     pub query: &'a [u8],
     /// The raw parameter-type section (count + OIDs), kept for re-encoding.
@@ -106,7 +146,7 @@ pub struct Parse<'a> {
 
 pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
     let mut c = Cursor::new(body, "Parse");
-    let name = c.cstr()?;
+    let name = c.name()?;
     let query = c.cbytes()?;
     let start = c.pos;
     let n = c.i16()?;
@@ -124,8 +164,10 @@ pub fn parse(body: &[u8]) -> Result<Parse<'_>, ProtocolError> {
 /// `Bind`: portal, statement and the parameter values routing may need.
 #[derive(Debug)]
 pub struct Bind<'a> {
-    pub portal: &'a str,
-    pub statement: &'a str,
+    /// The portal's name as sent (only forwarded).
+    pub portal: &'a [u8],
+    /// The statement's name as a key (see `Cursor::name`).
+    pub statement: Cow<'a, str>,
     /// The parameter format codes, two bytes each.
     formats: &'a [u8],
     /// The parameter values section (length-prefixed values), validated by
@@ -210,8 +252,8 @@ fn uuid_text(b: &[u8]) -> String {
 
 pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
     let mut c = Cursor::new(body, "Bind");
-    let portal = c.cstr()?;
-    let statement = c.cstr()?;
+    let portal = c.cbytes()?;
+    let statement = c.name()?;
     let rest_offset = c.pos;
     let nf = c.i16()?;
     if nf < 0 {
@@ -248,7 +290,8 @@ pub fn bind(body: &[u8]) -> Result<Bind<'_>, ProtocolError> {
 #[derive(Debug)]
 pub struct Target<'a> {
     pub kind: u8,
-    pub name: &'a str,
+    /// The statement's or portal's name as a key (see `Cursor::name`).
+    pub name: Cow<'a, str>,
 }
 
 pub fn describe_or_close(body: &[u8]) -> Result<Target<'_>, ProtocolError> {
@@ -259,16 +302,8 @@ pub fn describe_or_close(body: &[u8]) -> Result<Target<'_>, ProtocolError> {
     }
     Ok(Target {
         kind,
-        name: c.cstr()?,
+        name: c.name()?,
     })
-}
-
-/// `Execute`: the portal name (row limit is left in the original bytes).
-pub fn execute_portal(body: &[u8]) -> Result<&str, ProtocolError> {
-    let mut c = Cursor::new(body, "Execute");
-    let p = c.cstr()?;
-    c.i32()?;
-    Ok(p)
 }
 
 fn framed(tag: u8, body_len: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
@@ -297,7 +332,7 @@ pub fn rename_bind(body: &[u8], b: &Bind<'_>, server_name: &str) -> Bytes {
     let rest = &body[b.rest_offset..];
     let len = b.portal.len() + 1 + server_name.len() + 1 + rest.len();
     framed(tag::BIND, len, |o| {
-        o.put_slice(b.portal.as_bytes());
+        o.put_slice(b.portal);
         o.put_u8(0);
         o.put_slice(server_name.as_bytes());
         o.put_u8(0);
@@ -366,6 +401,35 @@ mod tests {
         let again = bind(&renamed[5..]).unwrap();
         assert_eq!(again.statement, "pgt_7");
         assert_eq!(again.param_text(1, &[]).as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn names_in_any_encoding_are_distinct_keys() {
+        let parse_named = |name: &[u8]| {
+            let mut body = name.to_vec();
+            body.extend_from_slice(b"\0SELECT 1\0\0\0");
+            parse(&body).unwrap().name.into_owned()
+        };
+        let latin1 = parse_named(b"caf\xe9");
+        let utf8 = parse_named("café".as_bytes());
+        assert_eq!(utf8, "café");
+        assert_ne!(latin1, utf8);
+        assert_ne!(latin1, parse_named(b"caf\xe8"));
+        assert_eq!(
+            latin1,
+            parse_named(b"caf\xe9"),
+            "the same bytes, the same key"
+        );
+        assert_eq!(name_for_display(&latin1), "caf\u{fffd}");
+        assert_eq!(name_for_display(&utf8), "café");
+        // Describe/Close and Bind give the same keys as Parse.
+        assert_eq!(describe_or_close(b"Scaf\xe9\0").unwrap().name, latin1);
+        let body = bind_body("", &[], &[]);
+        let mut latin1_bind = b"p\xe9\0caf\xe9".to_vec();
+        latin1_bind.extend_from_slice(&body[1..]);
+        let b = bind(&latin1_bind).unwrap();
+        assert_eq!(b.statement, latin1);
+        assert_eq!(b.portal, b"p\xe9");
     }
 
     #[test]

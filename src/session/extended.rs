@@ -102,7 +102,7 @@ impl Session {
                         continue;
                     }
                     let b = fe::bind(f.body()).map_err(malformed)?;
-                    match self.prepared.get(b.statement) {
+                    match self.prepared.get(&*b.statement) {
                         Some(stmt) => {
                             ensure_on_connection(a, stmt, cap, &mut wire);
                             if *stmt.server_name == *b.statement {
@@ -129,7 +129,7 @@ impl Session {
                         continue;
                     }
                     let d = fe::describe_or_close(f.body()).map_err(malformed)?;
-                    match (d.kind, self.prepared.get(d.name)) {
+                    match (d.kind, self.prepared.get(&*d.name)) {
                         (b'S', Some(stmt)) => {
                             ensure_on_connection(a, stmt, cap, &mut wire);
                             wire.extend_from_slice(&fe::encode_describe_or_close(
@@ -137,7 +137,7 @@ impl Session {
                                 b'S',
                                 &stmt.server_name,
                             ));
-                            a.expect.push_describe(d.name.into());
+                            a.expect.push_describe((&*d.name).into());
                         }
                         _ => {
                             wire.extend_from_slice(f.raw());
@@ -162,7 +162,7 @@ impl Session {
                     if c.kind == b'S' {
                         // Server statements are shared and evicted by LRU; the
                         // client's name simply stops existing.
-                        self.prepared.remove(c.name);
+                        self.prepared.remove(&*c.name);
                         a.expect.push_local(be::close_complete(), out);
                     } else {
                         wire.extend_from_slice(f.raw());
@@ -230,7 +230,7 @@ impl Session {
                         continue;
                     }
                     let c = fe::describe_or_close(f.body()).map_err(malformed)?;
-                    self.prepared.remove(c.name);
+                    self.prepared.remove(&*c.name);
                     self.out.extend_from_slice(&be::close_complete());
                 }
                 tag::SYNC => {
@@ -271,10 +271,13 @@ fn register_parse(
     next_generation: &mut u64,
     p: &fe::Parse<'_>,
 ) -> Result<Arc<str>, PgError> {
-    if !p.name.is_empty() && prepared.contains_key(p.name) {
+    if !p.name.is_empty() && prepared.contains_key(&*p.name) {
         return Err(PgError::error(
             "42P05",
-            format!("prepared statement \"{}\" already exists", p.name),
+            format!(
+                "prepared statement \"{}\" already exists",
+                fe::name_for_display(&p.name)
+            ),
         ));
     }
     let generation = *next_generation;

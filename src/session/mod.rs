@@ -457,7 +457,10 @@ impl Session {
                 self.send_to_backend(f.raw().clone(), Await::Query, false)
                     .await?;
             }
-            tag::TERMINATE => return Ok(false),
+            tag::TERMINATE => {
+                self.answer_before_terminate().await?;
+                return Ok(false);
+            }
             tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
                 // Outside COPY these are ignored, as PostgreSQL does after a failed COPY.
             }
@@ -469,6 +472,27 @@ impl Session {
             }
         }
         Ok(true)
+    }
+
+    /// As PostgreSQL does, answers everything the client sent before its
+    /// Terminate (a pipelined `Query; Terminate` still gets its results)
+    /// before the session ends.
+    async fn answer_before_terminate(&mut self) -> Result<(), PgError> {
+        loop {
+            self.backend_messages()?;
+            self.flush_client().await.map_err(|_| closed())?;
+            let Some(a) = self.attached.as_mut() else {
+                return Ok(());
+            };
+            if a.expect.is_empty() {
+                return Ok(());
+            }
+            let conn = &mut *a.conn;
+            if !matches!(conn.reader.fill(&mut conn.stream).await, Ok(true)) {
+                self.attached = None;
+                return Err(backend_lost());
+            }
+        }
     }
 
     async fn forward_copy_from_client(&mut self, f: Frame) -> Result<(), PgError> {

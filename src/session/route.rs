@@ -192,7 +192,7 @@ impl Session {
                     let p =
                         fe::parse(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
                     if let Some(a) = self.shared.analyze(analysis_text(p.query)?)? {
-                        parsed.retain(|(n, _)| n != p.name);
+                        parsed.retain(|(n, _)| *n != p.name);
                         parsed.push((p.name.to_string(), a));
                     }
                     None
@@ -200,10 +200,10 @@ impl Session {
                 tag::BIND => {
                     let b =
                         fe::bind(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
-                    let analysis = self.statement_analysis(&parsed, b.statement)?;
+                    let analysis = self.statement_analysis(&parsed, &b.statement)?;
                     let oids = self
                         .prepared
-                        .get(b.statement)
+                        .get(&*b.statement)
                         .map(|p| p.param_oids.clone())
                         .unwrap_or_default();
                     match analysis {
@@ -231,7 +231,7 @@ impl Session {
                     if d.kind != b'S' || batch.iter().any(|m| m.tag() == tag::BIND) {
                         None
                     } else {
-                        let analysis = self.statement_analysis(&parsed, d.name)?;
+                        let analysis = self.statement_analysis(&parsed, &d.name)?;
                         match analysis {
                             Some(a) => Some((self.describe_decision(&a)?, table_less(&a))),
                             None => None,
