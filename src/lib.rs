@@ -8,6 +8,7 @@ pub mod admin;
 pub mod appdb;
 pub mod auth;
 pub mod config;
+pub mod counted;
 pub mod metrics;
 pub mod net;
 pub mod pool;

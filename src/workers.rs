@@ -104,7 +104,9 @@ impl Workers {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let k = self.least_loaded();
-        let guard = SessionCount::new(&self.sessions[k]);
+        // Counts the session on its worker from spawn to end (dropped with the
+        // task, also when the runtime drops it unfinished).
+        let guard = crate::counted::Counted::new(&self.sessions[k]);
         if k == 0 {
             tokio::spawn(async move {
                 session(tcp).await;
@@ -140,23 +142,6 @@ impl Workers {
             }
         }
         best
-    }
-}
-
-/// Counts a session on its worker from spawn to end (dropped with the task,
-/// also when the runtime drops it unfinished).
-struct SessionCount(&'static AtomicUsize);
-
-impl SessionCount {
-    fn new(count: &'static AtomicUsize) -> SessionCount {
-        count.fetch_add(1, Ordering::Relaxed);
-        SessionCount(count)
-    }
-}
-
-impl Drop for SessionCount {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

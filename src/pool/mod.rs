@@ -15,6 +15,7 @@ pub mod url;
 pub use self::url::{BackendUrl, SslMode};
 pub use connect::ConnectError;
 
+use crate::counted::Counted;
 use crate::net::Stream;
 use crate::protocol::backend::PgError;
 use crate::protocol::FrameReader;
@@ -109,23 +110,7 @@ pub struct ServerConn {
     /// readiness events arrive.
     home: usize,
     /// Counts this connection in its pool's `open` for as long as it exists.
-    _open: OpenConn,
-}
-
-/// One open server connection in `DataSourcePool::open`, however it ends.
-struct OpenConn(Arc<AtomicUsize>);
-
-impl OpenConn {
-    fn new(count: &Arc<AtomicUsize>) -> OpenConn {
-        count.fetch_add(1, Ordering::Relaxed);
-        OpenConn(count.clone())
-    }
-}
-
-impl Drop for OpenConn {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    _open: Counted<Arc<AtomicUsize>>,
 }
 
 impl ServerConn {
@@ -480,16 +465,8 @@ impl DataSourcePool {
         tenant_sem: Option<Arc<Semaphore>>,
     ) -> Result<Option<OwnedSemaphorePermit>, PgError> {
         let started = Instant::now();
-        /// Counts a queued checkout, also when its future is dropped (the
-        /// client left while queued).
-        struct Queued<'a>(&'a AtomicUsize);
-        impl Drop for Queued<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let queued = Queued(&self.stats.waiting);
+        // Counted also when this future is dropped (the client left while queued).
+        let queued = Counted::new(&self.stats.waiting);
         let waited = tokio::time::timeout(self.settings.checkout_timeout, async {
             let tenant_permit = match tenant_sem {
                 Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
@@ -542,7 +519,7 @@ impl DataSourcePool {
                     expires: now + self.settings.max_lifetime.mul_f64(1.0 - jitter),
                     last_used: now,
                     home: crate::workers::current(),
-                    _open: OpenConn::new(&self.open),
+                    _open: Counted::new(self.open.clone()),
                 }))
             }
             Err(e) => {
