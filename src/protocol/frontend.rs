@@ -306,19 +306,28 @@ pub fn describe_or_close(body: &[u8]) -> Result<Target<'_>, ProtocolError> {
     })
 }
 
-fn framed(tag: u8, body_len: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
-    let mut out = BytesMut::with_capacity(body_len + 5);
+/// Appends one message to `out`: tag, length, then the `body_len` bytes
+/// `fill` writes. The extended-protocol encoders append to the batch's wire
+/// buffer this way: a message of its own would be an allocation per Bind.
+fn frame_into(out: &mut BytesMut, tag: u8, body_len: usize, fill: impl FnOnce(&mut BytesMut)) {
+    out.reserve(body_len + 5);
+    let start = out.len();
     out.put_u8(tag);
     out.put_i32((body_len + 4) as i32);
-    fill(&mut out);
-    debug_assert_eq!(out.len(), body_len + 5);
+    fill(out);
+    debug_assert_eq!(out.len() - start, body_len + 5);
+}
+
+fn framed(tag: u8, body_len: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut out = BytesMut::new();
+    frame_into(&mut out, tag, body_len, fill);
     out.freeze()
 }
 
-/// A `Parse` with the statement renamed to `server_name`.
-pub fn encode_parse(server_name: &str, query: &[u8], param_types: &[u8]) -> Bytes {
+/// Appends a `Parse` with the statement renamed to `server_name`.
+pub fn encode_parse(out: &mut BytesMut, server_name: &str, query: &[u8], param_types: &[u8]) {
     let len = server_name.len() + 1 + query.len() + 1 + param_types.len();
-    framed(tag::PARSE, len, |o| {
+    frame_into(out, tag::PARSE, len, |o| {
         o.put_slice(server_name.as_bytes());
         o.put_u8(0);
         o.put_slice(query);
@@ -327,11 +336,11 @@ pub fn encode_parse(server_name: &str, query: &[u8], param_types: &[u8]) -> Byte
     })
 }
 
-/// The original `Bind` bytes with only the statement name replaced.
-pub fn rename_bind(body: &[u8], b: &Bind<'_>, server_name: &str) -> Bytes {
+/// Appends the original `Bind` bytes with only the statement name replaced.
+pub fn rename_bind(out: &mut BytesMut, body: &[u8], b: &Bind<'_>, server_name: &str) {
     let rest = &body[b.rest_offset..];
     let len = b.portal.len() + 1 + server_name.len() + 1 + rest.len();
-    framed(tag::BIND, len, |o| {
+    frame_into(out, tag::BIND, len, |o| {
         o.put_slice(b.portal);
         o.put_u8(0);
         o.put_slice(server_name.as_bytes());
@@ -340,9 +349,9 @@ pub fn rename_bind(body: &[u8], b: &Bind<'_>, server_name: &str) -> Bytes {
     })
 }
 
-/// A `Describe` or `Close` of a statement under its server-side name.
-pub fn encode_describe_or_close(tag: u8, kind: u8, name: &str) -> Bytes {
-    framed(tag, 1 + name.len() + 1, |o| {
+/// Appends a `Describe` or `Close` of a statement under its server-side name.
+pub fn encode_describe_or_close(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+    frame_into(out, tag, 1 + name.len() + 1, |o| {
         o.put_u8(kind);
         o.put_slice(name.as_bytes());
         o.put_u8(0);
@@ -397,7 +406,10 @@ mod tests {
         assert_eq!(b.param_text(1, &[]).as_deref(), Some("acme"));
         assert_eq!(b.param_text(2, &[]), None);
         assert!(b.param_is_null(2) && b.param_is_null(3) && !b.param_is_null(1));
-        let renamed = rename_bind(&body, &b, "pgt_7");
+        let mut renamed = BytesMut::from(&b"prefix"[..]);
+        rename_bind(&mut renamed, &body, &b, "pgt_7");
+        assert_eq!(&renamed[..6], b"prefix", "appended");
+        let renamed = renamed.split_off(6);
         let again = bind(&renamed[5..]).unwrap();
         assert_eq!(again.statement, "pgt_7");
         assert_eq!(again.param_text(1, &[]).as_deref(), Some("acme"));

@@ -108,11 +108,7 @@ impl Session {
                             if *stmt.server_name == *b.statement {
                                 wire.extend_from_slice(f.raw());
                             } else {
-                                wire.extend_from_slice(&fe::rename_bind(
-                                    f.body(),
-                                    &b,
-                                    &stmt.server_name,
-                                ));
+                                fe::rename_bind(&mut wire, f.body(), &b, &stmt.server_name);
                             }
                             if routing || stmt.changes_session_state {
                                 bound.push(stmt.query.clone());
@@ -132,11 +128,12 @@ impl Session {
                     match (d.kind, self.prepared.get(&*d.name)) {
                         (b'S', Some(stmt)) => {
                             ensure_on_connection(a, stmt, cap, &mut wire);
-                            wire.extend_from_slice(&fe::encode_describe_or_close(
+                            fe::encode_describe_or_close(
+                                &mut wire,
                                 tag::DESCRIBE,
                                 b'S',
                                 &stmt.server_name,
-                            ));
+                            );
                             a.expect.push_describe((&*d.name).into());
                         }
                         _ => {
@@ -335,7 +332,7 @@ fn set_declared_oids(oids: &mut Vec<u32>, param_types: &[u8]) {
 fn ensure_on_connection(a: &mut super::Attached, stmt: &Prepared, cap: usize, wire: &mut BytesMut) {
     if stmt.server_name.is_empty() {
         if a.conn.unnamed_owner != Some(stmt.generation) {
-            wire.extend_from_slice(&fe::encode_parse("", &stmt.query, &stmt.param_types));
+            fe::encode_parse(wire, "", &stmt.query, &stmt.param_types);
             a.expect
                 .push_statement_op(Await::ParseComplete, stmt.server_name.clone());
             a.conn.unnamed_owner = Some(stmt.generation);
@@ -350,14 +347,10 @@ fn ensure_on_connection(a: &mut super::Attached, stmt: &Prepared, cap: usize, wi
     }
     while a.conn.prepared.len() >= cap {
         let oldest = a.conn.prepared.pop_front().expect("non-empty");
-        wire.extend_from_slice(&fe::encode_describe_or_close(tag::CLOSE, b'S', &oldest));
+        fe::encode_describe_or_close(wire, tag::CLOSE, b'S', &oldest);
         a.expect.push_statement_op(Await::CloseComplete, oldest);
     }
-    wire.extend_from_slice(&fe::encode_parse(
-        &stmt.server_name,
-        &stmt.query,
-        &stmt.param_types,
-    ));
+    fe::encode_parse(wire, &stmt.server_name, &stmt.query, &stmt.param_types);
     a.expect
         .push_statement_op(Await::ParseComplete, stmt.server_name.clone());
     a.conn.prepared.push_back(stmt.server_name.clone());
