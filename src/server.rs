@@ -208,12 +208,12 @@ impl Shared {
             // routes to itself, so its clients get its 08004 error, not "unknown tenant".
             let placement = Some(match r.data_source.as_ref() {
                 Ok(spec) => TenantPlacement {
-                    data_source: spec.pool_key(),
+                    data_source: spec.pool_key().into(),
                     shared: per_source.get(&spec.pool_key()).copied().unwrap_or(0) > 1,
                     active: r.status == TenantStatus::Active,
                 },
                 Err(_) => TenantPlacement {
-                    data_source: String::new(),
+                    data_source: "".into(),
                     shared: false,
                     active: r.status == TenantStatus::Active,
                 },

@@ -4,7 +4,7 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::*;
 
 const PW: &str = "alice-secret-1";
@@ -456,13 +456,6 @@ fn malformed_input_gets_08p01_and_nothing_else_breaks() {
 #[test]
 fn latin1_statement_and_portal_names_work() {
     let s = setup();
-    fn msg(tag: u8, body: &[&[u8]]) -> Vec<u8> {
-        let body = body.concat();
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        m.extend_from_slice(&body);
-        m
-    }
     let stmt: &[u8] = b"caf\xe9\0";
     let portal: &[u8] = b"p\xe9\0";
     let parse = msg(b'P', &[stmt, b"SELECT 40 + 2\0", &0i16.to_be_bytes()]);
@@ -486,10 +479,61 @@ fn latin1_statement_and_portal_names_work() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let text = rt.block_on(raw_session_then(s.proxy.port, &requests));
     assert!(!text.contains("08P01"), "{text}\n{}", s.proxy.log_text());
-    assert!(text.contains("42"), "{text}\n{}", s.proxy.log_text());
+    // The statement ran under its name: a DataRow with "42", no 26000.
+    assert!(
+        text.contains("D\0\0\0\x0c\0\x01\0\0\0\x0242"),
+        "{text:?}\n{}",
+        s.proxy.log_text()
+    );
+    assert!(!text.contains("26000"), "{text}");
     assert!(text.contains("42P05"), "{text}");
     assert!(text.contains("still here"), "{text}");
     assert!(!s.proxy.log_text().contains("panicked"));
+}
+
+/// A frontend message: tag, length, then the parts of the body.
+fn msg(tag: u8, body: &[&[u8]]) -> Vec<u8> {
+    let body = body.concat();
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(&body);
+    m
+}
+
+/// A Terminate that leaves a COPY FROM STDIN open ends the session at once
+/// (the COPY can never finish), and the backend is not left in the COPY.
+#[test]
+fn terminate_during_copy_in_ends_the_session() {
+    let s = setup();
+    let requests = [msg(b'Q', &[b"COPY items FROM STDIN\0"]), msg(b'X', &[])].concat();
+    let started = Instant::now();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let text = rt.block_on(raw_session_then(s.proxy.port, &requests));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the session hung after Terminate: {text}\n{}",
+        s.proxy.log_text()
+    );
+    let copying = || {
+        s.app.psql(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY items%' AND state <> 'idle'",
+        )
+    };
+    let mut gone = false;
+    for _ in 0..30 {
+        if copying() == "0" {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gone,
+        "a backend is still in the COPY\n{}",
+        s.proxy.log_text()
+    );
+    assert!(s.proxy.psql("alice@example.com", PW, "app", "SELECT 1").0);
 }
 
 /// Logs in with a raw socket (SCRAM via postgres-protocol), sends `bad`, returns what came back.

@@ -394,7 +394,12 @@ impl DataSourcePool {
         };
         pooled.conn = Some(match self.take_idle(now) {
             Some(c) => c,
-            None => self.open().await?,
+            None => {
+                let c = self.open().await?;
+                // Request timers start after the connection setup.
+                pooled.checked_out = Instant::now();
+                c
+            }
         });
         Ok(pooled)
     }

@@ -45,50 +45,40 @@ pub fn decide(
         local: session.local_tenant.map(str::to_string),
     };
     let mut chosen: Option<(Target, Option<(String, ResolvedBy)>)> = None;
-    let mut tables: Vec<TableRef> = Vec::new();
     let mut rls: Vec<TableRef> = Vec::new();
     let mut tableless_hints: Vec<String> = Vec::new();
 
     for st in &analysis.statements {
-        for t in &st.tables {
-            if !tables.contains(t) {
-                tables.push(t.clone());
-            }
-        }
-        let app: Vec<&TableRef> = st
-            .tables
-            .iter()
-            .filter(|t| t.class == TableClass::App)
-            .collect();
-        let tenant: Vec<&TableRef> = st
-            .tables
-            .iter()
-            .filter(|t| t.class == TableClass::Tenant)
-            .collect();
-        if !app.is_empty() && (!tenant.is_empty() || st.assume_tenant_tables) {
-            let tenant_side = if tenant.is_empty() {
+        // Iterators, not lists: routing a statement allocates for its
+        // outcome only; the lists are built for error messages.
+        let app = || st.tables.iter().filter(|t| t.class == TableClass::App);
+        let tenant = || st.tables.iter().filter(|t| t.class == TableClass::Tenant);
+        let has_app = app().next().is_some();
+        let has_tenant = tenant().next().is_some();
+        if has_app && (has_tenant || st.assume_tenant_tables) {
+            let tenant_side = if !has_tenant {
                 "tables of a DO block that cannot be listed".to_string()
             } else {
-                list(&tenant)
+                list(tenant())
             };
             return Err(RouteError::new(
                 "0A000",
                 format!(
                     "statement touches application tables ({}) and tenant tables ({}), which live in different databases",
-                    list(&app),
+                    list(app()),
                     tenant_side
                 ),
             )
             .with_hint("split the query into one statement for the application tables and one for the tenant tables"));
         }
-        let this = if !app.is_empty() {
+        let this = if has_app {
             Some((Target::App, None))
-        } else if !tenant.is_empty() || st.assume_tenant_tables {
+        } else if has_tenant || st.assume_tenant_tables {
             let Some((id, by)) = resolve(st, &sim, &ctx)? else {
-                let what = if tenant.is_empty() {
+                let what = if !has_tenant {
                     "a DO block whose tables cannot be listed".to_string()
                 } else {
-                    format!("tenant tables ({})", list(&tenant))
+                    format!("tenant tables ({})", list(tenant()))
                 };
                 return Err(RouteError::new(
                     "55000",
@@ -105,9 +95,9 @@ pub fn decide(
                     )
                     .with_hint("name the tenant with a /* tenant_id='<id>' */ comment in the DO statement"));
                 }
-                for t in &tenant {
+                for t in tenant() {
                     if !rls.contains(t) {
-                        rls.push((*t).clone());
+                        rls.push(t.clone());
                     }
                 }
             }
@@ -179,16 +169,11 @@ pub fn decide(
         target,
         tenant,
         rls_required: rls,
-        tables,
     })
 }
 
-fn list(tables: &[&TableRef]) -> String {
-    tables
-        .iter()
-        .map(|t| t.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+fn list<'a>(tables: impl Iterator<Item = &'a TableRef>) -> String {
+    tables.map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn describe(t: &Target) -> String {

@@ -260,8 +260,8 @@ pub struct SessionRouting<'a> {
 /// Where a tenant's data lives; provided by the caller's catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantPlacement {
-    /// Pool key of the data source.
-    pub data_source: String,
+    /// Pool key of the data source (shared: copied into every decision).
+    pub data_source: std::sync::Arc<str>,
     /// True when several tenants share the data source, so tenant isolation
     /// relies on filters or row-level security.
     pub shared: bool,
@@ -286,7 +286,7 @@ pub enum Target {
         /// The tenant id.
         tenant_id: String,
         /// Pool key of its data source.
-        data_source: String,
+        data_source: std::sync::Arc<str>,
     },
     /// Reserved for callers that want to keep the session's current backend;
     /// `decide` itself never returns it (table-less statements resolve to
@@ -324,6 +324,4 @@ pub struct RouteDecision {
     /// running the statement (shared data source, tenant not named by the
     /// statement itself).
     pub rls_required: Vec<TableRef>,
-    /// All non-CTE tables referenced, for logging and auditing.
-    pub tables: Vec<TableRef>,
 }

@@ -32,6 +32,12 @@ use tokio::io::AsyncWriteExt;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How much a session reads ahead from its client while it waits on
+/// something else (a pooled connection, the answers before a Terminate):
+/// enough to see the client's EOF behind pipelined requests, bounded so a
+/// client cannot make the proxy buffer without limit.
+const CLIENT_READ_AHEAD: usize = 64 * 1024;
+
 /// Where a transaction runs: a pool, and the tenant it runs for (`None` = app DB).
 #[derive(Clone)]
 pub struct Target {
@@ -474,23 +480,40 @@ impl Session {
         Ok(true)
     }
 
-    /// As PostgreSQL does, answers everything the client sent before its
-    /// Terminate (a pipelined `Query; Terminate` still gets its results)
-    /// before the session ends.
+    /// As PostgreSQL does, answers what the client sent before its
+    /// Terminate (a pipelined `Query; Terminate` still gets its results),
+    /// for as long as the client stays connected: one that closes its socket
+    /// is gone, as anywhere else, and `close_backends` cancels what still
+    /// runs. A COPY FROM STDIN the Terminate left open cannot finish, so
+    /// the session ends at once; so does a KILL.
     async fn answer_before_terminate(&mut self) -> Result<(), PgError> {
+        let kill = self.kill.clone();
+        let mut kill_signal = kill.fired();
         loop {
             self.backend_messages()?;
             self.flush_client().await.map_err(|_| closed())?;
             let Some(a) = self.attached.as_mut() else {
                 return Ok(());
             };
-            if a.expect.is_empty() {
+            if a.expect.is_empty() || a.copy_in {
                 return Ok(());
             }
             let conn = &mut *a.conn;
-            if !matches!(conn.reader.fill(&mut conn.stream).await, Ok(true)) {
-                self.attached = None;
-                return Err(backend_lost());
+            let room = self.creader.buffered() < CLIENT_READ_AHEAD;
+            tokio::select! {
+                biased;
+                r = conn.reader.fill(&mut conn.stream) => {
+                    if !matches!(r, Ok(true)) {
+                        self.attached = None;
+                        return Err(backend_lost());
+                    }
+                }
+                r = self.creader.fill(&mut self.client), if room => {
+                    if !matches!(r, Ok(true)) {
+                        return Ok(());
+                    }
+                }
+                _ = &mut kill_signal => return Ok(()),
             }
         }
     }
@@ -744,10 +767,12 @@ impl Session {
     /// client, as PgBouncer does: a client that leaves while queued gives
     /// up its place, and its statement never runs on a connection freed
     /// after it left. Bytes the client pipelines meanwhile are buffered (up
-    /// to `QUEUED_READ_LIMIT`) and served in order afterwards.
+    /// to `CLIENT_READ_AHEAD`) and served in order afterwards.
     async fn checkout_watching_client(&mut self, target: &Target) -> Result<PooledConn, PgError> {
-        /// Enough to see a departing client's EOF behind any pipelined requests.
-        const QUEUED_READ_LIMIT: usize = 64 * 1024;
+        if self.client_gone {
+            // An earlier checkout in this turn already saw the client leave.
+            return Err(closed());
+        }
         let tenant = target.tenant.as_deref();
         let checkout = async {
             crate::admin::wait_while_paused(tenant).await;
@@ -755,7 +780,7 @@ impl Session {
         };
         tokio::pin!(checkout);
         loop {
-            let room = self.creader.buffered() < QUEUED_READ_LIMIT;
+            let room = self.creader.buffered() < CLIENT_READ_AHEAD;
             tokio::select! {
                 biased;
                 r = &mut checkout => return r,
