@@ -48,6 +48,11 @@ impl TlsMaterial {
     }
 }
 
+/// Tenant id → placement, looked up twice per routed statement. foldhash:
+/// the keys come from the registry, so a client choosing which id to look
+/// up cannot make the map slow.
+type PlacementMap = HashMap<String, Placement, foldhash::fast::RandomState>;
+
 /// Where a tenant's statements go, cached per registry generation.
 #[derive(Clone)]
 struct Placement {
@@ -73,7 +78,7 @@ pub struct Shared {
     pub parse_cache: ParseCache,
     pub registry: Arc<TenantRegistry>,
     pub secrets: Option<Arc<SecretBox>>,
-    placements: RwLock<(u64, HashMap<String, Placement>)>,
+    placements: RwLock<(u64, PlacementMap)>,
     rls_verified: DashMap<(String, String), bool>,
     /// Connected clients by session id, for the admin console.
     pub clients: DashMap<u64, crate::admin::ClientInfo>,
@@ -113,7 +118,7 @@ impl Shared {
             routing_enabled: config.routing.enabled.into(),
             registry,
             secrets,
-            placements: RwLock::new((u64::MAX, HashMap::new())),
+            placements: RwLock::new((u64::MAX, PlacementMap::default())),
             rls_verified: DashMap::new(),
             clients: DashMap::new(),
             config: RwLock::new(Arc::new(config)),
@@ -186,7 +191,7 @@ impl Shared {
         }
     }
 
-    fn placements(&self) -> std::sync::RwLockReadGuard<'_, (u64, HashMap<String, Placement>)> {
+    fn placements(&self) -> std::sync::RwLockReadGuard<'_, (u64, PlacementMap)> {
         let generation = self.registry.generation();
         {
             let guard = self.placements.read().unwrap();
@@ -202,7 +207,7 @@ impl Shared {
             }
         }
         let defaults = self.config().pool.clone();
-        let mut map = HashMap::with_capacity(records.len());
+        let mut map = PlacementMap::with_capacity_and_hasher(records.len(), Default::default());
         for r in records {
             // A tenant whose data source is unusable (bad secret, bad URL) still
             // routes to itself, so its clients get its 08004 error, not "unknown tenant".
@@ -371,7 +376,7 @@ impl Shared {
 }
 
 /// Adapter giving the router read access to tenant placements.
-pub struct Directory<'a>(std::sync::RwLockReadGuard<'a, (u64, HashMap<String, Placement>)>);
+pub struct Directory<'a>(std::sync::RwLockReadGuard<'a, (u64, PlacementMap)>);
 
 impl router::TenantDirectory for Directory<'_> {
     fn tenant(&self, id: &str) -> Option<TenantPlacement> {

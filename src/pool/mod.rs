@@ -208,7 +208,8 @@ pub struct DataSourcePool {
     /// not the whole struct, through lists, guards and the session.
     idle: Box<[IdleList]>,
     permits: Arc<Semaphore>,
-    per_tenant: DashMap<String, Arc<Semaphore>>,
+    /// foldhash: looked up on every checkout; keys are registry tenant ids.
+    per_tenant: DashMap<String, Arc<Semaphore>, foldhash::fast::RandomState>,
     pub stats: PoolStats,
     /// Set when the pool should close connections on release (tenant suspended, URL changed).
     retired: std::sync::atomic::AtomicBool,
@@ -295,7 +296,7 @@ impl DataSourcePool {
             idle: (0..crate::workers::count())
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
-            per_tenant: DashMap::new(),
+            per_tenant: DashMap::default(),
             stats: PoolStats::default(),
             retired: false.into(),
             open: Arc::default(),
