@@ -24,7 +24,7 @@ fn per_op(label: &str, iters: u32, mut f: impl FnMut(u32)) {
 }
 
 fn main() {
-    let cfg = RouterConfig::default();
+    let cfg = std::sync::Arc::new(RouterConfig::default());
 
     let cache = ParseCache::new(cfg.cache_capacity);
     cache.analyze(JOIN, &cfg).unwrap();

@@ -168,6 +168,14 @@ impl<T: Default> Default for PerWorker<T> {
 }
 
 impl<T> PerWorker<T> {
+    /// One slot per worker, each made by `make` (sized by [`count`], so
+    /// make it after [`Workers::start`]).
+    pub fn new_with(mut make: impl FnMut() -> T) -> Self {
+        PerWorker {
+            slots: (0..count()).map(|_| CacheLine(make())).collect(),
+        }
+    }
+
     /// The calling worker's slot.
     pub fn here(&self) -> &T {
         &self.slots[current() % self.slots.len()].0

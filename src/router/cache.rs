@@ -18,6 +18,7 @@ use pg_query::protobuf::{ScanToken, Token};
 use crate::router::analysis::{analyze_tokens, may_have_comments, scan_tokens, SlotField};
 use crate::router::lexer::{fast_key, LitKind, Literal};
 use crate::router::{Analysis, RouteError, RouterConfig, TenantValue, TxnControl};
+use crate::workers::PerWorker;
 
 /// Cache counters, exposed for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,7 +63,7 @@ enum Shape {
 }
 
 struct Inner {
-    cfg: Option<RouterConfig>,
+    cfg: Option<Arc<RouterConfig>>,
     /// Bumped whenever the levels are cleared, so work done outside the
     /// lock under an older configuration is neither served nor stored.
     generation: u64,
@@ -74,6 +75,15 @@ struct Inner {
 /// Bounded, thread-safe parse cache; one instance is shared by every
 /// session, so parsing cost is paid once per distinct statement shape.
 pub struct ParseCache {
+    /// One cache per session worker (`crate::workers`): every routed
+    /// statement looks up and reorders an LRU, and one shared mutex made
+    /// that a cache line bouncing between cores on each statement. A
+    /// worker's lock is only contended by `stats` readers. Each worker
+    /// parses a statement shape once for itself.
+    shards: PerWorker<Shard>,
+}
+
+struct Shard {
     inner: Mutex<Inner>,
     // Outside the mutex so a level-2 hit needs the lock only for the lookup
     // itself; level-1 hits are counted under the lock they take anyway.
@@ -82,35 +92,48 @@ pub struct ParseCache {
 }
 
 impl ParseCache {
-    /// Creates a cache holding at most `capacity` entries per level.
+    /// Creates a cache holding at most `capacity` entries per level and worker.
     pub fn new(capacity: usize) -> Self {
         let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         ParseCache {
-            inner: Mutex::new(Inner {
-                cfg: None,
-                generation: 0,
-                l1: LruCache::new(cap),
-                l2: LruCache::new(cap),
-                l1_hits: 0,
+            shards: PerWorker::new_with(|| Shard {
+                inner: Mutex::new(Inner {
+                    cfg: None,
+                    generation: 0,
+                    l1: LruCache::new(cap),
+                    l2: LruCache::new(cap),
+                    l1_hits: 0,
+                }),
+                l2_hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
             }),
-            l2_hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
         }
     }
+}
 
+impl Shard {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the LRU inconsistent
         // in a way that matters for correctness, so recover from poisoning.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
+impl ParseCache {
     /// Cached equivalent of [`crate::router::analyze`]. Errors are not
     /// cached. A change of `cfg` empties the cache, because analyses embed
     /// table classes and tenant-column decisions.
-    pub fn analyze(&self, sql: &str, cfg: &RouterConfig) -> Result<Arc<Analysis>, RouteError> {
+    pub fn analyze(&self, sql: &str, cfg: &Arc<RouterConfig>) -> Result<Arc<Analysis>, RouteError> {
+        let shard = self.shards.here();
         let generation = {
-            let mut g = self.lock();
-            if g.cfg.as_ref() != Some(cfg) {
+            let mut g = shard.lock();
+            // The same Arc is the same configuration: no field-by-field
+            // comparison of the table lists on every statement.
+            let same = g
+                .cfg
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, cfg) || **c == **cfg);
+            if !same {
                 g.l1.clear();
                 g.l2.clear();
                 g.generation += 1;
@@ -130,7 +153,7 @@ impl ParseCache {
         let mut seen_before = false;
         if let Some(f) = &fast {
             let shape = {
-                let mut g = self.lock();
+                let mut g = shard.lock();
                 if g.generation == generation {
                     g.l2.get(f.key.as_slice()).cloned()
                 } else {
@@ -145,7 +168,7 @@ impl ParseCache {
                     // repeat exactly, so copying them would cost a String and
                     // an LRU insertion per hit (measured ~0.4 µs, about as much
                     // as the rest of the hit) and evict entries that do repeat.
-                    self.l2_hits.fetch_add(1, Ordering::Relaxed);
+                    shard.l2_hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(a);
                 }
             }
@@ -162,8 +185,8 @@ impl ParseCache {
             Some(f) if want_template => build_template(&a, sql, &tokens, &f.literals),
             _ => None,
         };
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let mut g = self.lock();
+        shard.misses.fetch_add(1, Ordering::Relaxed);
+        let mut g = shard.lock();
         if g.generation == generation {
             g.l1.put(sql.to_string(), Arc::clone(&a));
             match (template, fast) {
@@ -185,23 +208,25 @@ impl ParseCache {
     /// repeating an exact text (which level 1 would answer).
     #[cfg(test)]
     pub(crate) fn forget_level1(&self) {
-        self.lock().l1.clear();
+        for shard in self.shards.iter() {
+            shard.lock().l1.clear();
+        }
     }
 
-    /// Current counters.
+    /// Current counters, summed over the workers' caches.
     pub fn stats(&self) -> CacheStats {
-        let (size, l1_hits) = {
-            let g = self.lock();
-            (g.l1.len() + g.l2.len(), g.l1_hits)
-        };
-        let l2_hits = self.l2_hits.load(Ordering::Relaxed);
-        CacheStats {
-            hits: l1_hits + l2_hits,
-            misses: self.misses.load(Ordering::Relaxed),
-            size,
-            l1_hits,
-            l2_hits,
+        let mut st = CacheStats::default();
+        for shard in self.shards.iter() {
+            {
+                let g = shard.lock();
+                st.size += g.l1.len() + g.l2.len();
+                st.l1_hits += g.l1_hits;
+            }
+            st.l2_hits += shard.l2_hits.load(Ordering::Relaxed);
+            st.misses += shard.misses.load(Ordering::Relaxed);
         }
+        st.hits = st.l1_hits + st.l2_hits;
+        st
     }
 }
 

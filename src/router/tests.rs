@@ -387,7 +387,7 @@ const CASES: &[(&str, Ctx, &str)] = &[
 
 #[test]
 fn routing_table() {
-    let cfg = RouterConfig::default();
+    let cfg = Arc::new(RouterConfig::default());
     let cache = ParseCache::new(64);
     assert!(CASES.len() >= 150, "only {} cases", CASES.len());
     let mut failures = Vec::new();
@@ -643,7 +643,7 @@ fn custom_config() {
 
 #[test]
 fn level2_hit_substitutes_tenant_literal() {
-    let cfg = RouterConfig::default();
+    let cfg = Arc::new(RouterConfig::default());
     let cache = ParseCache::new(16);
     let a1 = cache
         .analyze(
@@ -719,7 +719,7 @@ fn level2_hit_substitutes_tenant_literal() {
 
 #[test]
 fn level2_never_templates_structural_literals() {
-    let cfg = RouterConfig::default();
+    let cfg = Arc::new(RouterConfig::default());
     let cache = ParseCache::new(16);
     let pairs = [
         ("SET app.tenant_id = 'acme'", "SET app.tenant_id = 'globex'"),
@@ -754,7 +754,7 @@ fn level2_never_templates_structural_literals() {
 fn cache_is_bounded_shared_and_config_aware() {
     fn assert_sync<T: Sync + Send>() {}
     assert_sync::<ParseCache>();
-    let cfg = RouterConfig::default();
+    let cfg = Arc::new(RouterConfig::default());
     let cache = ParseCache::new(4);
     for i in 0..10 {
         cache
@@ -767,10 +767,10 @@ fn cache_is_bounded_shared_and_config_aware() {
     assert!(cache.stats().size <= 8);
     assert!(cache.analyze("SELEC", &cfg).is_err());
 
-    let other = RouterConfig {
+    let other = Arc::new(RouterConfig {
         app_tables: vec!["accounts".into()],
         ..RouterConfig::default()
-    };
+    });
     let a = cache.analyze("SELECT * FROM accounts", &cfg).unwrap();
     assert_eq!(a.statements[0].tables[0].class, TableClass::Tenant);
     let b = cache.analyze("SELECT * FROM accounts", &other).unwrap();
@@ -781,7 +781,7 @@ fn cache_is_bounded_shared_and_config_aware() {
         .map(|i| {
             let c = Arc::clone(&shared);
             std::thread::spawn(move || {
-                let cfg = RouterConfig::default();
+                let cfg = Arc::new(RouterConfig::default());
                 for j in 0..50 {
                     let sql = format!("SELECT * FROM leads WHERE tenant_id = 't{i}' AND id = {j}");
                     let a = c.analyze(&sql, &cfg).unwrap();
@@ -1105,7 +1105,7 @@ fn fast_key_fuzz_against_postgres_scanner() {
 /// with other literal values, equals a fresh analysis.
 #[test]
 fn level2_templates_agree_with_fresh_analysis() {
-    let cfg = RouterConfig::default();
+    let cfg = Arc::new(RouterConfig::default());
     let mut l2 = 0;
     for (sql, _, _) in CASES {
         let Some(variant) = respell_literals(sql) else {
@@ -1131,7 +1131,7 @@ fn level2_templates_agree_with_fresh_analysis() {
 
 #[test]
 fn level2_serves_only_same_shape() {
-    let cfg = RouterConfig::default();
+    let cfg = Arc::new(RouterConfig::default());
     let cache = ParseCache::new(64);
     let route = |sql: &str| {
         let a = cache.analyze(sql, &cfg).unwrap();
@@ -1239,7 +1239,7 @@ fn empty_and_blank_texts_analyze_without_touching_the_scanner_bug() {
     // pg_query 18.1's scanner builds a slice from a null pointer for a text
     // without tokens; an empty simple Query is valid protocol, so both entry
     // points must survive it (a debug build aborts otherwise).
-    let cfg = RouterConfig::default();
+    let cfg = Arc::new(RouterConfig::default());
     let cache = ParseCache::new(16);
     for sql in ["", " ", "\n\t ", "\r\n"] {
         let a = analyze(sql, &cfg).expect("blank text analyses");
