@@ -227,8 +227,9 @@ pub struct PooledConn {
     /// is not held as an object: `Drop` hands it back to `pool.permits`,
     /// which saves two refcount updates on the shared semaphore per checkout.)
     _tenant_permit: Option<OwnedSemaphorePermit>,
-    /// When the checkout got its permits: the session starts its request
-    /// timer from it instead of reading the clock again.
+    /// When the connection was ready for the request (permits taken, or a
+    /// new connection opened): the session starts its request timers from it
+    /// instead of reading the clock again.
     pub checked_out: Instant,
 }
 

@@ -50,7 +50,7 @@ impl<'a> Cursor<'a> {
         self.pos += s.len() + 1;
         Ok(s)
     }
-    /// A statement name, in any client encoding. Names are opaque to the
+    /// A statement or portal name, in any client encoding. Names are opaque to the
     /// proxy (it only matches them), so bytes that are not UTF-8 are kept
     /// rather than refused (PostgreSQL accepts them from a LATIN1 client):
     /// they map one-to-one to chars behind a leading NUL, which no name on
@@ -114,7 +114,7 @@ pub fn name_for_display(key: &str) -> Cow<'_, str> {
                 .chars()
                 .map(|c| match c as u32 {
                     n @ 0..0x80 => n as u8,
-                    n => (n - 0x100) as u8,
+                    n => n.wrapping_sub(0x100) as u8,
                 })
                 .collect();
             Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
