@@ -22,6 +22,8 @@ read -r -a MODES <<<"${BENCH_MODES:-simple extended prepared}"
 TX1=${TX1:-300}
 TX2=${TX2:-1800}
 CLIENTS=4
+# The revision measured, read before this script rewrites its own table.
+REV=$(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo '?')
 
 log() { printf '[instructions %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -204,7 +206,7 @@ done
 table() {
     printf '# Instructions per transaction\n\n'
     printf 'bench/instructions.sh at %s: callgrind, pgbench -S -c %d, (%d - %d) transactions per client; ' \
-        "$(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo '?')" "$CLIENTS" "$TX2" "$TX1"
+        "$REV" "$CLIENTS" "$TX2" "$TX1"
     printf 'each cell is instructions, then heap allocations (malloc calls), per transaction, for the whole process.\n\n'
     printf '| path |'; for m in "${MODES[@]}"; do printf ' %s |' "$m"; done; printf '\n|---|'
     for _ in "${MODES[@]}"; do printf -- '---:|'; done; printf '\n'
