@@ -45,23 +45,10 @@ cargo build --release --quiet --manifest-path "$BENCH_DIR/relay/Cargo.toml" || d
 PGTENANT=$TARGET_DIR/release/pgtenant
 RELAY=$TARGET_DIR/release/bench-relay
 
-AS_PG=()
-[[ $(id -u) == 0 ]] && AS_PG=(runuser -u postgres --)
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 40000))
-        ss -Htan "( sport = :$p or dport = :$p )" | grep -q . || { echo "$p"; return; }
-    done
-}
-wait_listen() {
-    local i
-    for ((i = 0; i < 200; i++)); do
-        ss -Htln "sport = :$1" | grep -q . && return 0
-        sleep 0.1
-    done
-    return 1
-}
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+# pgtenant starts slowly under valgrind.
+WAIT_LISTEN_SECONDS=30
 
 TMP=$(mktemp -d /tmp/pgtenant-instr.XXXXXX)
 chmod 755 "$TMP"
@@ -77,73 +64,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-PW=$(openssl rand -hex 12)
-PGPORT_=$(free_port)
-export PGPASSWORD=$PW
-printf '%s\n' "$PW" >"$TMP/pwfile"
-[[ ${#AS_PG[@]} -gt 0 ]] && chown postgres: "$TMP" "$TMP/pwfile"
-"${AS_PG[@]}" "$PG_BIN/initdb" -D "$TMP/data" -U postgres --pwfile="$TMP/pwfile" \
-    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-locale >"$TMP/initdb.log" 2>&1 \
-    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-"${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 start -o \
-    "-p $PGPORT_ -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c fsync=off \
-     -c synchronous_commit=off" >/dev/null || die "pg_ctl start failed"
-PG_STARTED=1
-PSQL=(env PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_" -U postgres)
-"${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
-pgbench -i -q -s 1 -h 127.0.0.1 -p "$PGPORT_" -U postgres bench >"$TMP/init.log" 2>&1 || die "pgbench -i failed"
-"${PSQL[@]}" -d bench -f "$REPO/deploy/sql/app_db.sql" >/dev/null
-VERIFIER=$(printf '%s' "$PW" | "$PGTENANT" passwd)
-"${PSQL[@]}" -d bench -v verifier="$VERIFIER" <<'SQL'
-CREATE TABLE users (email text PRIMARY KEY, password_hash text NOT NULL);
-INSERT INTO users VALUES ('bench@example.com', :'verifier');
-SQL
+start_bench_cluster 1
 
 export ENCRYPTION_KEY=$(openssl rand -hex 32)
-write_config() { # file port routing-enabled
-    cat >"$1" <<EOF
-listen = "127.0.0.1:$2"
-workers = 1
-[app_db]
-url = "postgres://postgres:$PW@127.0.0.1:$PGPORT_/bench?sslmode=disable"
-[auth]
-query = "SELECT password_hash AS password, NULL::text[] AS tenants FROM users WHERE email = \$1"
-[pool]
-size = 20
-[routing]
-enabled = $3
-EOF
-}
 PT_PORT=$(free_port); RT_PORT=$(free_port); RELAY_PORT=$(free_port); BOUNCER_PORT=$(free_port)
-write_config "$TMP/passthrough.toml" "$PT_PORT" false
-write_config "$TMP/routed.toml" "$RT_PORT" true
-"$PGTENANT" tenant add --config "$TMP/routed.toml" --id bench --name Bench --subdomain bench \
-    --url "postgres://postgres:$PW@127.0.0.1:$PGPORT_/bench?sslmode=disable" >"$TMP/tenant-add.log" 2>&1 \
-    || die "pgtenant tenant add failed"
+write_config "$TMP/passthrough.toml" "$PT_PORT" false 1
+write_config "$TMP/routed.toml" "$RT_PORT" true 1
+add_bench_tenant "$TMP/routed.toml"
 
-BOUNCER=$(command -v pgbouncer || true)
-[[ -z $BOUNCER && -x /usr/sbin/pgbouncer ]] && BOUNCER=/usr/sbin/pgbouncer
-BOUNCER_PREPARED=0
-if [[ -n $BOUNCER ]]; then
-    v=$("$BOUNCER" --version | awk 'NR==1{print $2}')
-    [[ $(printf '%s\n1.21.0\n' "$v" | sort -V | head -1) == 1.21.0 ]] && BOUNCER_PREPARED=1
-    printf '"postgres" "%s"\n' "$PW" >"$TMP/userlist.txt"
-    cat >"$TMP/pgbouncer.ini" <<EOF
-[databases]
-bench = host=127.0.0.1 port=$PGPORT_ dbname=bench user=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $TMP/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-logfile = $TMP/pgbouncer.log
-EOF
-    [[ $BOUNCER_PREPARED == 1 ]] && echo "max_prepared_statements = 100" >>"$TMP/pgbouncer.ini"
-    [[ ${#AS_PG[@]} -gt 0 ]] && chown postgres: "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
-fi
+find_pgbouncer
+[[ -n $BOUNCER ]] && write_pgbouncer_ini "$BOUNCER_PORT"
 
 # Runs one path under callgrind for $1 transactions per client; prints
 # "instructions mallocs" for the whole run.
@@ -154,7 +84,7 @@ measure_once() {
     local out="$TMP/cg.$name.$mode.$tx" pid
     "${AS_CG[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$TMP/$name.out" 2>&1 &
     pid=$!
-    wait_listen "$port" || die "$name did not start under valgrind: $(grep -v "^==" "$TMP/$name.out" | tail -5; tail -5 "$TMP/pgbouncer.log" 2>/dev/null)"
+    wait_listen "$port" "$name under valgrind" "$pid" "$TMP/$name.out" || die "$name did not start under valgrind"
     local opts=""
     [[ $name == routed ]] && opts="options='-c app.tenant_id=bench'"
     pgbench -n -S -M "$mode" -c $CLIENTS -j 1 -t "$tx" \

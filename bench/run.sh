@@ -54,36 +54,9 @@ RELAY=$TARGET_DIR/release/bench-relay
 [[ -x $PGTENANT && -x $RELAY ]] || die "binaries missing in $TARGET_DIR/release"
 
 # ---------------------------------------------------------------- helpers
-AS_PG=()
-if [[ $(id -u) == 0 ]]; then AS_PG=(runuser -u postgres --); fi
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 CLK_TCK=$(getconf CLK_TCK)
-
-USED_PORTS=" "
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 40000))
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        if ! ss -Htan "( sport = :$p or dport = :$p )" | grep -q .; then
-            USED_PORTS+="$p "
-            echo "$p"
-            return
-        fi
-    done
-}
-
-wait_listen() { # port name pid-or-empty logfile
-    local i
-    for ((i = 0; i < 100; i++)); do
-        ss -Htln "sport = :$1" | grep -q . && return 0
-        if [[ -n $3 ]] && ! kill -0 "$3" 2>/dev/null; then
-            log "$2 exited during startup; log:"; cat "$4" >&2 || true; return 1
-        fi
-        sleep 0.1
-    done
-    log "$2 did not listen on port $1 within 10 s; log:"; cat "$4" >&2 || true
-    return 1
-}
 
 # utime+stime of a process (all threads), in clock ticks.
 cpu_ticks() {
@@ -114,54 +87,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- cluster
-PW=$(openssl rand -hex 12)
-PGPORT_=$(free_port)
-export PGPASSWORD=$PW
-printf '%s\n' "$PW" >"$TMP/pwfile"
-[[ ${#AS_PG[@]} -gt 0 ]] && chown postgres: "$TMP" "$TMP/pwfile"
-
-log "initdb in $TMP/data (port $PGPORT_)"
-"${AS_PG[@]}" "$PG_BIN/initdb" -D "$TMP/data" -U postgres --pwfile="$TMP/pwfile" \
-    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-locale >"$TMP/initdb.log" 2>&1 \
-    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-"${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 start -o \
-    "-p $PGPORT_ -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP -c fsync=off \
-     -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
-     -c shared_buffers=256MB" >/dev/null || { cat "$TMP/postgres.log" >&2; die "pg_ctl start failed"; }
-PG_STARTED=1
-
-PSQL=(env PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_" -U postgres)
-"${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
-log "pgbench -i -s $SCALE"
-pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT_" -U postgres bench >"$TMP/init.log" 2>&1 \
-    || { cat "$TMP/init.log" >&2; die "pgbench -i failed"; }
-
-# App DB = the same database `bench`: pgtenant's users table and tenant
-# registry live next to the pgbench tables, so every path reads the same tables.
-"${PSQL[@]}" -d bench -f "$REPO/deploy/sql/app_db.sql" >/dev/null
-VERIFIER=$(printf '%s' "$PW" | "$PGTENANT" passwd)
-"${PSQL[@]}" -d bench -v verifier="$VERIFIER" <<'SQL'
-CREATE TABLE users (email text PRIMARY KEY, password_hash text NOT NULL);
-INSERT INTO users VALUES ('bench@example.com', :'verifier');
-SQL
-"${PSQL[@]}" -d bench -c "VACUUM ANALYZE"
+start_bench_cluster "$SCALE"
 
 # ---------------------------------------------------------------- pgtenant
 export ENCRYPTION_KEY=$(openssl rand -hex 32)
-write_config() { # file port routing-enabled [workers]
-    cat >"$1" <<EOF
-listen = "127.0.0.1:$2"
-${4:+workers = $4}
-[app_db]
-url = "postgres://postgres:$PW@127.0.0.1:$PGPORT_/bench?sslmode=disable"
-[auth]
-query = "SELECT password_hash AS password, NULL::text[] AS tenants FROM users WHERE email = \$1"
-[pool]
-size = 20
-[routing]
-enabled = $3
-EOF
-}
 PT_PORT=$(free_port); RT_PORT=$(free_port); RELAY_PORT=$(free_port); BOUNCER_PORT=$(free_port)
 PT1_PORT=$(free_port); RT1_PORT=$(free_port)
 write_config "$TMP/passthrough.toml" "$PT_PORT" false
@@ -169,9 +98,7 @@ write_config "$TMP/routed.toml" "$RT_PORT" true
 write_config "$TMP/passthrough1.toml" "$PT1_PORT" false 1
 write_config "$TMP/routed1.toml" "$RT1_PORT" true 1
 
-"$PGTENANT" tenant add --config "$TMP/routed.toml" --id bench --name Bench --subdomain bench \
-    --url "postgres://postgres:$PW@127.0.0.1:$PGPORT_/bench?sslmode=disable" >"$TMP/tenant-add.log" 2>&1 \
-    || { cat "$TMP/tenant-add.log" >&2; die "pgtenant tenant add failed"; }
+add_bench_tenant "$TMP/routed.toml"
 
 "$RELAY" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PGPORT_" >"$TMP/relay.log" 2>&1 &
 RELAY_PID=$!; PIDS+=("$RELAY_PID")
@@ -191,34 +118,10 @@ wait_listen "$PT1_PORT" "pgtenant pass-through 1 thread" "$PT1_PID" "$TMP/pgtena
 wait_listen "$RT1_PORT" "pgtenant routed 1 thread" "$RT1_PID" "$TMP/pgtenant-routed1.log" || RT_OK=0
 
 # ---------------------------------------------------------------- pgbouncer
-BOUNCER=$(command -v pgbouncer || true)
-[[ -z $BOUNCER && -x /usr/sbin/pgbouncer ]] && BOUNCER=/usr/sbin/pgbouncer
-BOUNCER_VERSION=""; BOUNCER_PREPARED=0; BOUNCER_PID=""
+find_pgbouncer
+BOUNCER_PID=""
 if [[ -n $BOUNCER ]]; then
-    BOUNCER_VERSION=$("$BOUNCER" --version 2>/dev/null | awk 'NR==1{print $2}')
-    if [[ $(printf '%s\n1.21.0\n' "$BOUNCER_VERSION" | sort -V | head -1) == 1.21.0 ]]; then
-        BOUNCER_PREPARED=1
-    fi
-    printf '"postgres" "%s"\n' "$PW" >"$TMP/userlist.txt"
-    cat >"$TMP/pgbouncer.ini" <<EOF
-[databases]
-bench = host=127.0.0.1 port=$PGPORT_ dbname=bench user=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $TMP/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 200
-logfile = $TMP/pgbouncer.log
-pidfile = $BOUNCER_PIDFILE
-log_connections = 0
-log_disconnections = 0
-EOF
-    [[ $BOUNCER_PREPARED == 1 ]] && echo "max_prepared_statements = 100" >>"$TMP/pgbouncer.ini"
-    [[ ${#AS_PG[@]} -gt 0 ]] && chown postgres: "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
+    write_pgbouncer_ini "$BOUNCER_PORT" "$BOUNCER_PIDFILE"
     if "${AS_PG[@]}" "$BOUNCER" -d "$TMP/pgbouncer.ini" >"$TMP/pgbouncer.start.log" 2>&1 \
         && wait_listen "$BOUNCER_PORT" pgbouncer "" "$TMP/pgbouncer.log"; then
         BOUNCER_PID=$(cat "$BOUNCER_PIDFILE")
