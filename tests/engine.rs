@@ -520,16 +520,8 @@ fn terminate_during_copy_in_ends_the_session() {
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY items%' AND state <> 'idle'",
         )
     };
-    let mut gone = false;
-    for _ in 0..30 {
-        if copying() == "0" {
-            gone = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert!(
-        gone,
+        rt.block_on(eventually(Duration::from_secs(3), || copying() == "0")),
         "a backend is still in the COPY\n{}",
         s.proxy.log_text()
     );

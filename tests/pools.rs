@@ -132,28 +132,16 @@ async fn a_client_leaving_while_queued_never_runs_its_statement() {
             _ = insert => {}
         }
     });
-    let mut queued = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if waiting() == 1 {
-            queued = true;
-            break;
-        }
-    }
-    assert!(queued, "the INSERT never queued\n{}", p.log_text());
+    assert!(
+        eventually(Duration::from_secs(5), || waiting() == 1).await,
+        "the INSERT never queued\n{}",
+        p.log_text()
+    );
     // The client goes away (its socket closes) while still queued.
     leaver.abort();
     let _ = leaver.await;
-    let mut drained = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if waiting() == 0 {
-            drained = true;
-            break;
-        }
-    }
     assert!(
-        drained,
+        eventually(Duration::from_secs(5), || waiting() == 0).await,
         "the departed client still counts as waiting\n{}",
         p.log_text()
     );

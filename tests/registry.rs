@@ -15,6 +15,7 @@ use pgtenant::registry::{
 use tokio_postgres::{Client, NoTls};
 
 mod support;
+use support::eventually;
 
 const MIGRATION: &str = include_str!("../deploy/sql/app_db.sql");
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -88,15 +89,12 @@ fn new_tenant(c: &Cluster, id: &str, sub: &str) -> NewTenant {
     }
 }
 
-async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+async fn wait_until(what: &str, limit: Duration, cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    assert!(
+        eventually(limit, cond).await,
+        "timed out after {limit:?} waiting for {what}"
+    );
     start.elapsed()
 }
 

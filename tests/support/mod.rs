@@ -522,6 +522,21 @@ impl Fleet {
     }
 }
 
+/// Polls `cond` every few milliseconds until it holds (true) or `limit`
+/// passes (false): for state that settles asynchronously.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// GET over plain HTTP/1.1: (status, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
