@@ -155,15 +155,12 @@ pub struct PerWorker<T> {
 /// 128 bytes: a cache line plus the neighbour that adjacent-line prefetch
 /// pulls in with it.
 #[repr(align(128))]
-#[derive(Default)]
 struct CacheLine<T>(T);
 
 impl<T: Default> Default for PerWorker<T> {
     /// One slot per worker (sized by [`count`], so make it after [`Workers::start`]).
     fn default() -> Self {
-        PerWorker {
-            slots: (0..count()).map(|_| CacheLine::default()).collect(),
-        }
+        PerWorker::new_with(T::default)
     }
 }
 
