@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod appdb;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod counted;
 pub mod metrics;

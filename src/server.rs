@@ -170,9 +170,9 @@ impl Shared {
         self.server_params
             .get_or_try_init(|| async {
                 let pool = self.app_target().pool;
-                let conn = pool.checkout(None, std::time::Instant::now()).await?;
+                let conn = pool.checkout(None, crate::clock::Tick::now()).await?;
                 let params = conn.params.clone();
-                conn.release(std::time::Instant::now());
+                conn.release(crate::clock::Tick::now());
                 Ok(params)
             })
             .await

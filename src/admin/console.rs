@@ -439,16 +439,12 @@ fn no_tenant(id: &str) -> PgError {
 
 /// SIGTERM to ourselves: run.rs drains sessions and exits, as for `kill`.
 fn terminate_self() {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    const SIGTERM: i32 = 15;
     // Give the console a moment to flush its answer first.
     std::thread::spawn(|| {
         std::thread::sleep(std::time::Duration::from_millis(100));
         // SAFETY: kill(2) on our own pid with a valid signal number.
         unsafe {
-            kill(std::process::id() as i32, SIGTERM);
+            libc::kill(std::process::id() as libc::pid_t, libc::SIGTERM);
         }
     });
 }

@@ -15,6 +15,7 @@ pub mod url;
 pub use self::url::{BackendUrl, SslMode};
 pub use connect::ConnectError;
 
+use crate::clock::Tick;
 use crate::counted::Counted;
 use crate::net::Stream;
 use crate::protocol::backend::PgError;
@@ -23,7 +24,7 @@ use dashmap::DashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Transaction pooling returns a connection after each transaction; session
@@ -103,8 +104,8 @@ pub struct ServerConn {
     /// A client reset the whole session (DISCARD ALL): close instead of reusing.
     pub retire_after_use: bool,
     /// End of the (jittered) lifetime: compared, never subtracted, on the hot path.
-    expires: Instant,
-    last_used: Instant,
+    expires: Tick,
+    last_used: Tick,
     /// The worker whose runtime registered the socket (`crate::workers`): the
     /// connection idles in that worker's list, so it is reused where its
     /// readiness events arrive.
@@ -230,7 +231,7 @@ pub struct PooledConn {
     /// When the connection was ready for the request (permits taken, or a
     /// new connection opened): the session starts its request timers from it
     /// instead of reading the clock again.
-    pub checked_out: Instant,
+    pub checked_out: Tick,
 }
 
 impl std::ops::Deref for PooledConn {
@@ -256,7 +257,14 @@ impl PooledConn {
     /// Returns a connection the session saw idle (ReadyForQuery 'I') to the
     /// pool. `now` is the caller's latest clock reading (a session has one
     /// from that ReadyForQuery): one clock read less per transaction.
-    pub fn release(mut self, now: Instant) {
+    pub fn release(mut self, now: Tick) {
+        self.give_back(now);
+    }
+
+    /// [`PooledConn::release`] for a caller that holds the `PooledConn`
+    /// inside a larger value and drops it in place afterwards (the permits
+    /// go back with that drop).
+    pub fn give_back(&mut self, now: Tick) {
         if let Some(mut conn) = self.conn.take() {
             conn.last_used = now;
             let expired = conn.last_used >= conn.expires;
@@ -341,8 +349,8 @@ impl DataSourcePool {
     /// pool has room, so it never competes with clients).
     pub async fn maintain(&self) {
         let idle_timeout = self.settings.idle_timeout;
-        let now = Instant::now();
-        self.retain_idle(|c| now.duration_since(c.last_used) < idle_timeout && now < c.expires);
+        let now = Tick::now();
+        self.retain_idle(|c| now.since(c.last_used) < idle_timeout && now < c.expires);
         if self.retired.load(Ordering::Relaxed) {
             return;
         }
@@ -365,7 +373,7 @@ impl DataSourcePool {
     pub async fn checkout(
         self: &Arc<Self>,
         tenant: Option<&str>,
-        now: Instant,
+        now: Tick,
     ) -> Result<PooledConn, PgError> {
         let tenant_sem = self.tenant_semaphore(tenant);
         // Fast path, the common case under normal load: permits are free, so
@@ -382,7 +390,7 @@ impl DataSourcePool {
         let (tenant_permit, now) = match fast {
             Some(p) => (p, now),
             // After a wait, the caller's reading is stale.
-            None => (self.wait_for_permits(tenant_sem).await?, Instant::now()),
+            None => (self.wait_for_permits(tenant_sem).await?, Tick::now()),
         };
         let counters = self.stats.counters.here();
         counters.checkouts.fetch_add(1, Ordering::Relaxed);
@@ -399,7 +407,7 @@ impl DataSourcePool {
             None => {
                 let c = self.open().await?;
                 // Request timers start after the connection setup.
-                pooled.checked_out = Instant::now();
+                pooled.checked_out = Tick::now();
                 c
             }
         });
@@ -413,7 +421,7 @@ impl DataSourcePool {
     /// `size` connections; a release racing the scan can let it open one
     /// more, and `release` then closes whichever connection comes back while
     /// the pool is over its size.
-    fn take_idle(&self, now: Instant) -> Option<Box<ServerConn>> {
+    fn take_idle(&self, now: Tick) -> Option<Box<ServerConn>> {
         let me = crate::workers::current();
         let lists = self.idle.len();
         for i in 0..lists {
@@ -423,7 +431,7 @@ impl DataSourcePool {
                     break;
                 };
                 if now >= c.expires
-                    || now.duration_since(c.last_used) >= self.settings.idle_timeout
+                    || now.since(c.last_used) >= self.settings.idle_timeout
                     || !c.is_healthy()
                 {
                     continue;
@@ -471,7 +479,7 @@ impl DataSourcePool {
         &self,
         tenant_sem: Option<Arc<Semaphore>>,
     ) -> Result<Option<OwnedSemaphorePermit>, PgError> {
-        let started = Instant::now();
+        let started = Tick::now();
         // Counted also when this future is dropped (the client left while queued).
         let queued = Counted::new(&self.stats.waiting);
         let waited = tokio::time::timeout(self.settings.checkout_timeout, async {
@@ -485,7 +493,7 @@ impl DataSourcePool {
         })
         .await;
         drop(queued);
-        let wait_us = started.elapsed().as_micros() as u64;
+        let wait_us = Tick::now().micros_since(started);
         self.stats
             .counters
             .here()
@@ -510,7 +518,7 @@ impl DataSourcePool {
             Ok(c) => {
                 // Jitter spreads reconnect storms when many connections age together.
                 let jitter = rand::random::<f64>() * 0.2;
-                let now = Instant::now();
+                let now = Tick::now();
                 Ok(Box::new(ServerConn {
                     id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
                     stream: c.stream,

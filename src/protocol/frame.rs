@@ -1,7 +1,9 @@
 //! Framing: splitting a byte stream into whole messages without copying.
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::AsyncRead;
 
 /// A protocol violation by the peer. Always answered with SQLSTATE 08P01 and a
 /// closed connection: after a framing error the byte stream cannot be trusted.
@@ -134,11 +136,21 @@ impl FrameReader {
     /// Reads from `stream` until at least one more byte arrived.
     /// Returns `Ok(false)` on a clean EOF.
     pub async fn fill<R: AsyncRead + Unpin>(&mut self, stream: &mut R) -> std::io::Result<bool> {
+        std::future::poll_fn(|cx| self.poll_fill(cx, stream)).await
+    }
+
+    /// [`FrameReader::fill`] as a poll function, so that one hand-written
+    /// future can wait on several streams (the relay loop waits on the
+    /// client and the backend) without a future per stream and per wait.
+    pub fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut R,
+    ) -> Poll<std::io::Result<bool>> {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(16 * 1024);
         }
-        let n = stream.read_buf(&mut self.buf).await?;
-        Ok(n > 0)
+        tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut self.buf).map_ok(|n| n > 0)
     }
 
     /// Reads until one frame is complete; `Ok(None)` on EOF between messages.

@@ -43,12 +43,10 @@ impl<'a> Cursor<'a> {
     /// A NUL-terminated string's bytes, in whatever encoding the client uses.
     fn cbytes(&mut self) -> Result<&'a [u8], ProtocolError> {
         let rest = &self.buf[self.pos..];
-        // CStr's search goes a word at a time (every Query passes here).
-        let s = std::ffi::CStr::from_bytes_until_nul(rest)
-            .map_err(|_| self.err())?
-            .to_bytes();
-        self.pos += s.len() + 1;
-        Ok(s)
+        // Every Query and Parse passes here: memchr searches 16 bytes at a time.
+        let len = memchr::memchr(0, rest).ok_or_else(|| self.err())?;
+        self.pos += len + 1;
+        Ok(&rest[..len])
     }
     /// A statement or portal name, in any client encoding. Names are opaque to the
     /// proxy (it only matches them), so bytes that are not UTF-8 are kept
