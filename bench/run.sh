@@ -100,15 +100,15 @@ write_config "$TMP/routed1.toml" "$RT1_PORT" true 1
 
 add_bench_tenant "$TMP/routed.toml"
 
-"$RELAY" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PGPORT_" >"$TMP/relay.log" 2>&1 &
+"${OWN_SESSION[@]}" "$RELAY" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PGPORT_" >"$TMP/relay.log" 2>&1 &
 RELAY_PID=$!; PIDS+=("$RELAY_PID")
-"$PGTENANT" serve --config "$TMP/passthrough.toml" >"$TMP/pgtenant-passthrough.log" 2>&1 &
+"${OWN_SESSION[@]}" "$PGTENANT" serve --config "$TMP/passthrough.toml" >"$TMP/pgtenant-passthrough.log" 2>&1 &
 PT_PID=$!; PIDS+=("$PT_PID")
-"$PGTENANT" serve --config "$TMP/routed.toml" >"$TMP/pgtenant-routed.log" 2>&1 &
+"${OWN_SESSION[@]}" "$PGTENANT" serve --config "$TMP/routed.toml" >"$TMP/pgtenant-routed.log" 2>&1 &
 RT_PID=$!; PIDS+=("$RT_PID")
-"$PGTENANT" serve --config "$TMP/passthrough1.toml" >"$TMP/pgtenant-passthrough1.log" 2>&1 &
+"${OWN_SESSION[@]}" "$PGTENANT" serve --config "$TMP/passthrough1.toml" >"$TMP/pgtenant-passthrough1.log" 2>&1 &
 PT1_PID=$!; PIDS+=("$PT1_PID")
-"$PGTENANT" serve --config "$TMP/routed1.toml" >"$TMP/pgtenant-routed1.log" 2>&1 &
+"${OWN_SESSION[@]}" "$PGTENANT" serve --config "$TMP/routed1.toml" >"$TMP/pgtenant-routed1.log" 2>&1 &
 RT1_PID=$!; PIDS+=("$RT1_PID")
 wait_listen "$RELAY_PORT" relay "$RELAY_PID" "$TMP/relay.log" || die "relay did not start"
 PT_OK=1; RT_OK=1
