@@ -70,6 +70,47 @@ impl<'a> FrameRef<'a> {
     }
 }
 
+/// Whole messages held together until the proxy acts on them as a group
+/// (the extended-protocol messages before a Sync or Flush), copied into
+/// one reused buffer: cheaper than a [`Frame`] per message, which costs a
+/// reference count to take and another to drop.
+#[derive(Debug, Default)]
+pub struct FrameBatch {
+    bytes: Vec<u8>,
+    /// Where each message ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl FrameBatch {
+    /// Appends one whole message (as [`FrameRef::raw`] gives it).
+    pub fn push(&mut self, raw: &[u8]) {
+        self.bytes.extend_from_slice(raw);
+        self.ends.push(self.bytes.len());
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// Empties the batch, keeping its buffers for the next one.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+    /// The messages in order.
+    pub fn iter(&self) -> impl Iterator<Item = FrameRef<'_>> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter()).map(|(start, &end)| FrameRef {
+            bytes: &self.bytes[start..end],
+        })
+    }
+    pub fn last(&self) -> Option<FrameRef<'_>> {
+        let end = *self.ends.last()?;
+        let start = self.ends.len().checked_sub(2).map_or(0, |i| self.ends[i]);
+        Some(FrameRef {
+            bytes: &self.bytes[start..end],
+        })
+    }
+}
+
 /// Buffers reads from a stream and yields complete frames.
 ///
 /// Each frame is split off the shared buffer (`BytesMut::split_to`), so
@@ -95,9 +136,15 @@ impl FrameReader {
 
     /// The next complete frame already in the buffer, if any.
     pub fn try_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
-        Ok(self.next_len()?.map(|total| Frame {
-            bytes: self.buf.split_to(total).freeze(),
-        }))
+        Ok(self.next_len()?.map(|total| self.take_front(total)))
+    }
+
+    /// Splits the complete front frame of `len` bytes (from `next_len`) off
+    /// the buffer, for a caller that first looked at it with `front`.
+    pub fn take_front(&mut self, len: usize) -> Frame {
+        Frame {
+            bytes: self.buf.split_to(len).freeze(),
+        }
     }
 
     /// The length of the next frame if the buffer holds all of it; read it
@@ -211,6 +258,23 @@ pub enum ReadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_gives_back_its_messages_in_order_and_is_reused() {
+        let mut b = FrameBatch::default();
+        assert!(b.is_empty() && b.last().is_none());
+        b.push(b"P\0\0\0\x08\0\0\0\0");
+        b.push(b"S\0\0\0\x04");
+        let tags: Vec<u8> = b.iter().map(|f| f.tag()).collect();
+        assert_eq!(tags, b"PS");
+        assert_eq!(b.iter().next().unwrap().body(), b"\0\0\0\0");
+        assert_eq!(b.last().unwrap().raw(), b"S\0\0\0\x04");
+        b.clear();
+        assert!(b.is_empty() && b.iter().next().is_none());
+        b.push(b"H\0\0\0\x04");
+        assert_eq!(b.last().unwrap().tag(), b'H');
+        assert_eq!(b.iter().count(), 1);
+    }
 
     #[test]
     fn splits_pipelined_frames_and_waits_for_partial_ones() {

@@ -43,8 +43,14 @@ impl<'a> Cursor<'a> {
     /// A NUL-terminated string's bytes, in whatever encoding the client uses.
     fn cbytes(&mut self) -> Result<&'a [u8], ProtocolError> {
         let rest = &self.buf[self.pos..];
-        // Every Query and Parse passes here: memchr searches 16 bytes at a time.
-        let len = memchr::memchr(0, rest).ok_or_else(|| self.err())?;
+        // Every Query and Parse passes here: memchr searches 16 bytes at a
+        // time. The empty string, every unnamed statement and portal, skips
+        // the call.
+        let len = if rest.first() == Some(&0) {
+            0
+        } else {
+            memchr::memchr(0, rest).ok_or_else(|| self.err())?
+        };
         self.pos += len + 1;
         Ok(&rest[..len])
     }

@@ -11,4 +11,4 @@ pub mod frame;
 pub mod frontend;
 pub mod startup;
 
-pub use frame::{Frame, FrameReader, FrameRef, ProtocolError};
+pub use frame::{Frame, FrameBatch, FrameReader, FrameRef, ProtocolError};

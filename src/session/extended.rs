@@ -12,7 +12,7 @@ use super::expect::Await;
 use super::{Prepared, Session};
 use crate::protocol::backend::{self as be, PgError};
 use crate::protocol::frontend::{self as fe, tag};
-use crate::protocol::Frame;
+use crate::protocol::FrameBatch;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -38,11 +38,18 @@ impl Session {
         // The batch and wire buffers are reused across requests: no allocation
         // per request once warm.
         let mut batch = std::mem::take(&mut self.pending);
+        let result = self.dispatch(&batch).await;
+        batch.clear();
+        self.pending = batch;
+        result
+    }
+
+    async fn dispatch(&mut self, batch: &FrameBatch) -> Result<(), PgError> {
         let ends_with_sync = batch.last().is_some_and(|f| f.tag() == tag::SYNC);
 
         // Parses first: later Binds in the same batch refer to them.
         let mut needs_backend = false;
-        for f in &batch {
+        for f in batch.iter() {
             match f.tag() {
                 tag::PARSE | tag::SYNC | tag::FLUSH => {}
                 tag::CLOSE => {
@@ -52,12 +59,12 @@ impl Session {
                 _ => needs_backend = true,
             }
         }
-        let target = match self.route_batch(&batch).await {
+        let target = match self.route_batch(batch).await {
             Ok(t) => t,
             Err(refusal) => return self.refuse_batch(refusal, ends_with_sync).await,
         };
         if !needs_backend && self.attached.is_none() {
-            return self.answer_batch_locally(&batch);
+            return self.answer_batch_locally(batch);
         }
         let target = match target {
             Some(t) => t,
@@ -76,7 +83,7 @@ impl Session {
         // for session-state bookkeeping (usually none: no allocation).
         let routing = self.shared.routing_enabled();
         let mut bound: Vec<std::sync::Arc<[u8]>> = Vec::new();
-        for f in batch.drain(..) {
+        for f in batch.iter() {
             match f.tag() {
                 tag::PARSE => {
                     let p = fe::parse(f.body()).map_err(malformed)?;
@@ -192,7 +199,6 @@ impl Session {
         }
         wire.clear();
         self.wire = wire;
-        self.pending = batch;
         for query in bound {
             // Not UTF-8 here means no session state: `route_batch` refused those at Parse.
             let Ok(sql) = super::route::analysis_text(&query) else {
@@ -206,8 +212,8 @@ impl Session {
     }
 
     /// A batch of only Parse / Close-statement / Sync touches no backend.
-    fn answer_batch_locally(&mut self, batch: &[Frame]) -> Result<(), PgError> {
-        for f in batch {
+    fn answer_batch_locally(&mut self, batch: &FrameBatch) -> Result<(), PgError> {
+        for f in batch.iter() {
             match f.tag() {
                 tag::PARSE => {
                     if self.skip_until_sync {

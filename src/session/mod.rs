@@ -21,7 +21,7 @@ use crate::net::Stream;
 use crate::pool::{DataSourcePool, PoolMode, PooledConn};
 use crate::protocol::backend::{self as be, PgError, TxStatus};
 use crate::protocol::frontend::tag;
-use crate::protocol::{Frame, FrameReader};
+use crate::protocol::{Frame, FrameBatch, FrameReader};
 use crate::server::Shared;
 use bytes::{Bytes, BytesMut};
 use cancel::{CancelSlot, CancelTarget};
@@ -190,7 +190,7 @@ pub struct Session {
     parked: HashMap<String, PooledConn>,
     cancel_slot: Arc<CancelSlot>,
     /// Extended-protocol messages waiting for Sync/Flush.
-    pending: Vec<Frame>,
+    pending: FrameBatch,
     /// Scratch buffer for a batch's bytes towards the backend.
     wire: BytesMut,
     /// The admin console's view of which tenant this session works for.
@@ -332,7 +332,7 @@ impl Session {
             attached: None,
             parked: HashMap::new(),
             cancel_slot,
-            pending: Vec::new(),
+            pending: FrameBatch::default(),
             wire: BytesMut::new(),
             tenant_slot: Arc::default(),
             slot_tenant: None,
@@ -382,9 +382,9 @@ impl Session {
                         Err(e) => return Err(PgError::fatal("08P01", e.to_string())),
                     }
                 }
-                match self.creader.try_frame() {
-                    Ok(Some(f)) => {
-                        if !self.client_message(f).await? || self.client_gone {
+                match self.creader.next_len() {
+                    Ok(Some(len)) => {
+                        if !self.client_message(len).await? || self.client_gone {
                             return Ok(());
                         }
                     }
@@ -443,9 +443,31 @@ impl Session {
         }
     }
 
-    /// Handles one client message; `Ok(false)` ends the session (Terminate).
-    async fn client_message(&mut self, f: Frame) -> Result<bool, PgError> {
-        crate::metrics::bytes_received(f.raw().len());
+    /// Handles the client message of `len` bytes at the front of the read
+    /// buffer; `Ok(false)` ends the session (Terminate).
+    async fn client_message(&mut self, len: usize) -> Result<bool, PgError> {
+        crate::metrics::bytes_received(len);
+        let held = self.creader.front(len);
+        if matches!(
+            held.tag(),
+            tag::PARSE
+                | tag::BIND
+                | tag::DESCRIBE
+                | tag::EXECUTE
+                | tag::CLOSE
+                | tag::SYNC
+                | tag::FLUSH
+        ) {
+            // Held until Sync or Flush, copied out of the read buffer.
+            let dispatch = matches!(held.tag(), tag::SYNC | tag::FLUSH);
+            self.pending.push(held.raw());
+            self.creader.consume(len);
+            if dispatch {
+                self.dispatch_batch().await?;
+            }
+            return Ok(true);
+        }
+        let f = self.creader.take_front(len);
         match f.tag() {
             tag::QUERY => {
                 if !self.pending.is_empty() {
@@ -454,13 +476,6 @@ impl Session {
                 let text = crate::protocol::frontend::query_bytes(f.body())
                     .map_err(|e| PgError::fatal("08P01", e.to_string()))?;
                 self.simple_query(f.raw(), text).await?;
-            }
-            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE => {
-                self.pending.push(f);
-            }
-            tag::SYNC | tag::FLUSH => {
-                self.pending.push(f);
-                self.dispatch_batch().await?;
             }
             tag::FUNCTION_CALL => {
                 if !self.pending.is_empty() {

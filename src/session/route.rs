@@ -9,7 +9,7 @@ use super::expect::Await;
 use super::{Session, Target};
 use crate::protocol::backend::{self as be, PgError, TxStatus};
 use crate::protocol::frontend::{self as fe, tag};
-use crate::protocol::Frame;
+use crate::protocol::FrameBatch;
 use crate::router::{self, Analysis, RouteDecision, SessionEffect, TenantValue, TxnControl};
 use std::sync::Arc;
 
@@ -167,7 +167,10 @@ impl Session {
 
     /// Routes the targets of an extended-protocol batch. `Ok(None)`: nothing
     /// in it decides (the session's current target applies).
-    pub(super) async fn route_batch(&mut self, batch: &[Frame]) -> Result<Option<Target>, PgError> {
+    pub(super) async fn route_batch(
+        &mut self,
+        batch: &FrameBatch,
+    ) -> Result<Option<Target>, PgError> {
         if !self.shared.routing_enabled() {
             // Pass-through still reads statements that change session state
             // (their effects are replayed): those must be UTF-8. A message
@@ -186,7 +189,7 @@ impl Session {
         let mut chosen: Option<Target> = None;
         let mut weak: Option<RouteDecision> = None;
         let mut parsed: Vec<(String, Arc<Analysis>)> = Vec::new();
-        for f in batch {
+        for f in batch.iter() {
             let decision = match f.tag() {
                 tag::PARSE => {
                     let p =
