@@ -70,6 +70,9 @@ impl<'a> FrameRef<'a> {
     }
 }
 
+/// The most a [`FrameBatch`] keeps allocated between batches.
+const KEPT_BATCH: usize = 64 * 1024;
+
 /// Whole messages held together until the proxy acts on them as a group
 /// (the extended-protocol messages before a Sync or Flush), copied into
 /// one reused buffer: cheaper than a [`Frame`] per message, which costs a
@@ -90,8 +93,13 @@ impl FrameBatch {
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
-    /// Empties the batch, keeping its buffers for the next one.
+    /// Empties the batch, keeping its buffers for the next one, unless a
+    /// large message (a Bind with a big parameter) grew them past
+    /// `KEPT_BATCH`: a one-off must not stay allocated for the session's life.
     pub fn clear(&mut self) {
+        if self.bytes.capacity() > KEPT_BATCH {
+            *self = FrameBatch::default();
+        }
         self.bytes.clear();
         self.ends.clear();
     }
@@ -274,6 +282,10 @@ mod tests {
         b.push(b"H\0\0\0\x04");
         assert_eq!(b.last().unwrap().tag(), b'H');
         assert_eq!(b.iter().count(), 1);
+        // A large message's buffer is not kept.
+        b.push(&vec![b'B'; KEPT_BATCH + 1]);
+        b.clear();
+        assert!(b.bytes.capacity() <= KEPT_BATCH && b.is_empty());
     }
 
     #[test]

@@ -44,6 +44,8 @@ impl Session {
         result
     }
 
+    /// `dispatch_batch`'s work, on a batch taken out of the session so that
+    /// its buffers go back whichever way this returns.
     async fn dispatch(&mut self, batch: &FrameBatch) -> Result<(), PgError> {
         let ends_with_sync = batch.last().is_some_and(|f| f.tag() == tag::SYNC);
 

@@ -710,7 +710,7 @@ impl Session {
             self.parked.remove(&park_key(target))
         };
         // A fresh checkout's clock reading starts the request's timers.
-        let (conn, started) = match parked {
+        let (mut conn, started) = match parked {
             Some(c) => (c, None),
             None => {
                 let c = self.checkout_watching_client(target).await?;
@@ -727,7 +727,6 @@ impl Session {
             key: conn.backend_key,
         });
         // Setup statements go out in the same write as the client's request.
-        let mut conn = conn;
         let mut setup = String::new();
         let wanted = self.settings_for(target);
         if conn.settings_fingerprint != wanted.fingerprint {
