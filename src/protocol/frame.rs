@@ -74,9 +74,9 @@ impl<'a> FrameRef<'a> {
 const KEPT_BATCH: usize = 64 * 1024;
 
 /// Whole messages held together until the proxy acts on them as a group
-/// (the extended-protocol messages before a Sync or Flush), copied into
-/// one reused buffer: cheaper than a [`Frame`] per message, which costs a
-/// reference count to take and another to drop.
+/// (the extended-protocol messages before a Sync or Flush; a Query, as a
+/// batch of one), copied into one reused buffer: cheaper than a [`Frame`]
+/// per message, which costs a reference count to take and another to drop.
 #[derive(Debug, Default)]
 pub struct FrameBatch {
     bytes: Vec<u8>,

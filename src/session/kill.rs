@@ -5,12 +5,12 @@ use futures::task::AtomicWaker;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 /// A one-way signal the relay loop waits on beside its sockets. Cheaper
 /// than `tokio::sync::Notify` there: the loop polls it every time it waits
-/// (twice per transaction), and polling is one atomic swap of a waker plus
-/// a load, with no lock.
+/// (twice per transaction), and polling is a load and a waker comparison,
+/// with no lock. One task waits on it: the session's.
 #[derive(Default, Debug)]
 pub struct KillSwitch {
     fired: AtomicBool,
@@ -26,19 +26,36 @@ impl KillSwitch {
 
     /// Completes once [`KillSwitch::fire`] was called.
     pub fn fired(&self) -> Fired<'_> {
-        Fired(self)
+        Fired {
+            switch: self,
+            registered: None,
+        }
     }
 }
 
 /// The future returned by [`KillSwitch::fired`].
-pub struct Fired<'a>(&'a KillSwitch);
+pub struct Fired<'a> {
+    switch: &'a KillSwitch,
+    /// The waker last registered. The relay loop polls this future at every
+    /// wait (twice per transaction) with the same task's waker; registering
+    /// costs two atomic read-modify-writes, comparing wakers none.
+    registered: Option<Waker>,
+}
 
 impl Future for Fired<'_> {
     type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // Register first, then check: a fire in between still wakes us.
-        self.0.waker.register(cx.waker());
-        if self.0.fired.load(Ordering::Acquire) {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Register first, then check: a fire in between still wakes us. A
+        // registered waker stays until a fire takes it, and then `fired` is set.
+        if !self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            self.switch.waker.register(cx.waker());
+            self.registered = Some(cx.waker().clone());
+        }
+        if self.switch.fired.load(Ordering::Acquire) {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -65,5 +82,39 @@ mod tests {
             .unwrap();
         // Fired before anyone waits: completes at once.
         assert!(futures::FutureExt::now_or_never(k.fired()).is_some());
+    }
+
+    /// A later poll with another waker moves the registration: the fire
+    /// wakes the waker of the latest poll, once.
+    #[test]
+    fn the_latest_waker_is_the_one_woken() {
+        use futures::task::{waker, ArcWake};
+        use std::sync::atomic::AtomicUsize;
+        struct Count(AtomicUsize);
+        impl ArcWake for Count {
+            fn wake_by_ref(me: &Arc<Self>) {
+                me.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (a, b) = (
+            Arc::new(Count(AtomicUsize::new(0))),
+            Arc::new(Count(AtomicUsize::new(0))),
+        );
+        let (wa, wb) = (waker(a.clone()), waker(b.clone()));
+        let k = KillSwitch::default();
+        let mut fired = k.fired();
+        for w in [&wa, &wa, &wb, &wb] {
+            assert!(Pin::new(&mut fired)
+                .poll(&mut Context::from_waker(w))
+                .is_pending());
+        }
+        k.fire();
+        assert_eq!(
+            (a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst)),
+            (0, 1)
+        );
+        assert!(Pin::new(&mut fired)
+            .poll(&mut Context::from_waker(&wa))
+            .is_ready());
     }
 }

@@ -191,6 +191,9 @@ pub struct Session {
     cancel_slot: Arc<CancelSlot>,
     /// Extended-protocol messages waiting for Sync/Flush.
     pending: FrameBatch,
+    /// The Query being handled, copied out of the read buffer (a batch of
+    /// one, for its reused buffer).
+    query: FrameBatch,
     /// Scratch buffer for a batch's bytes towards the backend.
     wire: BytesMut,
     /// The admin console's view of which tenant this session works for.
@@ -333,6 +336,7 @@ impl Session {
             parked: HashMap::new(),
             cancel_slot,
             pending: FrameBatch::default(),
+            query: FrameBatch::default(),
             wire: BytesMut::new(),
             tenant_slot: Arc::default(),
             slot_tenant: None,
@@ -467,24 +471,30 @@ impl Session {
             }
             return Ok(true);
         }
+        if held.tag() == tag::QUERY {
+            // Copied out of the read buffer like the batch: cheaper than a
+            // reference-counted `Frame`, and the buffer is reused.
+            let mut query = std::mem::take(&mut self.query);
+            query.push(held.raw());
+            self.creader.consume(len);
+            let result = match query.last() {
+                Some(q) => self.query_message(q.raw()).await,
+                None => Ok(()),
+            };
+            query.clear();
+            self.query = query;
+            result?;
+            return Ok(true);
+        }
         let f = self.creader.take_front(len);
         match f.tag() {
-            tag::QUERY => {
-                if !self.pending.is_empty() {
-                    self.dispatch_batch().await?;
-                }
-                let text = crate::protocol::frontend::query_bytes(f.body())
-                    .map_err(|e| PgError::fatal("08P01", e.to_string()))?;
-                self.simple_query(f.raw(), text).await?;
-            }
             tag::FUNCTION_CALL => {
                 if !self.pending.is_empty() {
                     self.dispatch_batch().await?;
                 }
                 let target = self.current_target()?;
                 self.attach(&target).await?;
-                self.send_to_backend(f.raw().clone(), Await::Query, false)
-                    .await?;
+                self.send_to_backend(f.raw(), Await::Query, false).await?;
             }
             tag::TERMINATE => {
                 self.answer_before_terminate().await?;
@@ -501,6 +511,16 @@ impl Session {
             }
         }
         Ok(true)
+    }
+
+    /// A simple-protocol Query (`raw`, the whole message).
+    async fn query_message(&mut self, raw: &[u8]) -> Result<(), PgError> {
+        if !self.pending.is_empty() {
+            self.dispatch_batch().await?;
+        }
+        let text = crate::protocol::frontend::query_bytes(&raw[5..])
+            .map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+        self.simple_query(raw, text).await
     }
 
     /// As PostgreSQL does, answers what the client sent before its
@@ -780,7 +800,7 @@ impl Session {
         }
         if let Some(begin) = self.held_begin.take() {
             self.send_to_backend(
-                crate::protocol::frontend::encode_query(&begin),
+                &crate::protocol::frontend::encode_query(&begin),
                 Await::Query,
                 true,
             )
@@ -892,7 +912,7 @@ impl Session {
     /// Writes one message to the attached backend and records what it expects.
     async fn send_to_backend(
         &mut self,
-        bytes: Bytes,
+        bytes: &[u8],
         awaits: Await,
         swallow: bool,
     ) -> Result<(), PgError> {
@@ -901,7 +921,7 @@ impl Session {
         a.note_request(bytes.len());
         a.conn
             .stream
-            .write_all(&bytes)
+            .write_all(bytes)
             .await
             .map_err(|_| backend_lost())
     }

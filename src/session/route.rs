@@ -118,7 +118,7 @@ impl Session {
             return Ok(());
         }
         self.skip_until_sync = false;
-        self.send_to_backend(fe::encode_query(&sql), Await::Query, false)
+        self.send_to_backend(&fe::encode_query(&sql), Await::Query, false)
             .await
     }
 
@@ -372,11 +372,7 @@ impl Session {
     /// A simple-protocol Query: hold BEGIN, route, refuse, or forward.
     /// `raw` is the original Query message, forwarded unchanged; `text` its
     /// SQL in the client's encoding.
-    pub(super) async fn simple_query(
-        &mut self,
-        raw: &bytes::Bytes,
-        text: &[u8],
-    ) -> Result<(), PgError> {
+    pub(super) async fn simple_query(&mut self, raw: &[u8], text: &[u8]) -> Result<(), PgError> {
         // `sql` is the text as UTF-8, read only where `analysis` is Some.
         let (analysis, sql) = if self.needs_analysis(text) {
             match analysis_text(text).and_then(|sql| Ok((self.shared.analyze(sql)?, sql))) {
@@ -454,8 +450,7 @@ impl Session {
         if let Err(e) = self.ensure_attached(&target).await {
             return self.refuse_query(e).await;
         }
-        self.send_to_backend(raw.clone(), Await::Query, false)
-            .await?;
+        self.send_to_backend(raw, Await::Query, false).await?;
         if let Some(a) = analysis.as_deref() {
             self.note_session_effects(&target, a, sql);
         }
