@@ -21,6 +21,10 @@
 #   BENCH_ROUNDS      rounds (default 3): every row runs once per round, rounds
 #                     interleave the rows, and the table shows each row's median,
 #                     so a burst of noise on the shared machine hits one sample
+#   BENCH_BASELINE    another pgtenant binary, e.g. a copy of target/release/pgtenant
+#                     taken before a change: adds a row "baseline pass-through,
+#                     1 thread" beside the current one, for an A/B within one run
+#                     (use more rounds: a few percent is within one round's noise)
 #   PG_BIN            PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #   CARGO_TARGET_DIR  where cargo builds (default <repo>/target)
 set -euo pipefail
@@ -110,6 +114,14 @@ RT_PID=$!; PIDS+=("$RT_PID")
 PT1_PID=$!; PIDS+=("$PT1_PID")
 "${OWN_SESSION[@]}" "$PGTENANT" serve --config "$TMP/routed1.toml" >"$TMP/pgtenant-routed1.log" 2>&1 &
 RT1_PID=$!; PIDS+=("$RT1_PID")
+BL_OK=0
+if [[ -n ${BENCH_BASELINE:-} ]]; then
+    BL_PORT=$(free_port)
+    write_config "$TMP/baseline1.toml" "$BL_PORT" false 1
+    "${OWN_SESSION[@]}" "$BENCH_BASELINE" serve --config "$TMP/baseline1.toml" >"$TMP/baseline1.log" 2>&1 &
+    BL_PID=$!; PIDS+=("$BL_PID")
+    wait_listen "$BL_PORT" "baseline pass-through 1 thread" "$BL_PID" "$TMP/baseline1.log" && BL_OK=1
+fi
 wait_listen "$RELAY_PORT" relay "$RELAY_PID" "$TMP/relay.log" || die "relay did not start"
 PT_OK=1; RT_OK=1
 wait_listen "$PT_PORT" "pgtenant pass-through" "$PT_PID" "$TMP/pgtenant-passthrough.log" || PT_OK=0
@@ -141,6 +153,7 @@ TARGETS=(
 [[ $RT_OK == 1 ]] && TARGETS+=("pgtenant routed|$BASE port=$RT_PORT user=bench@example.com options='-c app.tenant_id=bench'|$RT_PID")
 [[ $PT_OK == 1 ]] && TARGETS+=("pgtenant pass-through, 1 thread|$BASE port=$PT1_PORT user=bench@example.com|$PT1_PID")
 [[ $RT_OK == 1 ]] && TARGETS+=("pgtenant routed, 1 thread|$BASE port=$RT1_PORT user=bench@example.com options='-c app.tenant_id=bench'|$RT1_PID")
+[[ $BL_OK == 1 ]] && TARGETS+=("baseline pass-through, 1 thread|$BASE port=$BL_PORT user=bench@example.com|$BL_PID")
 [[ -n $BOUNCER_PID ]] && TARGETS+=("pgbouncer $BOUNCER_VERSION|$BASE port=$BOUNCER_PORT user=postgres|$BOUNCER_PID")
 
 # Sanity check: one query through every path (errors show up here first).
@@ -254,6 +267,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f", a / b; e
     notes=""
     [[ $PT_OK == 0 ]] && notes+="- pgtenant pass-through did not start (see the log above).\n"
     [[ $RT_OK == 0 ]] && notes+="- pgtenant routed did not start (see the log above).\n"
+    [[ -n ${BENCH_BASELINE:-} && $BL_OK == 0 ]] && notes+="- the baseline binary did not start (see the log above).\n"
     [[ -z $BOUNCER ]] && notes+="- PgBouncer not installed: no PgBouncer row.\n"
     [[ -n $BOUNCER && $BOUNCER_PREPARED == 0 ]] && notes+="- PgBouncer $BOUNCER_VERSION < 1.21 has no max_prepared_statements: -M prepared in transaction mode is expected to fail.\n"
     if [[ -n $notes || ${#ERRS[@]} -gt 0 ]]; then
