@@ -1,4 +1,5 @@
-//! Framing: splitting a byte stream into whole messages without copying.
+//! Framing: splitting a byte stream into whole messages (without copying),
+//! and holding the ones acted on as a group (`FrameBatch`).
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::pin::Pin;
