@@ -86,10 +86,15 @@ pub struct FrameBatch {
 }
 
 impl FrameBatch {
-    /// Appends one whole message (as [`FrameRef::raw`] gives it).
-    pub fn push(&mut self, raw: &[u8]) {
+    /// Appends one whole message (as [`FrameRef::raw`] gives it) and
+    /// returns it, as held in the batch.
+    pub fn push(&mut self, raw: &[u8]) -> FrameRef<'_> {
+        let start = self.bytes.len();
         self.bytes.extend_from_slice(raw);
         self.ends.push(self.bytes.len());
+        FrameRef {
+            bytes: &self.bytes[start..],
+        }
     }
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()

@@ -475,12 +475,9 @@ impl Session {
             // Copied out of the read buffer like the batch: cheaper than a
             // reference-counted `Frame`, and the buffer is reused.
             let mut query = std::mem::take(&mut self.query);
-            query.push(held.raw());
+            let q = query.push(held.raw());
             self.creader.consume(len);
-            let result = match query.last() {
-                Some(q) => self.query_message(q.raw()).await,
-                None => Ok(()),
-            };
+            let result = self.query_message(q.raw()).await;
             query.clear();
             self.query = query;
             result?;
