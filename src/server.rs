@@ -291,20 +291,24 @@ impl Shared {
     }
 
     /// Reacts to a registry change: a suspended tenant's idle backend
-    /// connections are closed (routing already refuses its new statements).
+    /// connections are closed and its others are not reused (routing already
+    /// refuses its new statements); an active one's are reused again.
     pub fn on_tenant_change(&self, change: &crate::registry::TenantChange) {
         let Some(rec) = self.registry.get(change.id()) else {
             return;
         };
+        let tenant = rec.data_tenant_id();
         if rec.status == TenantStatus::Active {
+            for p in self.pools.all() {
+                p.resume_tenant(tenant);
+            }
             return;
         }
-        let tenant = rec.data_tenant_id();
         let closed: usize = self
             .pools
             .all()
             .iter()
-            .map(|p| p.close_idle_for_tenant(tenant))
+            .map(|p| p.suspend_tenant(tenant))
             .sum();
         tracing::info!(tenant = %rec.id, closed, "tenant suspended: closed its idle backend connections");
     }

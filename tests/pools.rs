@@ -461,3 +461,75 @@ async fn min_idle_connections_are_opened_ahead_of_demand() {
     }
     assert_eq!(n, 2);
 }
+
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one(
+        "SELECT pg_backend_pid(), count(*) FROM accounts WHERE tenant_id = 'initech'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// While its pool has room, a client keeps its connection between
+/// transactions (its next transaction skips the pool); the pool takes it
+/// back as soon as another client would have to wait, and a kept
+/// connection the server closed is replaced, not used.
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_connections_come_back_when_another_client_needs_one() {
+    let f = fleet_with_pool(r#"{"pool_size": 2, "checkout_timeout_ms": 5000}"#);
+    let p = f.proxy("");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (a, b, holder, c) = (
+        connect(&p).await,
+        connect(&p).await,
+        connect(&p).await,
+        connect(&p).await,
+    );
+    let pid_a = backend_pid(&a).await;
+    assert_eq!(backend_pid(&a).await, pid_a, "kept between transactions");
+    // With A's connection kept, B gets the pool's other one (a released
+    // connection would have been the most recently used, A's).
+    let pid_b = backend_pid(&b).await;
+    assert_ne!(pid_a, pid_b, "A kept its connection");
+
+    // The holder takes the last free connection; C must not wait for A,
+    // an idle client, up to the checkout timeout.
+    holder.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(backend_pid(&holder).await, pid_b);
+    let started = Instant::now();
+    let pid_c = backend_pid(&c).await;
+    assert_eq!(pid_c, pid_a, "A gave its connection back to C");
+    // At once, not at the pool's next upkeep tick (every 2 s), which also
+    // recalls kept connections.
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "C waited {:?} for an idle client's connection",
+        started.elapsed()
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert!(backend_pid(&a).await > 0, "A still works");
+
+    // A kept connection that the server closed is replaced at the next use.
+    let pid = backend_pid(&a).await;
+    assert_eq!(backend_pid(&a).await, pid, "kept again");
+    let killed = f
+        .dedicated
+        .psql("dedicated", &format!("SELECT pg_terminate_backend({pid})"));
+    assert_eq!(killed, "t");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replaced = a
+        .query_one(
+            "SELECT pg_backend_pid(), count(*) FROM accounts WHERE tenant_id = 'initech'",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("after the kept backend died: {e}\n{}", p.log_text()));
+    assert_ne!(replaced.get::<_, i32>(0), pid);
+    assert_eq!(
+        backend_conns(&f.dedicated, "dedicated"),
+        2,
+        "the pool never exceeds its size"
+    );
+}

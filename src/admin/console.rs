@@ -1295,6 +1295,11 @@ fn pause_resume(
     let mut notices = Vec::new();
     if verb == "PAUSE" {
         crate::admin::pause(tenant);
+        // Connections kept by idle clients between transactions come back,
+        // and their next transaction waits at the gate like any other.
+        for p in shared.pools.all() {
+            p.recall_kept();
+        }
         if !crate::admin::gate_consulted() {
             notices.push(notice(
                 "WARNING",

@@ -19,8 +19,8 @@ pub struct ClientInfo {
     pub tls: bool,
     /// The tenant the session's current (or last) transaction ran for.
     pub tenant: std::sync::Arc<Mutex<Option<std::sync::Arc<str>>>>,
-    /// Signalled by `KILL <tenant>`: the session ends with 57P01.
-    pub kill: std::sync::Arc<crate::session::kill::KillSwitch>,
+    /// Signalled by `KILL <tenant>` (the session ends with 57P01), and by pools asking for kept connections back.
+    pub signal: std::sync::Arc<crate::session::signal::SessionSignal>,
 }
 
 /// Ends every session working for `tenant` (KILL); returns how many.
@@ -28,7 +28,7 @@ pub fn kill_tenant_sessions(clients: &dashmap::DashMap<u64, ClientInfo>, tenant:
     let mut n = 0;
     for c in clients.iter() {
         if c.tenant.lock().unwrap().as_deref() == Some(tenant) {
-            c.kill.fire();
+            c.signal.fire();
             n += 1;
         }
     }
@@ -126,6 +126,12 @@ pub fn resume(tenant: Option<&str>) {
 pub fn is_paused(tenant: Option<&str>) -> bool {
     let s = PAUSE.0.lock().unwrap();
     s.all || tenant.is_some_and(|t| s.tenants.contains(t))
+}
+
+/// [`is_paused`] for the per-transaction path: one atomic load while no
+/// PAUSE is in force.
+pub fn pause_applies(tenant: Option<&str>) -> bool {
+    ANY_PAUSED.load(Ordering::SeqCst) && is_paused(tenant)
 }
 
 /// Whether every pool is paused, and which tenants are.

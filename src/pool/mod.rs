@@ -118,8 +118,13 @@ impl ServerConn {
     /// An idle connection must have nothing to say: readable bytes or EOF
     /// mean the server closed it (restart, admin termination, idle timeout).
     /// Costs no syscall when the socket has no readiness event pending.
-    fn is_healthy(&mut self) -> bool {
+    pub fn is_healthy(&mut self) -> bool {
         !self.stream.has_unread_input()
+    }
+
+    /// Past its (jittered) lifetime at `now`: close rather than reuse.
+    pub fn expired(&self, now: Tick) -> bool {
+        now >= self.expires
     }
 
     pub fn has_prepared(&self, name: &str) -> bool {
@@ -218,6 +223,25 @@ pub struct DataSourcePool {
     /// checkouts; this bounds connections when a checkout racing a release
     /// on another worker opened one more than `size` (see `release`).
     open: Arc<AtomicUsize>,
+    /// Sessions that may keep one of this pool's connections between their
+    /// transactions; [`DataSourcePool::recall_kept`] asks them all to give it back.
+    keepers: Mutex<Vec<Arc<dyn Keeper>>>,
+    /// Suspended tenants: their connections close when given back instead
+    /// of idling (`suspend_tenant`). The flag spares releases the lock.
+    suspended: Mutex<Vec<Arc<str>>>,
+    any_suspended: std::sync::atomic::AtomicBool,
+}
+
+/// A client session that may keep a checked-out connection after its
+/// transaction ends, to reuse it for its next one without a checkout and a
+/// release (the pool's fast path while it has room). The pool asks for the
+/// connections back whenever keeping them could cost anyone anything: a
+/// checkout that has to wait, RECONNECT, PAUSE, and every upkeep tick, so
+/// idle timeouts and lifetimes apply to kept connections too.
+pub trait Keeper: Send + Sync {
+    /// Give the kept connection back now if the session is idle, else when
+    /// its transaction ends; keep none until the next checkout.
+    fn give_back_soon(&self);
 }
 
 /// A checked-out connection. Drop it to discard; call `release` to reuse.
@@ -273,6 +297,7 @@ impl PooledConn {
                 && !self.pool.retired.load(Ordering::Relaxed)
                 && conn.reader.buffered() == 0
                 && self.pool.open.load(Ordering::Relaxed) <= self.pool.settings.size
+                && !self.pool.is_suspended(conn.tenant_setting.as_deref())
             {
                 self.pool.idle_list(conn.home).lock().unwrap().push(conn);
             }
@@ -309,6 +334,9 @@ impl DataSourcePool {
             stats: PoolStats::default(),
             retired: false.into(),
             open: Arc::default(),
+            keepers: Mutex::default(),
+            suspended: Mutex::default(),
+            any_suspended: false.into(),
         })
     }
 
@@ -337,17 +365,90 @@ impl DataSourcePool {
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
         self.retain_idle(|_| false);
+        self.recall_kept();
     }
 
-    /// Closes idle connections last used for `tenant` (a suspended tenant's).
+    /// Whether a session may keep its connection after a transaction: only
+    /// in transaction pooling, and only while nobody waits and a checkout
+    /// would still find room, so keeping never makes anyone wait.
+    pub fn has_room_to_keep(&self) -> bool {
+        self.settings.mode == PoolMode::Transaction
+            && self.stats.waiting.load(Ordering::Relaxed) == 0
+            && self.permits.available_permits() > 0
+            && !self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Whether connections should no longer be reused (RECONNECT, tenant suspended).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Registers a session that keeps (or may keep) a connection of this
+    /// pool between transactions, until [`DataSourcePool::recall_kept`] or
+    /// [`DataSourcePool::remove_keeper`].
+    pub fn add_keeper(&self, keeper: Arc<dyn Keeper>) {
+        self.keepers.lock().unwrap().push(keeper);
+    }
+
+    /// Forgets a session registered with [`DataSourcePool::add_keeper`].
+    pub fn remove_keeper(&self, keeper: &Arc<dyn Keeper>) {
+        let same = |k: &Arc<dyn Keeper>| std::ptr::addr_eq(Arc::as_ptr(k), Arc::as_ptr(keeper));
+        self.keepers.lock().unwrap().retain(|k| !same(k));
+    }
+
+    /// Asks every session keeping a connection of this pool to give it back
+    /// (and forgets them: each registers again when it next keeps one).
+    pub fn recall_kept(&self) {
+        let keepers = std::mem::take(&mut *self.keepers.lock().unwrap());
+        for k in keepers {
+            k.give_back_soon();
+        }
+    }
+
+    /// Closes idle connections last used for `tenant` (KILL).
     pub fn close_idle_for_tenant(&self, tenant: &str) -> usize {
         self.retain_idle(|c| c.tenant_setting.as_deref() != Some(tenant))
+    }
+
+    /// A suspended tenant's connections stop being reused: idle ones close
+    /// now, kept and busy ones when they come back. Returns how many closed now.
+    pub fn suspend_tenant(&self, tenant: &str) -> usize {
+        {
+            let mut s = self.suspended.lock().unwrap();
+            if !s.iter().any(|t| &**t == tenant) {
+                s.push(tenant.into());
+            }
+            self.any_suspended.store(true, Ordering::Relaxed);
+        }
+        self.recall_kept();
+        self.close_idle_for_tenant(tenant)
+    }
+
+    /// Undoes [`DataSourcePool::suspend_tenant`] (the tenant is active again).
+    pub fn resume_tenant(&self, tenant: &str) {
+        if !self.any_suspended.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut s = self.suspended.lock().unwrap();
+        s.retain(|t| &**t != tenant);
+        self.any_suspended.store(!s.is_empty(), Ordering::Relaxed);
+    }
+
+    fn is_suspended(&self, tenant: Option<&str>) -> bool {
+        let Some(t) = tenant else {
+            return false;
+        };
+        self.any_suspended.load(Ordering::Relaxed)
+            && self.suspended.lock().unwrap().iter().any(|s| &**s == t)
     }
 
     /// Closes idle connections past their idle timeout or lifetime, then
     /// opens connections up to `min_idle` (only while nobody waits and the
     /// pool has room, so it never competes with clients).
     pub async fn maintain(&self) {
+        // Kept connections come back to the idle lists, where the idle
+        // timeout and lifetime below apply to them as to any other.
+        self.recall_kept();
         let idle_timeout = self.settings.idle_timeout;
         let now = Tick::now();
         self.retain_idle(|c| now.since(c.last_used) < idle_timeout && now < c.expires);
@@ -389,8 +490,12 @@ impl DataSourcePool {
         });
         let (tenant_permit, now) = match fast {
             Some(p) => (p, now),
-            // After a wait, the caller's reading is stale.
-            None => (self.wait_for_permits(tenant_sem).await?, Tick::now()),
+            None => {
+                // Connections kept idle by other sessions come back first.
+                self.recall_kept();
+                // After a wait, the caller's reading is stale.
+                (self.wait_for_permits(tenant_sem).await?, Tick::now())
+            }
         };
         let counters = self.stats.counters.here();
         counters.checkouts.fetch_add(1, Ordering::Relaxed);

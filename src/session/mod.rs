@@ -11,8 +11,8 @@
 pub mod cancel;
 mod expect;
 mod extended;
-pub mod kill;
 mod route;
+pub mod signal;
 pub mod startup;
 mod state_scan;
 
@@ -65,11 +65,12 @@ impl Target {
 }
 
 /// What ended the relay loop's wait: bytes (`true`) or EOF/error
-/// (`false`) from one side, or a KILL.
+/// (`false`) from one side, a KILL, or a pool asking for its kept connection.
 enum Woke {
     Backend(bool),
     Client(bool),
     Killed,
+    GiveBack,
 }
 
 /// The backend connection serving the current transaction.
@@ -204,8 +205,8 @@ pub struct Session {
     /// The client closed its connection while the session waited for a
     /// backend connection: the statement in hand is dropped, the session ends.
     client_gone: bool,
-    /// `KILL <tenant>` from the console.
-    kill: Arc<kill::KillSwitch>,
+    /// `KILL <tenant>` from the console, and pools asking for `kept` back.
+    signal: Arc<signal::SessionSignal>,
     prepared: PreparedMap,
     next_generation: u64,
     /// A BEGIN not yet sent: it goes to the backend the next statement picks.
@@ -221,6 +222,16 @@ pub struct Session {
     /// The last detached connection's (empty) queue, kept so attaching
     /// does not allocate a new one every transaction.
     spare_expect: ExpectQueue,
+    /// Transaction pooling's fast path: the connection of the last
+    /// transaction, idle, kept while its pool has room, so that the next
+    /// transaction to the same target skips a checkout, a release and the
+    /// cancel slot's updates. Every decision sees the session as detached
+    /// (`attached` is `None`); only `attach` looks here. Given back when the
+    /// pool asks (`Keeper`), when the next transaction goes elsewhere, or
+    /// when the connection is no longer fit for reuse.
+    kept: Option<Attached>,
+    /// The pool this session is registered with as a `Keeper`.
+    keeper_of: Option<Arc<DataSourcePool>>,
 }
 
 impl Session {
@@ -258,14 +269,14 @@ impl Session {
             connected_at: std::time::SystemTime::now(),
             tls: auth.stream.is_tls(),
             tenant: Arc::new(std::sync::Mutex::new(None)),
-            kill: Arc::default(),
+            signal: Arc::default(),
         };
-        let (tenant_slot, kill) = (info.tenant.clone(), info.kill.clone());
+        let (tenant_slot, signal) = (info.tenant.clone(), info.signal.clone());
         shared.clients.insert(id, info);
         let client_params = auth.params.clone();
         let mut session = Session::new(id, shared.clone(), auth, cancel_slot);
         session.tenant_slot = tenant_slot;
-        session.kill = kill;
+        session.signal = signal;
         let result = session.start(key, &client_params).await;
         if let Err(e) = result {
             session.out.extend_from_slice(&e.encode());
@@ -341,7 +352,7 @@ impl Session {
             tenant_slot: Arc::default(),
             slot_tenant: None,
             client_gone: false,
-            kill: Arc::default(),
+            signal: Arc::default(),
             prepared: PreparedMap::default(),
             next_generation: 1,
             held_begin: None,
@@ -351,6 +362,8 @@ impl Session {
             settings: HashMap::new(),
             startup_settings,
             spare_expect: ExpectQueue::default(),
+            kept: None,
+            keeper_of: None,
         }
     }
 
@@ -371,8 +384,8 @@ impl Session {
     /// The relay loop: read whichever side has bytes, process whole messages,
     /// write what is due. Returns `Err` only for errors to send before closing.
     async fn relay(&mut self) -> Result<(), PgError> {
-        let kill = self.kill.clone();
-        let mut kill_signal = kill.fired();
+        let signal = self.signal.clone();
+        let mut kill_signal = signal.fired();
         loop {
             // 1. Whole client messages already buffered.
             loop {
@@ -422,7 +435,14 @@ impl Session {
                 if let Poll::Ready(r) = creader.poll_fill(cx, client) {
                     return Poll::Ready(Woke::Client(matches!(r, Ok(true))));
                 }
-                Pin::new(&mut kill_signal).poll(cx).map(|()| Woke::Killed)
+                // Polling `fired` registers the waker that a give-back wakes.
+                if Pin::new(&mut kill_signal).poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Killed);
+                }
+                if signal.take_give_back() {
+                    return Poll::Ready(Woke::GiveBack);
+                }
+                Poll::Pending
             })
             .await;
             match woke {
@@ -436,6 +456,13 @@ impl Session {
                     ));
                 }
                 Woke::Client(false) => return Ok(()),
+                Woke::GiveBack => {
+                    // The pool dropped its registration when it asked.
+                    self.keeper_of = None;
+                    if let Some(k) = self.kept.take() {
+                        self.give_back_kept(k).await;
+                    }
+                }
                 Woke::Killed => {
                     return Err(PgError::fatal(
                         "57P01",
@@ -527,8 +554,8 @@ impl Session {
     /// runs. A COPY FROM STDIN the Terminate left open cannot finish, so
     /// the session ends at once; so does a KILL.
     async fn answer_before_terminate(&mut self) -> Result<(), PgError> {
-        let kill = self.kill.clone();
-        let mut kill_signal = kill.fired();
+        let signal = self.signal.clone();
+        let mut kill_signal = signal.fired();
         loop {
             self.backend_messages()?;
             self.flush_client().await.map_err(|_| closed())?;
@@ -688,6 +715,11 @@ impl Session {
             return;
         }
         self.client_failed = false;
+        if !self.switching && self.may_keep() {
+            self.kept = self.attached.take();
+            self.register_keeper();
+            return;
+        }
         self.cancel_slot.clear().await;
         let a = self.attached.as_mut().expect("checked");
         // Empty here; its buffer serves the next transaction.
@@ -720,73 +752,60 @@ impl Session {
                 ));
             }
         }
-        // Only session pooling parks connections: no key to build otherwise.
-        let parked = if self.parked.is_empty() {
-            None
-        } else {
-            self.parked.remove(&park_key(target))
-        };
-        // A fresh checkout's clock reading starts the request's timers.
-        let (mut conn, started) = match parked {
-            Some(c) => (c, None),
+        let setup = match self.kept_fits(target).await {
+            Some(now) => {
+                // Moved once, not inspected on the way: `Attached` is large.
+                self.attached = self.kept.take();
+                let a = self.attached.as_mut().expect("kept");
+                // The request's timers start now, as after a checkout.
+                a.query_started = Some(now);
+                a.xact_started = Some(now);
+                let wanted = settings_for(&self.settings, &self.startup_settings, target);
+                setup_sql(wanted, self.id, &self.shared, &mut a.conn, target)
+            }
             None => {
-                let c = self.checkout_watching_client(target).await?;
-                let at = c.checked_out;
-                (c, Some(at))
+                // Only session pooling parks connections: no key to build otherwise.
+                let parked = if self.parked.is_empty() {
+                    None
+                } else {
+                    self.parked.remove(&park_key(target))
+                };
+                // A fresh checkout's clock reading starts the request's timers.
+                let (mut conn, started) = match parked {
+                    Some(c) => (c, None),
+                    None => {
+                        let c = self.checkout_watching_client(target).await?;
+                        let at = c.checked_out;
+                        (c, Some(at))
+                    }
+                };
+                if self.slot_tenant != target.tenant {
+                    self.slot_tenant = target.tenant.clone();
+                    *self.tenant_slot.lock().unwrap() = target.tenant.clone();
+                }
+                self.cancel_slot.set(CancelTarget {
+                    pool: target.pool.clone(),
+                    key: conn.backend_key,
+                });
+                let wanted = settings_for(&self.settings, &self.startup_settings, target);
+                let setup = setup_sql(wanted, self.id, &self.shared, &mut conn, target);
+                // Built in its place: `Attached` is large, and moving it twice per
+                // transaction (in here, out in `maybe_detach`) showed in profiles.
+                self.attached = Some(Attached {
+                    target: target.clone(),
+                    conn,
+                    expect: std::mem::take(&mut self.spare_expect),
+                    since_sync: false,
+                    status: TxStatus::Idle,
+                    copy_in: false,
+                    query_started: started,
+                    xact_started: started,
+                    last_ready: started.unwrap_or_else(Tick::now),
+                });
+                setup
             }
         };
-        if self.slot_tenant != target.tenant {
-            self.slot_tenant = target.tenant.clone();
-            *self.tenant_slot.lock().unwrap() = target.tenant.clone();
-        }
-        self.cancel_slot.set(CancelTarget {
-            pool: target.pool.clone(),
-            key: conn.backend_key,
-        });
-        // Setup statements go out in the same write as the client's request.
-        let mut setup = String::new();
-        let wanted = self.settings_for(target);
-        if conn.settings_fingerprint != wanted.fingerprint {
-            let wanted = wanted.clone();
-            if conn.settings_fingerprint != 0 {
-                setup.push_str("RESET ALL;");
-                // RESET ALL clears the tenant setting too.
-                conn.tenant_setting = None;
-            }
-            for s in &wanted.stmts {
-                setup.push_str(s);
-                setup.push(';');
-            }
-            conn.settings_fingerprint = wanted.fingerprint;
-        }
-        if conn.lock_owner.is_some_and(|owner| owner != self.id) {
-            setup.push_str("SELECT pg_advisory_unlock_all();");
-            conn.lock_owner = None;
-        }
-        if let Some(t) = &target.tenant {
-            if conn.tenant_setting.as_deref() != Some(&**t) {
-                let setting = &self.shared.config().routing.tenant_setting;
-                setup.push_str(&format!(
-                    "SELECT set_config({}, {}, false);",
-                    quote_literal(setting),
-                    quote_literal(t)
-                ));
-                conn.tenant_setting = Some(t.clone());
-            }
-        }
-        // Built in its place: `Attached` is large, and moving it twice per
-        // transaction (in here, out in `maybe_detach`) showed in profiles.
-        let a = self.attached.insert(Attached {
-            target: target.clone(),
-            conn,
-            expect: std::mem::take(&mut self.spare_expect),
-            since_sync: false,
-            status: TxStatus::Idle,
-            copy_in: false,
-            query_started: started,
-            xact_started: started,
-            last_ready: started.unwrap_or_else(Tick::now),
-        });
+        let a = self.attached.as_mut().expect("attached above");
         if !setup.is_empty() {
             let q = crate::protocol::frontend::encode_query(&setup);
             a.expect.push(Await::Query, true);
@@ -804,6 +823,69 @@ impl Session {
             .await?;
         }
         Ok(())
+    }
+
+    /// Whether the connection of the transaction just ended may stay with
+    /// this session (see `kept`).
+    fn may_keep(&self) -> bool {
+        let Some(a) = &self.attached else {
+            return false;
+        };
+        a.conn.pool().has_room_to_keep()
+            && !a.conn.retire_after_use
+            && !a.conn.expired(a.last_ready)
+            && a.conn.reader.buffered() == 0
+            && !self.signal.is_fired()
+    }
+
+    /// Registers the session with its kept connection's pool, so that the
+    /// pool can ask for the connection back. Once per pool, not per
+    /// transaction: the registration lasts until the pool asks.
+    fn register_keeper(&mut self) {
+        let Some(k) = &self.kept else {
+            return;
+        };
+        let pool = &k.target.pool;
+        if self
+            .keeper_of
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, pool))
+        {
+            return;
+        }
+        let me: Arc<dyn crate::pool::Keeper> = self.signal.clone();
+        if let Some(old) = self.keeper_of.take() {
+            old.remove_keeper(&me);
+        }
+        pool.add_keeper(me);
+        self.keeper_of = Some(pool.clone());
+    }
+
+    /// Whether the kept connection can serve `target` now (`Some`: the
+    /// clock reading that checked it); one that cannot is given back.
+    async fn kept_fits(&mut self, target: &Target) -> Option<Tick> {
+        let k = self.kept.as_mut()?;
+        let now = Tick::now();
+        let pool = &k.target.pool;
+        let fit = k.target.same(target)
+            && !pool.is_retired()
+            && !k.conn.expired(now)
+            && now.since(k.last_ready) < pool.settings.idle_timeout
+            && k.conn.is_healthy()
+            && !crate::admin::pause_applies(target.tenant.as_deref());
+        if fit {
+            return Some(now);
+        }
+        let k = self.kept.take().expect("checked");
+        self.give_back_kept(k).await;
+        None
+    }
+
+    /// Returns a kept connection to its pool, as `maybe_detach` would have.
+    async fn give_back_kept(&mut self, mut k: Attached) {
+        self.cancel_slot.clear().await;
+        std::mem::swap(&mut self.spare_expect, &mut k.expect);
+        k.conn.give_back(k.last_ready);
     }
 
     /// Waits out a PAUSE and the pool's queue while still reading the
@@ -835,12 +917,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    fn settings_for(&self, target: &Target) -> &Settings {
-        self.settings
-            .get(&target.pool.name)
-            .unwrap_or(&self.startup_settings)
     }
 
     /// Records a session-level SET the client ran on `target`, so it is replayed elsewhere.
@@ -963,6 +1039,18 @@ impl Session {
 
     /// Releases or closes every backend connection when the client leaves.
     async fn close_backends(&mut self) {
+        if let Some(pool) = self.keeper_of.take() {
+            let me: Arc<dyn crate::pool::Keeper> = self.signal.clone();
+            pool.remove_keeper(&me);
+        }
+        if let Some(k) = self.kept.take() {
+            if self.signal.is_fired() {
+                // KILL: the tenant's connections close, this one too.
+                self.cancel_slot.clear().await;
+            } else {
+                self.give_back_kept(k).await;
+            }
+        }
         if let Some(a) = self.attached.take() {
             if a.expect.is_empty() && !a.since_sync && a.status == TxStatus::Idle && !a.copy_in {
                 self.cancel_slot.clear().await;
@@ -985,6 +1073,62 @@ impl Session {
             c.release(Tick::now());
         }
     }
+}
+
+/// The settings a session replays on `target`'s connections: those recorded
+/// for its pool, else the startup ones.
+fn settings_for<'a>(
+    recorded: &'a HashMap<String, Settings>,
+    startup: &'a Settings,
+    target: &Target,
+) -> &'a Settings {
+    if recorded.is_empty() {
+        // The common case, without hashing the pool's name.
+        return startup;
+    }
+    recorded.get(&target.pool.name).unwrap_or(startup)
+}
+
+/// The statements that bring `conn` in line with session `session` and
+/// `target` (settings, advisory locks left by another session, the
+/// tenant setting), recorded on `conn` as applied; empty when it already is.
+/// They go out in the same write as the client's request.
+fn setup_sql(
+    wanted: &Settings,
+    session: u64,
+    shared: &Shared,
+    conn: &mut PooledConn,
+    target: &Target,
+) -> String {
+    let mut setup = String::new();
+    if conn.settings_fingerprint != wanted.fingerprint {
+        if conn.settings_fingerprint != 0 {
+            setup.push_str("RESET ALL;");
+            // RESET ALL clears the tenant setting too.
+            conn.tenant_setting = None;
+        }
+        for s in &wanted.stmts {
+            setup.push_str(s);
+            setup.push(';');
+        }
+        conn.settings_fingerprint = wanted.fingerprint;
+    }
+    if conn.lock_owner.is_some_and(|owner| owner != session) {
+        setup.push_str("SELECT pg_advisory_unlock_all();");
+        conn.lock_owner = None;
+    }
+    if let Some(t) = &target.tenant {
+        if conn.tenant_setting.as_deref() != Some(&**t) {
+            let setting = &shared.config().routing.tenant_setting;
+            setup.push_str(&format!(
+                "SELECT set_config({}, {}, false);",
+                quote_literal(setting),
+                quote_literal(t)
+            ));
+            conn.tenant_setting = Some(t.clone());
+        }
+    }
+    setup
 }
 
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {

@@ -1,5 +1,6 @@
-//! `KILL <tenant>` from the admin console reaching a session that may be
-//! waiting on its sockets.
+//! Signals reaching a session that may be waiting on its sockets: `KILL
+//! <tenant>` from the admin console, and a pool asking for the connection the
+//! session kept after its last transaction (see `Session::kept`).
 
 use futures::task::AtomicWaker;
 use std::future::Future;
@@ -7,24 +8,47 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
-/// A one-way signal the relay loop waits on beside its sockets. Cheaper
-/// than `tokio::sync::Notify` there: the loop polls it every time it waits
-/// (twice per transaction), and polling is a load and a waker comparison,
-/// with no lock. One task waits on it: the session's.
+/// Signals the relay loop waits on beside its sockets. Cheaper than
+/// `tokio::sync::Notify` there: the loop polls them every time it waits
+/// (twice per transaction), and polling is two loads and a waker
+/// comparison, with no lock. One task waits on them: the session's.
 #[derive(Default, Debug)]
-pub struct KillSwitch {
+pub struct SessionSignal {
     fired: AtomicBool,
+    /// A pool wants its connections back: the session gives back the one it
+    /// kept, and keeps none until its next checkout.
+    give_back: AtomicBool,
     waker: AtomicWaker,
 }
 
-impl KillSwitch {
+impl SessionSignal {
     /// Ends the session (it answers 57P01 at its next wait).
     pub fn fire(&self) {
         self.fired.store(true, Ordering::Release);
         self.waker.wake();
     }
 
-    /// Completes once [`KillSwitch::fire`] was called.
+    /// Whether [`SessionSignal::fire`] was called.
+    pub fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Asks the session to give back the connection it kept between
+    /// transactions (it does at its next wait, or when its current
+    /// transaction ends).
+    pub fn ask_give_back(&self) {
+        self.give_back.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Consumes a [`SessionSignal::ask_give_back`]. A load first: the relay
+    /// loop calls this at every wait, and the flag is almost never set.
+    pub fn take_give_back(&self) -> bool {
+        self.give_back.load(Ordering::Acquire) && self.give_back.swap(false, Ordering::AcqRel)
+    }
+
+    /// Completes once [`SessionSignal::fire`] was called. Polling it also
+    /// registers the task for [`SessionSignal::ask_give_back`]'s wake.
     pub fn fired(&self) -> Fired<'_> {
         Fired {
             switch: self,
@@ -33,9 +57,15 @@ impl KillSwitch {
     }
 }
 
-/// The future returned by [`KillSwitch::fired`].
+impl crate::pool::Keeper for SessionSignal {
+    fn give_back_soon(&self) {
+        self.ask_give_back();
+    }
+}
+
+/// The future returned by [`SessionSignal::fired`].
 pub struct Fired<'a> {
-    switch: &'a KillSwitch,
+    switch: &'a SessionSignal,
     /// The waker last registered. The relay loop polls this future at every
     /// wait (twice per transaction) with the same task's waker; registering
     /// costs two atomic read-modify-writes, comparing wakers none.
@@ -70,7 +100,7 @@ mod tests {
 
     #[tokio::test]
     async fn fire_wakes_a_waiting_task_and_stays_fired() {
-        let k = Arc::new(KillSwitch::default());
+        let k = Arc::new(SessionSignal::default());
         let k2 = k.clone();
         let waiter = tokio::spawn(async move { k2.fired().await });
         tokio::task::yield_now().await;
@@ -101,7 +131,7 @@ mod tests {
             Arc::new(Count(AtomicUsize::new(0))),
         );
         let (wa, wb) = (waker(a.clone()), waker(b.clone()));
-        let k = KillSwitch::default();
+        let k = SessionSignal::default();
         let mut fired = k.fired();
         for w in [&wa, &wa, &wb, &wb] {
             assert!(Pin::new(&mut fired)
