@@ -134,8 +134,12 @@ impl Session {
                         continue;
                     }
                     let d = fe::describe_or_close(f.body()).map_err(malformed)?;
-                    match (d.kind, self.prepared.get(&*d.name)) {
-                        (b'S', Some(stmt)) => {
+                    let stmt = match d.kind {
+                        b'S' => self.prepared.get(&*d.name),
+                        _ => None,
+                    };
+                    match stmt {
+                        Some(stmt) => {
                             ensure_on_connection(a, stmt, cap, &mut wire);
                             fe::encode_describe_or_close(
                                 &mut wire,
@@ -145,7 +149,7 @@ impl Session {
                             );
                             a.expect.push_describe((&*d.name).into());
                         }
-                        _ => {
+                        None => {
                             wire.extend_from_slice(f.raw());
                             a.expect.push(Await::Describe, false);
                         }

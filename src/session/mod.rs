@@ -149,10 +149,50 @@ pub struct Prepared {
     pub changes_session_state: bool,
 }
 
-/// The client's prepared statements by name. Hashed with foldhash: names
-/// are looked up on every Bind and Describe, and SipHash cost more than the
-/// rest of the lookup; the keys only ever slow down their own session.
-pub type PreparedMap = HashMap<String, Prepared, foldhash::fast::RandomState>;
+/// The client's prepared statements by name. The unnamed statement, which
+/// drivers re-parse for every execution, has a field of its own: looking it
+/// up costs no hashing. Named ones are hashed with foldhash: they are looked
+/// up on every Bind and Describe, SipHash cost more than the rest of the
+/// lookup, and the keys only ever slow down their own session.
+#[derive(Default)]
+pub struct PreparedMap {
+    unnamed: Option<Prepared>,
+    named: HashMap<String, Prepared, foldhash::fast::RandomState>,
+}
+
+impl PreparedMap {
+    pub fn get(&self, name: &str) -> Option<&Prepared> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.named.get(name)
+        }
+    }
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Prepared> {
+        if name.is_empty() {
+            self.unnamed.as_mut()
+        } else {
+            self.named.get_mut(name)
+        }
+    }
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+    pub fn insert(&mut self, name: String, p: Prepared) {
+        if name.is_empty() {
+            self.unnamed = Some(p);
+        } else {
+            self.named.insert(name, p);
+        }
+    }
+    pub fn remove(&mut self, name: &str) -> Option<Prepared> {
+        if name.is_empty() {
+            self.unnamed.take()
+        } else {
+            self.named.remove(name)
+        }
+    }
+}
 
 /// Session-level settings made by the client, replayed on a connection that
 /// does not have them yet.
