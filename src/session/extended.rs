@@ -111,7 +111,7 @@ impl Session {
                         continue;
                     }
                     let b = fe::bind(f.body()).map_err(malformed)?;
-                    match self.prepared.get(&*b.statement) {
+                    match self.prepared.get(&b.statement) {
                         Some(stmt) => {
                             ensure_on_connection(a, stmt, cap, &mut wire);
                             if *stmt.server_name == *b.statement {
@@ -135,7 +135,7 @@ impl Session {
                     }
                     let d = fe::describe_or_close(f.body()).map_err(malformed)?;
                     let stmt = match d.kind {
-                        b'S' => self.prepared.get(&*d.name),
+                        b'S' => self.prepared.get(&d.name),
                         _ => None,
                     };
                     match stmt {
@@ -172,7 +172,7 @@ impl Session {
                     if c.kind == b'S' {
                         // Server statements are shared and evicted by LRU; the
                         // client's name simply stops existing.
-                        self.prepared.remove(&*c.name);
+                        self.prepared.remove(&c.name);
                         a.expect.push_local(be::close_complete(), out);
                     } else {
                         wire.extend_from_slice(f.raw());
@@ -239,7 +239,7 @@ impl Session {
                         continue;
                     }
                     let c = fe::describe_or_close(f.body()).map_err(malformed)?;
-                    self.prepared.remove(&*c.name);
+                    self.prepared.remove(&c.name);
                     self.out.extend_from_slice(&be::close_complete());
                 }
                 tag::SYNC => {
@@ -280,7 +280,7 @@ fn register_parse(
     next_generation: &mut u64,
     p: &fe::Parse<'_>,
 ) -> Result<Arc<str>, PgError> {
-    if !p.name.is_empty() && prepared.contains_key(&*p.name) {
+    if !p.name.is_empty() && prepared.contains_key(&p.name) {
         return Err(PgError::error(
             "42P05",
             format!(

@@ -721,7 +721,7 @@ impl Session {
                         expect::Undone::Parse(name) => a.conn.prepared.retain(|n| *n != name),
                         expect::Undone::Close(name) => a.conn.prepared.push_back(name),
                         expect::Undone::Described(name, oids) => {
-                            if let Some(p) = self.prepared.get_mut(&*name) {
+                            if let Some(p) = self.prepared.get_mut(&name) {
                                 p.param_oids = oids;
                             }
                         }

@@ -206,7 +206,7 @@ impl Session {
                     let analysis = self.statement_analysis(&parsed, &b.statement)?;
                     let oids = self
                         .prepared
-                        .get(&*b.statement)
+                        .get(&b.statement)
                         .map(|p| p.param_oids.clone())
                         .unwrap_or_default();
                     match analysis {
