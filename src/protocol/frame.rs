@@ -164,10 +164,17 @@ impl FrameReader {
     /// The length of the next frame if the buffer holds all of it; read it
     /// with [`FrameReader::front`], then drop it with [`FrameReader::consume`].
     pub fn next_len(&mut self) -> Result<Option<usize>, ProtocolError> {
-        if self.buf.len() < 5 {
+        self.len_at(0)
+    }
+
+    /// [`FrameReader::next_len`] for the frame starting `pos` bytes into the
+    /// unconsumed input, for a caller that reads several frames in place
+    /// before consuming them together.
+    pub fn len_at(&mut self, pos: usize) -> Result<Option<usize>, ProtocolError> {
+        let Some(h) = self.buf.get(pos..pos + 5) else {
             return Ok(None);
-        }
-        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as i64;
+        };
+        let len = i32::from_be_bytes([h[1], h[2], h[3], h[4]]) as i64;
         if len < 4 {
             return Err(ProtocolError::BadLength(len));
         }
@@ -175,8 +182,9 @@ impl FrameReader {
         if total > self.max_len {
             return Err(ProtocolError::TooLarge(total, self.max_len));
         }
-        if self.buf.len() < total {
-            self.buf.reserve(total - self.buf.len());
+        let have = self.buf.len() - pos;
+        if have < total {
+            self.buf.reserve(total - have);
             return Ok(None);
         }
         Ok(Some(total))
@@ -184,9 +192,19 @@ impl FrameReader {
 
     /// The complete frame of `len` bytes at the front (from `next_len`).
     pub fn front(&self, len: usize) -> FrameRef<'_> {
+        self.at(0, len)
+    }
+
+    /// The complete frame of `len` bytes at `pos` (from `len_at(pos)`).
+    pub fn at(&self, pos: usize, len: usize) -> FrameRef<'_> {
         FrameRef {
-            bytes: &self.buf[..len],
+            bytes: &self.buf[pos..pos + len],
         }
+    }
+
+    /// Unconsumed input bytes in `range` (whole frames seen with `len_at`).
+    pub fn unconsumed(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.buf[range]
     }
 
     /// Drops the `len` bytes of the front frame.

@@ -113,12 +113,9 @@ impl ExpectQueue {
     }
 
     /// Accounts for one backend message; returns whether to forward it.
-    pub fn on_backend_message(
-        &mut self,
-        f: FrameRef<'_>,
-        out: &mut BytesMut,
-        undone: &mut Vec<Undone>,
-    ) -> bool {
+    /// Answers of the proxy's own that become due after it are emitted by
+    /// the caller, after the message (`local_answer_due`, `drain_locals`).
+    pub fn on_backend_message(&mut self, f: FrameRef<'_>, undone: &mut Vec<Undone>) -> bool {
         let (awaits, swallow) = match self.q.front() {
             Some(Entry::Wait {
                 awaits, swallow, ..
@@ -179,8 +176,7 @@ impl ExpectQueue {
                             _ => {}
                         }
                     }
-                    out.extend_from_slice(f.raw());
-                    return false;
+                    return true;
                 }
             }
             tag::READY_FOR_QUERY => matches!(awaits, Await::Sync | Await::Query),
@@ -200,11 +196,6 @@ impl ExpectQueue {
         };
         if done {
             self.q.pop_front();
-            if forward {
-                out.extend_from_slice(f.raw());
-            }
-            self.drain_locals(out);
-            return false;
         }
         forward
     }
@@ -228,7 +219,14 @@ impl ExpectQueue {
         });
     }
 
-    fn drain_locals(&mut self, out: &mut BytesMut) {
+    /// Whether the proxy's own answers are next in line (after the message
+    /// just accounted for).
+    pub fn local_answer_due(&self) -> bool {
+        matches!(self.q.front(), Some(Entry::Local(_)))
+    }
+
+    /// Emits the proxy's own answers that are next in line.
+    pub fn drain_locals(&mut self, out: &mut BytesMut) {
         while let Some(Entry::Local(_)) = self.q.front() {
             if let Some(Entry::Local(b)) = self.q.pop_front() {
                 out.extend_from_slice(&b);

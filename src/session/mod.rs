@@ -245,6 +245,9 @@ pub struct Session {
     /// The client closed its connection while the session waited for a
     /// backend connection: the statement in hand is dropped, the session ends.
     client_gone: bool,
+    /// Client bytes read since the metric was last updated: it is updated
+    /// once per loop turn, not per message (a shared counter's atomic add).
+    unreported_in: u64,
     /// `KILL <tenant>` from the console, and pools asking for `kept` back.
     signal: Arc<signal::SessionSignal>,
     prepared: PreparedMap,
@@ -322,6 +325,7 @@ impl Session {
             session.out.extend_from_slice(&e.encode());
             let _ = session.client.write_all(&session.out).await;
         }
+        session.report_bytes_in();
         let _ = session.client.shutdown().await;
         shared.cancels.unregister(key.0);
         shared.clients.remove(&id);
@@ -404,6 +408,7 @@ impl Session {
             spare_expect: ExpectQueue::default(),
             kept: None,
             keeper_of: None,
+            unreported_in: 0,
         }
     }
 
@@ -432,6 +437,7 @@ impl Session {
                 if self.attached.as_ref().is_some_and(|a| a.copy_in) {
                     match self.creader.try_frame() {
                         Ok(Some(f)) => {
+                            self.unreported_in += f.raw().len() as u64;
                             self.forward_copy_from_client(f).await?;
                             continue;
                         }
@@ -449,6 +455,7 @@ impl Session {
                     Err(e) => return Err(PgError::fatal("08P01", e.to_string())),
                 }
             }
+            self.report_bytes_in();
             // 2. Whole backend messages already buffered.
             self.backend_messages()?;
             self.flush_client().await.map_err(|_| closed())?;
@@ -517,7 +524,7 @@ impl Session {
     /// Handles the client message of `len` bytes at the front of the read
     /// buffer; `Ok(false)` ends the session (Terminate).
     async fn client_message(&mut self, len: usize) -> Result<bool, PgError> {
-        crate::metrics::bytes_received(len);
+        self.unreported_in += len as u64;
         let held = self.creader.front(len);
         if matches!(
             held.tag(),
@@ -662,16 +669,15 @@ impl Session {
         let mut forwarded = 0u64;
         // Rarely filled (statements an error skipped): one buffer for the batch.
         let mut undone = Vec::new();
+        // Messages are read in place at `pos` and consumed together at the
+        // end; consecutive forwarded ones are copied to the client's buffer
+        // as one run, `run`, rather than one copy per message.
+        let mut pos = 0;
+        let mut run = 0..0;
         loop {
-            let len = match a.conn.reader.next_len() {
+            let len = match a.conn.reader.len_at(pos) {
                 Ok(Some(len)) => len,
-                Ok(None) => {
-                    if forwarded > 0 {
-                        let stats = a.conn.pool().stats.counters.here();
-                        stats.bytes_sent.fetch_add(forwarded, Ordering::Relaxed);
-                    }
-                    return Ok(());
-                }
+                Ok(None) => break,
                 Err(e) => {
                     tracing::error!(pool = %a.target.pool.name, error = %e, "malformed backend message");
                     self.attached = None;
@@ -681,8 +687,7 @@ impl Session {
                     ));
                 }
             };
-            // The message is read in place and copied on; no Bytes per message.
-            let f = a.conn.reader.front(len);
+            let f = a.conn.reader.at(pos, len);
             let t = f.tag();
             match t {
                 be::tag::COPY_IN_RESPONSE | be::tag::COPY_BOTH_RESPONSE => {
@@ -704,11 +709,22 @@ impl Session {
                 }
                 _ => {}
             }
-            if a.expect.on_backend_message(f, &mut self.out, &mut undone) {
+            if a.expect.on_backend_message(f, &mut undone) {
                 forwarded += len as u64;
-                self.out.extend_from_slice(f.raw());
+                if run.start == run.end {
+                    run = pos..pos + len;
+                } else {
+                    run.end += len;
+                }
+            } else {
+                copy_run(&mut self.out, &a.conn.reader, &mut run);
             }
-            a.conn.reader.consume(len);
+            if a.expect.local_answer_due() {
+                // The proxy's own answers go after what came before them.
+                copy_run(&mut self.out, &a.conn.reader, &mut run);
+                a.expect.drain_locals(&mut self.out);
+            }
+            pos += len;
             if t == be::tag::READY_FOR_QUERY {
                 a.note_ready();
             }
@@ -736,6 +752,13 @@ impl Session {
                 }
             }
         }
+        copy_run(&mut self.out, &a.conn.reader, &mut run);
+        a.conn.reader.consume(pos);
+        if forwarded > 0 {
+            let stats = a.conn.pool().stats.counters.here();
+            stats.bytes_sent.fetch_add(forwarded, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Gives the connection back once the backend is idle and nothing is in flight.
@@ -1039,6 +1062,12 @@ impl Session {
             .map_err(|_| backend_lost())
     }
 
+    fn report_bytes_in(&mut self) {
+        if self.unreported_in > 0 {
+            crate::metrics::bytes_received(std::mem::take(&mut self.unreported_in) as usize);
+        }
+    }
+
     async fn flush_client(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             crate::metrics::bytes_sent(self.out.len());
@@ -1112,6 +1141,15 @@ impl Session {
             // Session-pooled connections carry the client's session state: reset on next use.
             c.release(Tick::now());
         }
+    }
+}
+
+/// Copies the forwarded messages `run` (a range of `reader`'s unconsumed
+/// bytes) to the client's buffer `out`, and empties it.
+fn copy_run(out: &mut BytesMut, reader: &FrameReader, run: &mut std::ops::Range<usize>) {
+    if run.start != run.end {
+        out.extend_from_slice(reader.unconsumed(run.clone()));
+        *run = 0..0;
     }
 }
 
