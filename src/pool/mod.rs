@@ -240,7 +240,8 @@ pub struct DataSourcePool {
 /// idle timeouts and lifetimes apply to kept connections too.
 pub trait Keeper: Send + Sync {
     /// Give the kept connection back now if the session is idle, else when
-    /// its transaction ends; keep none until the next checkout.
+    /// its transaction ends. The pool has forgotten the session by then: it
+    /// registers again if it keeps a connection later.
     fn give_back_soon(&self);
 }
 
@@ -378,7 +379,7 @@ impl DataSourcePool {
             && !self.retired.load(Ordering::Relaxed)
     }
 
-    /// Whether connections should no longer be reused (RECONNECT, tenant suspended).
+    /// Whether connections should no longer be reused (see [`DataSourcePool::retire`]).
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
     }

@@ -680,6 +680,8 @@ impl Session {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!(pool = %a.target.pool.name, error = %e, "malformed backend message");
+                    // What came before it is the client's.
+                    copy_run(&mut self.out, &a.conn.reader, &mut run);
                     self.attached = None;
                     return Err(PgError::fatal(
                         "08P01",
@@ -925,7 +927,7 @@ impl Session {
     }
 
     /// Whether the kept connection can serve `target` now (`Some`: the
-    /// clock reading that checked it); one that cannot is given back.
+    /// clock reading that checked it); one that cannot is given back (closed if broken).
     async fn kept_fits(&mut self, target: &Target) -> Option<Tick> {
         let k = self.kept.as_mut()?;
         let now = Tick::now();
@@ -934,13 +936,20 @@ impl Session {
             && !pool.is_retired()
             && !k.conn.expired(now)
             && now.since(k.last_ready) < pool.settings.idle_timeout
-            && k.conn.is_healthy()
             && !crate::admin::pause_applies(target.tenant.as_deref());
-        if fit {
+        // The server said something while the client was idle (it closed the
+        // connection, or a notification): never reused.
+        let broken = !k.conn.is_healthy();
+        if fit && !broken {
             return Some(now);
         }
         let k = self.kept.take().expect("checked");
-        self.give_back_kept(k).await;
+        if broken {
+            self.cancel_slot.clear().await;
+            drop(k);
+        } else {
+            self.give_back_kept(k).await;
+        }
         None
     }
 

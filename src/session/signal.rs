@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 pub struct SessionSignal {
     fired: AtomicBool,
     /// A pool wants its connections back: the session gives back the one it
-    /// kept, and keeps none until its next checkout.
+    /// kept (see `pool::Keeper`).
     give_back: AtomicBool,
     waker: AtomicWaker,
 }
@@ -112,6 +112,36 @@ mod tests {
             .unwrap();
         // Fired before anyone waits: completes at once.
         assert!(futures::FutureExt::now_or_never(k.fired()).is_some());
+    }
+
+    /// A give-back request wakes the task waiting on `fired`, is taken
+    /// once, and does not end the session.
+    #[test]
+    fn a_give_back_request_wakes_the_waiter_and_is_taken_once() {
+        use futures::task::{waker, ArcWake};
+        use std::sync::atomic::AtomicUsize;
+        struct Count(AtomicUsize);
+        impl ArcWake for Count {
+            fn wake_by_ref(me: &Arc<Self>) {
+                me.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let w = waker(count.clone());
+        let s = SessionSignal::default();
+        let mut fired = s.fired();
+        assert!(Pin::new(&mut fired)
+            .poll(&mut Context::from_waker(&w))
+            .is_pending());
+        assert!(!s.take_give_back());
+        s.ask_give_back();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(s.take_give_back());
+        assert!(!s.take_give_back(), "taken once");
+        assert!(!s.is_fired());
+        assert!(Pin::new(&mut fired)
+            .poll(&mut Context::from_waker(&w))
+            .is_pending());
     }
 
     /// A later poll with another waker moves the registration: the fire
