@@ -22,6 +22,28 @@ impl Stream {
         matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
     }
 
+    /// Writes all of `buf`. A plain socket first gets one non-blocking
+    /// write, which for a request or a response (the socket has room) is
+    /// the whole job without a future and tokio's readiness polling; what
+    /// it leaves, and TLS streams, go through `write_all`.
+    pub async fn send_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let tried = match self {
+            Stream::Tcp(s) => s.try_write(buf),
+            Stream::Unix(s) => s.try_write(buf),
+            _ => Ok(0),
+        };
+        let sent = match tried {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if sent < buf.len() {
+            self.write_all(&buf[sent..]).await?;
+        }
+        Ok(())
+    }
+
     /// Whether the peer sent anything (bytes, EOF or an error) nobody has
     /// read: an idle backend connection must have nothing to say. Plain
     /// sockets use `try_read`, which costs no syscall while tokio knows the

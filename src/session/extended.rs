@@ -15,7 +15,6 @@ use crate::protocol::frontend::{self as fe, tag};
 use crate::protocol::FrameBatch;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 
 fn malformed(e: crate::protocol::ProtocolError) -> PgError {
     PgError::fatal("08P01", e.to_string())
@@ -199,7 +198,7 @@ impl Session {
             a.note_request(wire.len());
             a.conn
                 .stream
-                .write_all(&wire)
+                .send_all(&wire)
                 .await
                 .map_err(|_| super::backend_lost())?;
         }

@@ -643,7 +643,7 @@ impl Session {
                 }
                 a.conn
                     .stream
-                    .write_all(f.raw())
+                    .send_all(f.raw())
                     .await
                     .map_err(|_| backend_lost())?;
                 Ok(())
@@ -1066,7 +1066,7 @@ impl Session {
         a.note_request(bytes.len());
         a.conn
             .stream
-            .write_all(bytes)
+            .send_all(bytes)
             .await
             .map_err(|_| backend_lost())
     }
@@ -1080,7 +1080,7 @@ impl Session {
     async fn flush_client(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             crate::metrics::bytes_sent(self.out.len());
-            self.client.write_all(&self.out).await?;
+            self.client.send_all(&self.out).await?;
             self.out.clear();
         }
         Ok(())
