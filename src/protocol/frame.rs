@@ -96,6 +96,25 @@ impl FrameBatch {
             bytes: &self.bytes[start..],
         }
     }
+    /// Appends whole messages that lie back to back in `run` (each checked
+    /// by [`FrameReader::len_at`]), with one copy.
+    pub fn push_run(&mut self, run: &[u8]) {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(run);
+        let mut at = 0;
+        while let Some(h) = run.get(at + 1..at + 5) {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize + 1;
+            // A length below the header's would not advance: not a whole
+            // message (callers pass checked frames; never loop on bad input).
+            if len < 5 || at + len > run.len() {
+                break;
+            }
+            at += len;
+            self.ends.push(base + at);
+        }
+        debug_assert_eq!(at, run.len(), "push_run takes whole messages");
+        self.bytes.truncate(base + at);
+    }
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
@@ -306,6 +325,20 @@ mod tests {
         b.push(b"H\0\0\0\x04");
         assert_eq!(b.last().unwrap().tag(), b'H');
         assert_eq!(b.iter().count(), 1);
+        // Messages back to back go in with one copy, each still its own.
+        b.clear();
+        b.push(b"H\0\0\0\x04");
+        b.push_run(b"B\0\0\0\x06abE\0\0\0\x04S\0\0\0\x04");
+        let got: Vec<&[u8]> = b.iter().map(|f| f.raw()).collect();
+        assert_eq!(
+            got,
+            [
+                &b"H\0\0\0\x04"[..],
+                b"B\0\0\0\x06ab",
+                b"E\0\0\0\x04",
+                b"S\0\0\0\x04"
+            ]
+        );
         // A large message's buffer is not kept.
         b.push(&vec![b'B'; KEPT_BATCH + 1]);
         b.clear();

@@ -526,20 +526,27 @@ impl Session {
     async fn client_message(&mut self, len: usize) -> Result<bool, PgError> {
         self.unreported_in += len as u64;
         let held = self.creader.front(len);
-        if matches!(
-            held.tag(),
-            tag::PARSE
-                | tag::BIND
-                | tag::DESCRIBE
-                | tag::EXECUTE
-                | tag::CLOSE
-                | tag::SYNC
-                | tag::FLUSH
-        ) {
-            // Held until Sync or Flush, copied out of the read buffer.
-            let dispatch = matches!(held.tag(), tag::SYNC | tag::FLUSH);
-            self.pending.push(held.raw());
-            self.creader.consume(len);
+        if is_extended(held.tag()) {
+            // Held until Sync or Flush, copied out of the read buffer: this
+            // message and the extended-protocol ones already behind it (a
+            // driver sends Parse … Sync in one write) with one copy.
+            let mut end = len;
+            let mut dispatch = matches!(held.tag(), tag::SYNC | tag::FLUSH);
+            while !dispatch {
+                // Incomplete or malformed: left for its own turn of the loop.
+                let Ok(Some(n)) = self.creader.len_at(end) else {
+                    break;
+                };
+                let t = self.creader.at(end, n).tag();
+                if !is_extended(t) {
+                    break;
+                }
+                end += n;
+                dispatch = matches!(t, tag::SYNC | tag::FLUSH);
+            }
+            self.unreported_in += (end - len) as u64;
+            self.pending.push_run(self.creader.unconsumed(0..end));
+            self.creader.consume(end);
             if dispatch {
                 self.dispatch_batch().await?;
             }
@@ -1151,6 +1158,14 @@ impl Session {
             c.release(Tick::now());
         }
     }
+}
+
+/// The extended-protocol messages, held in `Session::pending` until Sync or Flush.
+fn is_extended(tag: u8) -> bool {
+    matches!(
+        tag,
+        tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::SYNC | tag::FLUSH
+    )
 }
 
 /// Copies the forwarded messages `run` (a range of `reader`'s unconsumed
