@@ -292,10 +292,10 @@ impl PooledConn {
     pub fn give_back(&mut self, now: Tick) {
         if let Some(mut conn) = self.conn.take() {
             conn.last_used = now;
-            let expired = conn.last_used >= conn.expires;
+            let expired = conn.expired(now);
             if !expired
                 && !conn.retire_after_use
-                && !self.pool.retired.load(Ordering::Relaxed)
+                && !self.pool.is_retired()
                 && conn.reader.buffered() == 0
                 && self.pool.open.load(Ordering::Relaxed) <= self.pool.settings.size
                 && !self.pool.is_suspended(conn.tenant_setting.as_deref())
@@ -376,7 +376,7 @@ impl DataSourcePool {
         self.settings.mode == PoolMode::Transaction
             && self.stats.waiting.load(Ordering::Relaxed) == 0
             && self.permits.available_permits() > 0
-            && !self.retired.load(Ordering::Relaxed)
+            && !self.is_retired()
     }
 
     /// Whether connections should no longer be reused (see [`DataSourcePool::retire`]).
@@ -452,8 +452,8 @@ impl DataSourcePool {
         self.recall_kept();
         let idle_timeout = self.settings.idle_timeout;
         let now = Tick::now();
-        self.retain_idle(|c| now.since(c.last_used) < idle_timeout && now < c.expires);
-        if self.retired.load(Ordering::Relaxed) {
+        self.retain_idle(|c| now.since(c.last_used) < idle_timeout && !c.expired(now));
+        if self.is_retired() {
             return;
         }
         while self.idle_count() < self.settings.min_idle
@@ -536,7 +536,7 @@ impl DataSourcePool {
                 let Some(mut c) = list.lock().unwrap().pop() else {
                     break;
                 };
-                if now >= c.expires
+                if c.expired(now)
                     || now.since(c.last_used) >= self.settings.idle_timeout
                     || !c.is_healthy()
                 {

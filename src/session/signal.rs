@@ -96,7 +96,16 @@ impl Future for Fired<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
+
+    /// A waker that counts its wakes.
+    struct Count(AtomicUsize);
+    impl futures::task::ArcWake for Count {
+        fn wake_by_ref(me: &Arc<Self>) {
+            me.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 
     #[tokio::test]
     async fn fire_wakes_a_waiting_task_and_stays_fired() {
@@ -118,14 +127,7 @@ mod tests {
     /// once, and does not end the session.
     #[test]
     fn a_give_back_request_wakes_the_waiter_and_is_taken_once() {
-        use futures::task::{waker, ArcWake};
-        use std::sync::atomic::AtomicUsize;
-        struct Count(AtomicUsize);
-        impl ArcWake for Count {
-            fn wake_by_ref(me: &Arc<Self>) {
-                me.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
+        use futures::task::waker;
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let w = waker(count.clone());
         let s = SessionSignal::default();
@@ -148,14 +150,7 @@ mod tests {
     /// wakes the waker of the latest poll, once.
     #[test]
     fn the_latest_waker_is_the_one_woken() {
-        use futures::task::{waker, ArcWake};
-        use std::sync::atomic::AtomicUsize;
-        struct Count(AtomicUsize);
-        impl ArcWake for Count {
-            fn wake_by_ref(me: &Arc<Self>) {
-                me.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
+        use futures::task::waker;
         let (a, b) = (
             Arc::new(Count(AtomicUsize::new(0))),
             Arc::new(Count(AtomicUsize::new(0))),
