@@ -61,6 +61,10 @@ impl<'a> Cursor<'a> {
     /// the wire can contain, so such a key never equals a UTF-8 name.
     fn name(&mut self) -> Result<Cow<'a, str>, ProtocolError> {
         let b = self.cbytes()?;
+        if b.is_empty() {
+            // The unnamed statement and portal: most names on the wire.
+            return Ok(Cow::Borrowed(""));
+        }
         Ok(match std::str::from_utf8(b) {
             Ok(s) => Cow::Borrowed(s),
             Err(_) => Cow::Owned(

@@ -87,9 +87,8 @@ impl Session {
         for f in batch.iter() {
             match f.tag() {
                 tag::PARSE => {
-                    let p = fe::parse(f.body()).map_err(malformed)?;
-                    match register_parse(&mut self.prepared, &mut self.next_generation, &p) {
-                        Ok(server_name) if p.name.is_empty() => {
+                    match record_parse(&mut self.prepared, &mut self.next_generation, f.body())? {
+                        Ok(server_name) if server_name.is_empty() => {
                             // The unnamed statement needs no renaming: forward the
                             // client's own Parse (its ParseComplete is the client's).
                             wire.extend_from_slice(f.raw());
@@ -224,8 +223,7 @@ impl Session {
                     if self.skip_until_sync {
                         continue;
                     }
-                    let p = fe::parse(f.body()).map_err(malformed)?;
-                    match register_parse(&mut self.prepared, &mut self.next_generation, &p) {
+                    match record_parse(&mut self.prepared, &mut self.next_generation, f.body())? {
                         Ok(_) => self.out.extend_from_slice(PARSE_COMPLETE),
                         Err(err) => {
                             self.out.extend_from_slice(&err.encode());
@@ -271,7 +269,30 @@ impl Session {
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 
-/// Records a client's Parse; a named statement that already exists is 42P05,
+/// Records a client's Parse (`body`, the message's body): `Ok` with the
+/// statement's server-side name (empty for the unnamed statement), or the
+/// error PostgreSQL would report (42P05) for the client; `Err` when the
+/// message is malformed.
+fn record_parse(
+    prepared: &mut super::PreparedMap,
+    next_generation: &mut u64,
+    body: &[u8],
+) -> Result<Result<Arc<str>, PgError>, PgError> {
+    let generation = *next_generation;
+    if let Some(old) = prepared.unnamed_parsed_from(body) {
+        // Drivers re-send the same unnamed statement on every execution:
+        // recognised by its bytes, it is neither decoded nor allocated
+        // again; only its generation changes.
+        *next_generation += 1;
+        old.generation = generation;
+        set_declared_oids(&mut old.param_oids, &old.param_types);
+        return Ok(Ok(old.server_name.clone()));
+    }
+    let p = fe::parse(body).map_err(malformed)?;
+    Ok(register_parse(prepared, next_generation, &p))
+}
+
+/// Records a decoded Parse; a named statement that already exists is 42P05,
 /// as in PostgreSQL (the unnamed one is simply replaced). Returns the
 /// statement's server-side name (empty for the unnamed statement).
 fn register_parse(
@@ -290,17 +311,6 @@ fn register_parse(
     }
     let generation = *next_generation;
     *next_generation += 1;
-    if p.name.is_empty() {
-        // Drivers re-send the same unnamed statement on every execution: keep
-        // the entry (no allocation), only its generation changes.
-        if let Some(old) = prepared.get_mut("") {
-            if *old.query == *p.query && old.param_types[..] == *p.param_types {
-                old.generation = generation;
-                set_declared_oids(&mut old.param_oids, p.param_types);
-                return Ok(old.server_name.clone());
-            }
-        }
-    }
     let name: Arc<str> = if p.name.is_empty() {
         "".into()
     } else {
@@ -365,4 +375,64 @@ fn ensure_on_connection(a: &mut super::Attached, stmt: &Prepared, cap: usize, wi
     a.expect
         .push_statement_op(Await::ParseComplete, stmt.server_name.clone());
     a.conn.prepared.push_back(stmt.server_name.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::PreparedMap;
+
+    /// A Parse message's body, as `fe::encode_parse` writes it.
+    fn parse_body(name: &str, query: &str, types: &[u8]) -> Vec<u8> {
+        let mut wire = BytesMut::new();
+        fe::encode_parse(&mut wire, name, query.as_bytes(), types);
+        wire[5..].to_vec()
+    }
+
+    fn record(map: &mut PreparedMap, generation: &mut u64, body: &[u8]) -> Arc<str> {
+        record_parse(map, generation, body)
+            .expect("well-formed")
+            .expect("recorded")
+    }
+
+    #[test]
+    fn the_unnamed_statement_is_recognised_only_when_parsed_again_unchanged() {
+        let int4: &[u8] = &[0, 1, 0, 0, 0, 23];
+        let (mut map, mut generation) = (PreparedMap::default(), 1);
+        let first = parse_body("", "SELECT $1", int4);
+        assert_eq!(&*record(&mut map, &mut generation, &first), "");
+        let original = Arc::as_ptr(&map.get("").unwrap().query);
+        assert_eq!(map.get("").unwrap().param_oids, [23]);
+
+        // The same bytes again: the same entry, a new generation.
+        map.get_mut("").unwrap().param_oids = vec![99];
+        record(&mut map, &mut generation, &first);
+        let again = map.get("").unwrap();
+        assert_eq!((again.generation, Arc::as_ptr(&again.query)), (2, original));
+        assert_eq!(again.param_oids, [23], "declared types are restored");
+
+        // A longer text, another type, a named statement: never the same.
+        for (name, query, types) in [
+            ("", "SELECT $1 + 1", int4),
+            ("", "SELECT $", int4),
+            ("", "SELECT $1", &[0, 1, 0, 0, 0, 25][..]),
+            ("", "SELECT $1", &[0, 0][..]),
+        ] {
+            record(&mut map, &mut generation, &parse_body(name, query, types));
+            let p = map.get("").unwrap();
+            assert_eq!(&*p.query, query.as_bytes());
+            assert_eq!(&p.param_types[..], types);
+        }
+        let named = record(
+            &mut map,
+            &mut generation,
+            &parse_body("s1", "SELECT $1", int4),
+        );
+        assert!(named.starts_with("pgt_"));
+        assert_eq!(&*map.get("").unwrap().query, b"SELECT $1");
+        assert!(map.get("s1").is_some());
+
+        // Malformed: an error for the connection, not a recorded statement.
+        assert!(record_parse(&mut map, &mut generation, b"\0SELECT 1").is_err());
+    }
 }

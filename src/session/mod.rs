@@ -168,6 +168,15 @@ impl PreparedMap {
             self.named.get(name)
         }
     }
+    /// The unnamed statement, when a Parse with body `parse_body` would
+    /// create it again exactly (same text, same declared types).
+    pub fn unnamed_parsed_from(&mut self, parse_body: &[u8]) -> Option<&mut Prepared> {
+        let p = self.unnamed.as_mut()?;
+        // The body: name (empty), NUL, query, NUL, the parameter types.
+        let rest = parse_body.strip_prefix(b"\0")?;
+        let rest = rest.strip_prefix(&*p.query)?.strip_prefix(b"\0")?;
+        (rest == &p.param_types[..]).then_some(p)
+    }
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Prepared> {
         if name.is_empty() {
             self.unnamed.as_mut()
@@ -788,7 +797,10 @@ impl Session {
         }
         self.client_failed = false;
         if !self.switching && self.may_keep() {
-            self.kept = self.attached.take();
+            // Swapped with the (empty) kept slot rather than moved out and
+            // in: `Attached` is large and this runs every transaction.
+            debug_assert!(self.kept.is_none());
+            std::mem::swap(&mut self.kept, &mut self.attached);
             self.register_keeper();
             return;
         }
@@ -826,8 +838,8 @@ impl Session {
         }
         let setup = match self.kept_fits(target).await {
             Some(now) => {
-                // Moved once, not inspected on the way: `Attached` is large.
-                self.attached = self.kept.take();
+                // Swapped with the empty attached slot (see `maybe_detach`).
+                std::mem::swap(&mut self.attached, &mut self.kept);
                 let a = self.attached.as_mut().expect("kept");
                 // The request's timers start now, as after a checkout.
                 a.query_started = Some(now);
