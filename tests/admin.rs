@@ -806,11 +806,25 @@ async fn kill_ends_a_tenants_sessions_and_pause_holds_new_work() {
         .await
         .unwrap();
 
+    // Idle past the pool's upkeep tick (2 s), which asks every session
+    // for the connection it kept: that wake must not use up the one a
+    // KILL needs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let (ok, out, err) = console(&p, "KILL initech");
     assert!(ok, "{err}");
     assert!(err.is_empty() || !err.contains("ERROR"), "{err}");
     let _ = out;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Ended at once, not at its next statement: the socket closes while the
+    // client sends nothing.
+    let killed = std::time::Instant::now();
+    while !initech.is_closed() && killed.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        initech.is_closed(),
+        "an idle killed session is closed at once"
+    );
+    assert!(!acme.is_closed());
     let e = initech.query("SELECT 1", &[]).await.unwrap_err();
     assert!(
         e.code().map(|c| c.code()) == Some("57P01") || e.is_closed(),

@@ -6,12 +6,12 @@ use futures::task::AtomicWaker;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 /// Signals the relay loop waits on beside its sockets. Cheaper than
 /// `tokio::sync::Notify` there: the loop polls them every time it waits
-/// (twice per transaction), and polling is two loads and a waker
-/// comparison, with no lock. One task waits on them: the session's.
+/// (twice per transaction), and polling is a waker registration and two
+/// loads, with no lock. One task waits on them: the session's.
 #[derive(Default, Debug)]
 pub struct SessionSignal {
     fired: AtomicBool,
@@ -50,10 +50,7 @@ impl SessionSignal {
     /// Completes once [`SessionSignal::fire`] was called. Polling it also
     /// registers the task for [`SessionSignal::ask_give_back`]'s wake.
     pub fn fired(&self) -> Fired<'_> {
-        Fired {
-            switch: self,
-            registered: None,
-        }
+        Fired { switch: self }
     }
 }
 
@@ -66,25 +63,16 @@ impl crate::pool::Keeper for SessionSignal {
 /// The future returned by [`SessionSignal::fired`].
 pub struct Fired<'a> {
     switch: &'a SessionSignal,
-    /// The waker last registered. The relay loop polls this future at every
-    /// wait (twice per transaction) with the same task's waker; registering
-    /// costs two atomic read-modify-writes, comparing wakers none.
-    registered: Option<Waker>,
 }
 
 impl Future for Fired<'_> {
     type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // Register first, then check: a fire in between still wakes us. A
-        // registered waker stays until a fire takes it, and then `fired` is set.
-        if !self
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            self.switch.waker.register(cx.waker());
-            self.registered = Some(cx.waker().clone());
-        }
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Register first, then check: a fire in between still wakes us.
+        // Registered at every poll, never remembered as done: a wake (a
+        // give-back request's too) takes the registration with it, and a
+        // KILL after one must still find a waker.
+        self.switch.waker.register(cx.waker());
         if self.switch.fired.load(Ordering::Acquire) {
             Poll::Ready(())
         } else {
@@ -144,6 +132,10 @@ mod tests {
         assert!(Pin::new(&mut fired)
             .poll(&mut Context::from_waker(&w))
             .is_pending());
+        // The give-back's wake used up the registration: the next poll
+        // registers again, so that a KILL still wakes the waiting task.
+        s.fire();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2, "a later fire wakes it");
     }
 
     /// A later poll with another waker moves the registration: the fire
