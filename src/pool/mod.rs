@@ -127,6 +127,14 @@ impl ServerConn {
         now >= self.expires
     }
 
+    /// Whether a connection idle since `idle_since` may serve a request at
+    /// `now`: within its lifetime and `idle_timeout`, and healthy. One that
+    /// is not is closed. The same test for one from an idle list and for
+    /// one a session kept.
+    pub fn reusable(&mut self, now: Tick, idle_since: Tick, idle_timeout: Duration) -> bool {
+        !self.expired(now) && now.since(idle_since) < idle_timeout && self.is_healthy()
+    }
+
     pub fn has_prepared(&self, name: &str) -> bool {
         self.prepared.iter().any(|n| &**n == name)
     }
@@ -536,10 +544,8 @@ impl DataSourcePool {
                 let Some(mut c) = list.lock().unwrap().pop() else {
                     break;
                 };
-                if c.expired(now)
-                    || now.since(c.last_used) >= self.settings.idle_timeout
-                    || !c.is_healthy()
-                {
+                let idle_since = c.last_used;
+                if !c.reusable(now, idle_since, self.settings.idle_timeout) {
                     continue;
                 }
                 if c.home == me {

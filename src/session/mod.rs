@@ -946,28 +946,28 @@ impl Session {
     }
 
     /// Whether the kept connection can serve `target` now (`Some`: the
-    /// clock reading that checked it); one that cannot is given back (closed if broken).
+    /// clock reading that checked it); one that cannot is given back, or closed
+    /// when no connection should reuse it (`ServerConn::reusable`).
     async fn kept_fits(&mut self, target: &Target) -> Option<Tick> {
         let k = self.kept.as_mut()?;
         let now = Tick::now();
         let pool = &k.target.pool;
+        let usable = k
+            .conn
+            .reusable(now, k.last_ready, pool.settings.idle_timeout);
         let fit = k.target.same(target)
             && !pool.is_retired()
-            && !k.conn.expired(now)
-            && now.since(k.last_ready) < pool.settings.idle_timeout
             && !crate::admin::pause_applies(target.tenant.as_deref());
-        // The server said something while the client was idle (it closed the
-        // connection, or a notification): never reused.
-        let broken = !k.conn.is_healthy();
-        if fit && !broken {
+        if usable && fit {
             return Some(now);
         }
         let k = self.kept.take().expect("checked");
-        if broken {
+        if usable {
+            self.give_back_kept(k).await;
+        } else {
+            // Closed, as an idle list would close it.
             self.cancel_slot.clear().await;
             drop(k);
-        } else {
-            self.give_back_kept(k).await;
         }
         None
     }
