@@ -491,6 +491,59 @@ fn latin1_statement_and_portal_names_work() {
     assert!(!s.proxy.log_text().contains("panicked"));
 }
 
+/// The unnamed statement on a pooled connection is only ever used by the
+/// session whose Parse put it there, and only until a simple Query destroys
+/// it: a Bind in a later request than its Parse (libpq's `PQprepare("")`
+/// then `PQexecPrepared`) runs the client's own statement.
+#[test]
+fn an_unnamed_statement_never_runs_for_another_session() {
+    // One connection: every session's request lands on the same backend.
+    let s = setup_with("[pool]\nsize = 1\n");
+    let parse = |sql: &[u8]| msg(b'P', &[b"\0", sql, b"\0", &0i16.to_be_bytes()]);
+    let run_unnamed = [
+        // Bind: unnamed portal and statement, no formats, no parameters, no result formats.
+        msg(b'B', &[b"\0\0", &[0, 0, 0, 0, 0, 0]]),
+        msg(b'E', &[b"\0", &0i32.to_be_bytes()]),
+        msg(b'S', &[]),
+    ]
+    .concat();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Session one parses and runs its unnamed statement on the connection.
+    let one = [parse(b"SELECT 'one'"), run_unnamed.clone(), msg(b'X', &[])].concat();
+    let text = rt.block_on(raw_session_then(s.proxy.port, &one));
+    assert!(text.contains("one"), "{text:?}");
+
+    // Session two parses in one request (answered by the proxy) and binds
+    // in the next, on the connection that still holds session one's.
+    let two = [
+        parse(b"SELECT 'two'"),
+        msg(b'S', &[]),
+        run_unnamed.clone(),
+        msg(b'X', &[]),
+    ]
+    .concat();
+    let text = rt.block_on(raw_session_then(s.proxy.port, &two));
+    assert!(
+        text.contains("two") && !text.contains("one"),
+        "session two ran another session's statement: {text:?}"
+    );
+
+    // A simple Query in between destroys the server's unnamed statement;
+    // the next Bind still runs the client's.
+    let three = [
+        parse(b"SELECT 'three'"),
+        run_unnamed.clone(),
+        msg(b'Q', &[b"SELECT 'between'\0"]),
+        run_unnamed,
+        msg(b'X', &[]),
+    ]
+    .concat();
+    let text = rt.block_on(raw_session_then(s.proxy.port, &three));
+    assert!(!text.contains("26000"), "{text:?}");
+    assert_eq!(text.matches("three").count(), 2, "{text:?}");
+}
+
 /// A frontend message: tag, length, then the parts of the body.
 fn msg(tag: u8, body: &[&[u8]]) -> Vec<u8> {
     let body = body.concat();

@@ -92,8 +92,10 @@ pub struct ServerConn {
     pub params: Vec<(String, String)>,
     /// Server-side prepared statement names present on this connection, oldest first.
     pub prepared: VecDeque<Arc<str>>,
-    /// Which client Parse the unnamed statement currently holds.
-    pub unnamed_owner: Option<u64>,
+    /// Which client Parse the unnamed statement currently holds: the
+    /// session's id and the Parse's generation, which only counts within
+    /// its session. `None` once a simple Query destroyed it.
+    pub unnamed_owner: Option<(u64, u64)>,
     /// Fingerprint of the session settings applied (0 = pristine).
     pub settings_fingerprint: u64,
     /// The tenant value last written to the tenant setting on this connection.

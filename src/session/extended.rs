@@ -93,7 +93,7 @@ impl Session {
                             // client's own Parse (its ParseComplete is the client's).
                             wire.extend_from_slice(f.raw());
                             a.expect.push_unnamed_parse(server_name);
-                            a.conn.unnamed_owner = Some(self.next_generation - 1);
+                            a.conn.unnamed_owner = Some((self.id, self.next_generation - 1));
                             sent_extended = true;
                         }
                         Ok(_) => a.expect.push_local(Bytes::from_static(PARSE_COMPLETE), out),
@@ -111,7 +111,7 @@ impl Session {
                     let b = fe::bind(f.body()).map_err(malformed)?;
                     match self.prepared.get(&b.statement) {
                         Some(stmt) => {
-                            ensure_on_connection(a, stmt, cap, &mut wire);
+                            ensure_on_connection(a, self.id, stmt, cap, &mut wire);
                             if *stmt.server_name == *b.statement {
                                 wire.extend_from_slice(f.raw());
                             } else {
@@ -138,7 +138,7 @@ impl Session {
                     };
                     match stmt {
                         Some(stmt) => {
-                            ensure_on_connection(a, stmt, cap, &mut wire);
+                            ensure_on_connection(a, self.id, stmt, cap, &mut wire);
                             fe::encode_describe_or_close(
                                 &mut wire,
                                 tag::DESCRIBE,
@@ -350,13 +350,20 @@ fn set_declared_oids(oids: &mut Vec<u32>, param_types: &[u8]) {
 
 /// Makes sure `stmt` exists on the attached connection, queueing a Parse
 /// (and an LRU eviction Close) in `wire` when it does not.
-fn ensure_on_connection(a: &mut super::Attached, stmt: &Prepared, cap: usize, wire: &mut BytesMut) {
+fn ensure_on_connection(
+    a: &mut super::Attached,
+    session: u64,
+    stmt: &Prepared,
+    cap: usize,
+    wire: &mut BytesMut,
+) {
     if stmt.server_name.is_empty() {
-        if a.conn.unnamed_owner != Some(stmt.generation) {
+        let owner = Some((session, stmt.generation));
+        if a.conn.unnamed_owner != owner {
             fe::encode_parse(wire, "", &stmt.query, &stmt.param_types);
             a.expect
                 .push_statement_op(Await::ParseComplete, stmt.server_name.clone());
-            a.conn.unnamed_owner = Some(stmt.generation);
+            a.conn.unnamed_owner = owner;
         }
         return;
     }

@@ -1081,6 +1081,11 @@ impl Session {
         swallow: bool,
     ) -> Result<(), PgError> {
         let a = self.attached.as_mut().expect("attached before sending");
+        if awaits == Await::Query {
+            // A simple Query destroys the server's unnamed statement (a
+            // FunctionCall does not, but forgetting costs only a re-Parse).
+            a.conn.unnamed_owner = None;
+        }
         a.expect.push(awaits, swallow);
         a.note_request(bytes.len());
         a.conn
@@ -1241,6 +1246,10 @@ fn setup_sql(
             ));
             conn.tenant_setting = Some(t.clone());
         }
+    }
+    if !setup.is_empty() {
+        // Sent as a simple Query, which destroys the unnamed statement.
+        conn.unnamed_owner = None;
     }
     setup
 }
