@@ -462,6 +462,42 @@ async fn min_idle_connections_are_opened_ahead_of_demand() {
     assert_eq!(n, 2);
 }
 
+/// Topping the idle lists up to `min_idle` counts the connections clients
+/// hold (kept between transactions, or busy): the pool never opens more
+/// than its size, and the upkeep tick does not replace kept connections
+/// with new ones every time it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn min_idle_never_opens_past_the_pool_size() {
+    let f = fleet_with_pool(r#"{"pool_size": 3, "min_idle": 3}"#);
+    let p = f.proxy("");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let clients = [connect(&p).await, connect(&p).await, connect(&p).await];
+    let pids = || {
+        f.dedicated.psql(
+            "dedicated",
+            "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity \
+             WHERE application_name = 'pgtenant' AND datname = 'dedicated'",
+        )
+    };
+    let work = || async {
+        for c in &clients {
+            backend_pid(c).await;
+        }
+    };
+    // Two upkeep ticks (2 s each) to settle.
+    for _ in 0..25 {
+        work().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let settled = pids();
+    assert_eq!(settled.split(',').count(), 3, "{settled}");
+    for _ in 0..25 {
+        work().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(pids(), settled, "connections were closed and reopened");
+    }
+}
+
 async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
     c.query_one(
         "SELECT pg_backend_pid(), count(*) FROM accounts WHERE tenant_id = 'initech'",

@@ -466,7 +466,12 @@ impl DataSourcePool {
         if self.is_retired() {
             return;
         }
+        // Counted against every open connection, not only free permits:
+        // an idle connection holds no permit, so the permits alone would let
+        // idle ones plus those clients hold (busy, or kept and not yet back
+        // from the recall above) exceed the size.
         while self.idle_count() < self.settings.min_idle
+            && self.open.load(Ordering::Relaxed) < self.settings.size
             && self.stats.waiting.load(Ordering::Relaxed) == 0
         {
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
