@@ -445,7 +445,7 @@ impl DataSourcePool {
         self.any_suspended.store(!s.is_empty(), Ordering::Relaxed);
     }
 
-    fn is_suspended(&self, tenant: Option<&str>) -> bool {
+    pub fn is_suspended(&self, tenant: Option<&str>) -> bool {
         let Some(t) = tenant else {
             return false;
         };
@@ -507,10 +507,19 @@ impl DataSourcePool {
         let (tenant_permit, now) = match fast {
             Some(p) => (p, now),
             None => {
+                // Counted as waiting before asking: a session deciding
+                // whether to keep its connection then sees the waiter or
+                // gets the request (see `Session::register_keeper`).
+                // Counted also when this future is dropped (the client left
+                // while queued).
+                let queued = Counted::new(&self.stats.waiting);
                 // Connections kept idle by other sessions come back first.
                 self.recall_kept();
                 // After a wait, the caller's reading is stale.
-                (self.wait_for_permits(tenant_sem).await?, Tick::now())
+                (
+                    self.wait_for_permits(tenant_sem, queued).await?,
+                    Tick::now(),
+                )
             }
         };
         let counters = self.stats.counters.here();
@@ -597,10 +606,9 @@ impl DataSourcePool {
     async fn wait_for_permits(
         &self,
         tenant_sem: Option<Arc<Semaphore>>,
+        queued: Counted<&AtomicUsize>,
     ) -> Result<Option<OwnedSemaphorePermit>, PgError> {
         let started = Tick::now();
-        // Counted also when this future is dropped (the client left while queued).
-        let queued = Counted::new(&self.stats.waiting);
         let waited = tokio::time::timeout(self.settings.checkout_timeout, async {
             let tenant_permit = match tenant_sem {
                 Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),

@@ -796,12 +796,11 @@ impl Session {
             return;
         }
         self.client_failed = false;
-        if !self.switching && self.may_keep() {
+        if !self.switching && self.may_keep() && self.register_keeper() {
             // Swapped with the (empty) kept slot rather than moved out and
             // in: `Attached` is large and this runs every transaction.
             debug_assert!(self.kept.is_none());
             std::mem::swap(&mut self.kept, &mut self.attached);
-            self.register_keeper();
             return;
         }
         self.cancel_slot.clear().await;
@@ -915,34 +914,47 @@ impl Session {
         let Some(a) = &self.attached else {
             return false;
         };
-        a.conn.pool().has_room_to_keep()
+        let pool = a.conn.pool();
+        let tenant = a.target.tenant.as_deref();
+        pool.has_room_to_keep()
             && !a.conn.retire_after_use
             && !a.conn.expired(a.last_ready)
             && a.conn.reader.buffered() == 0
             && !self.signal.is_fired()
+            && !crate::admin::pause_applies(tenant)
+            && !pool.is_suspended(tenant)
     }
 
-    /// Registers the session with its kept connection's pool, so that the
-    /// pool can ask for the connection back. Once per pool, not per
-    /// transaction: the registration lasts until the pool asks.
-    fn register_keeper(&mut self) {
-        let Some(k) = &self.kept else {
-            return;
+    /// Registers the session with the pool of the connection it is about
+    /// to keep, so that the pool can ask for the connection back; `false`
+    /// when the connection must not be kept after all. Once per pool, not
+    /// per transaction: the registration lasts until the pool asks.
+    ///
+    /// A new registration is followed by a second look at `may_keep`: a
+    /// pool that began to need its connections between the first look and
+    /// the registration (a checkout started to wait, the pool was retired)
+    /// asked before it could see this session, and it counts its waiter or
+    /// marks itself retired before asking.
+    fn register_keeper(&mut self) -> bool {
+        let Some(a) = &self.attached else {
+            return false;
         };
-        let pool = &k.target.pool;
+        let pool = &a.target.pool;
         if self
             .keeper_of
             .as_ref()
             .is_some_and(|p| Arc::ptr_eq(p, pool))
         {
-            return;
+            return true;
         }
+        let pool = pool.clone();
         let me: Arc<dyn crate::pool::Keeper> = self.signal.clone();
         if let Some(old) = self.keeper_of.take() {
             old.remove_keeper(&me);
         }
         pool.add_keeper(me);
-        self.keeper_of = Some(pool.clone());
+        self.keeper_of = Some(pool);
+        self.may_keep()
     }
 
     /// Whether the kept connection can serve `target` now (`Some`: the
@@ -955,9 +967,17 @@ impl Session {
         let usable = k
             .conn
             .reusable(now, k.last_ready, pool.settings.idle_timeout);
+        // A give-back request that arrived with the client's next request
+        // (the relay loop saw the client first) is honoured here. The pool
+        // dropped the registration when it asked.
+        let asked = self.signal.take_give_back();
+        if asked {
+            self.keeper_of = None;
+        }
         let fit = k.target.same(target)
             && !pool.is_retired()
-            && !crate::admin::pause_applies(target.tenant.as_deref());
+            && !crate::admin::pause_applies(target.tenant.as_deref())
+            && !asked;
         if usable && fit {
             return Some(now);
         }
