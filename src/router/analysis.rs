@@ -1146,14 +1146,18 @@ impl<'a> Walker<'a> {
             N::DoStmt(d) => self.do_block(d),
             N::VariableSetStmt(s) => self.set_stmt(s),
             N::DiscardStmt(d) => {
-                let all = d.target == protobuf::DiscardMode::DiscardAll as i32;
-                self.effects.push(if all {
-                    SessionEffect::ResetAll
+                if d.target == protobuf::DiscardMode::DiscardAll as i32 {
+                    // DISCARD ALL includes DEALLOCATE ALL.
+                    self.effects.push(SessionEffect::ResetAll);
+                    self.effects.push(SessionEffect::Deallocate(None));
                 } else {
-                    SessionEffect::Other
-                });
+                    self.effects.push(SessionEffect::Other);
+                }
             }
             N::TransactionStmt(t) => self.txn(t),
+            N::DeallocateStmt(d) => self.effects.push(SessionEffect::Deallocate(
+                (!d.isall && !d.name.is_empty()).then(|| d.name.clone()),
+            )),
             _ => {}
         }
     }

@@ -92,6 +92,10 @@ pub fn explain(
                 ),
                 SessionEffect::ResetTenant => "resets the tenant".into(),
                 SessionEffect::ResetAll => "resets all settings (tenant included)".into(),
+                SessionEffect::Deallocate(Some(name)) => {
+                    format!("deallocates prepared statement \"{name}\"")
+                }
+                SessionEffect::Deallocate(None) => "deallocates every prepared statement".into(),
                 SessionEffect::Other => "changes another setting".into(),
             };
             let _ = writeln!(out, "  effect: {text}");

@@ -137,6 +137,10 @@ pub enum SessionEffect {
     ResetTenant,
     /// `RESET ALL` / `DISCARD ALL`: every setting, including the tenant.
     ResetAll,
+    /// `DEALLOCATE <name>`, or `DEALLOCATE ALL` (`None`): the client's
+    /// prepared statements, which the proxy keeps under names of its own
+    /// on the server.
+    Deallocate(Option<String>),
     /// Any other SET/RESET/DISCARD; kept so the session layer can track
     /// state it must replay on a backend switch.
     Other,

@@ -535,7 +535,7 @@ fn error_messages_name_tables_and_hint() {
 fn analysis_details() {
     let cfg = RouterConfig::default();
     let a = analyze(
-        "BEGIN; SET LOCAL app.tenant_id = 'acme'; SELECT set_config('app.tenant_id', $1, false); RESET app.tenant_id; DISCARD ALL; SET work_mem = '4MB'; SAVEPOINT a; ROLLBACK TO SAVEPOINT a; RELEASE a; END; ABORT; PREPARE TRANSACTION 'g'; COMMIT PREPARED 'g'",
+        "BEGIN; SET LOCAL app.tenant_id = 'acme'; SELECT set_config('app.tenant_id', $1, false); RESET app.tenant_id; DISCARD ALL; SET work_mem = '4MB'; SAVEPOINT a; ROLLBACK TO SAVEPOINT a; RELEASE a; END; ABORT; PREPARE TRANSACTION 'g'; COMMIT PREPARED 'g'; DEALLOCATE \"A1\"; DEALLOCATE PREPARE a2; DEALLOCATE ALL",
         &cfg,
     )
     .unwrap();
@@ -556,7 +556,10 @@ fn analysis_details() {
         }]
     );
     assert_eq!(s[3].effects, vec![SessionEffect::ResetTenant]);
-    assert_eq!(s[4].effects, vec![SessionEffect::ResetAll]);
+    assert_eq!(
+        s[4].effects,
+        vec![SessionEffect::ResetAll, SessionEffect::Deallocate(None)]
+    );
     assert_eq!(s[5].effects, vec![SessionEffect::Other]);
     assert_eq!(s[6].txn, TxnControl::Savepoint("a".into()));
     assert_eq!(s[7].txn, TxnControl::RollbackToSavepoint("a".into()));
@@ -565,6 +568,16 @@ fn analysis_details() {
     assert_eq!(s[10].txn, TxnControl::Rollback);
     assert_eq!(s[11].txn, TxnControl::PrepareTransaction("g".into()));
     assert_eq!(s[12].txn, TxnControl::CommitPrepared("g".into()));
+    // Quoted names keep their case, others fold, as in PostgreSQL.
+    assert_eq!(
+        s[13].effects,
+        vec![SessionEffect::Deallocate(Some("A1".into()))]
+    );
+    assert_eq!(
+        s[14].effects,
+        vec![SessionEffect::Deallocate(Some("a2".into()))]
+    );
+    assert_eq!(s[15].effects, vec![SessionEffect::Deallocate(None)]);
 
     let a = analyze("EXECUTE p(1)", &cfg).unwrap();
     assert!(a.statements[0].unknown_tables && !a.statements[0].assume_tenant_tables);

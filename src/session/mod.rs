@@ -194,6 +194,10 @@ impl PreparedMap {
             self.named.insert(name, p);
         }
     }
+    /// Forgets every named statement (DEALLOCATE ALL), not the unnamed one.
+    pub fn clear_named(&mut self) {
+        self.named.clear();
+    }
     pub fn remove(&mut self, name: &str) -> Option<Prepared> {
         if name.is_empty() {
             self.unnamed.take()
@@ -1055,20 +1059,31 @@ impl Session {
         let effects = a.statements.iter().flat_map(|s| s.effects.iter());
         let mut tenant_touched = false;
         let mut reset_all = false;
+        let mut deallocate_all = false;
         for e in effects {
             match e {
                 SessionEffect::SetTenant { .. } | SessionEffect::ResetTenant => {
                     tenant_touched = true
                 }
                 SessionEffect::ResetAll => reset_all = true,
-                SessionEffect::Other => {}
+                SessionEffect::Deallocate(None) => deallocate_all = true,
+                // A name the proxy did not answer for (`deallocate_locally`)
+                // is not one of the client's protocol-level statements.
+                SessionEffect::Deallocate(Some(_)) | SessionEffect::Other => {}
             }
+        }
+        if deallocate_all {
+            // PostgreSQL forgets the client's statements (not the unnamed one).
+            self.prepared.clear_named();
         }
         if let Some(att) = self.attached.as_mut() {
             if tenant_touched || reset_all {
                 att.conn.tenant_setting = None;
             }
-            if reset_all {
+            // The server dropped the statements other sessions share on this
+            // connection too: retired rather than tracked, so that no list
+            // of what it holds can be wrong if the statement did not run.
+            if reset_all || deallocate_all {
                 att.conn.retire_after_use = true;
             }
         }

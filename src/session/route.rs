@@ -362,7 +362,9 @@ impl Session {
                         self.local_tenant = None;
                         self.reset_settings();
                     }
-                    SessionEffect::Other => {}
+                    // After sending (`note_session_effects`), or answered
+                    // by the proxy (`deallocate_locally`).
+                    SessionEffect::Deallocate(_) | SessionEffect::Other => {}
                 }
             }
         }
@@ -425,6 +427,9 @@ impl Session {
                 );
                 return Ok(());
             }
+            if self.deallocate_locally(a).await? {
+                return Ok(());
+            }
         }
         let target = match &analysis {
             Some(a) if self.shared.routing_enabled() => {
@@ -455,6 +460,38 @@ impl Session {
             self.note_session_effects(&target, a, sql);
         }
         Ok(())
+    }
+
+    /// Answers a Query that is only `DEALLOCATE <name>` of one of the
+    /// client's prepared statements: on the server it has another name
+    /// (shared with other sessions), so the proxy forgets the client's name
+    /// and answers as PostgreSQL would, after the responses still due. Not
+    /// in a failed transaction: PostgreSQL refuses the statement there, and
+    /// the server will too.
+    async fn deallocate_locally(&mut self, a: &Analysis) -> Result<bool, PgError> {
+        let [st] = &a.statements[..] else {
+            return Ok(false);
+        };
+        let [SessionEffect::Deallocate(Some(name))] = &st.effects[..] else {
+            return Ok(false);
+        };
+        if !self.prepared.contains_key(name) {
+            return Ok(false);
+        }
+        if self.attached.as_ref().is_some_and(|a| !a.expect.is_empty()) {
+            // The answer must not overtake them, and the transaction's
+            // status is known once they are in.
+            self.drain_attached().await?;
+        }
+        let status = self.client_status();
+        if status == TxStatus::Failed {
+            return Ok(false);
+        }
+        self.prepared.remove(name);
+        self.out
+            .extend_from_slice(&be::command_complete("DEALLOCATE"));
+        self.out.extend_from_slice(&be::ready_for_query(status));
+        Ok(true)
     }
 
     async fn refuse_query(&mut self, err: PgError) -> Result<(), PgError> {
