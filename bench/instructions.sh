@@ -5,6 +5,7 @@
 #
 #   bench/instructions.sh                  # pgtenant (1 worker), PgBouncer, relay
 #   BENCH_MODES=simple bench/instructions.sh
+#   KEEP_PROFILES=/tmp/cg bench/instructions.sh   # keep the callgrind files
 #
 # Each path runs twice under callgrind, with TX1 and TX2 transactions per
 # client; the difference divided by the extra transactions removes startup,
@@ -58,6 +59,8 @@ cleanup() {
     set +e
     pkill -f "$TMP/" 2>/dev/null
     [[ $PG_STARTED == 1 ]] && "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$TMP/data" -m immediate -w stop >/dev/null 2>&1
+    # KEEP_PROFILES=DIR keeps the callgrind files, to read with callgrind_annotate.
+    [[ -n ${KEEP_PROFILES:-} ]] && mkdir -p "$KEEP_PROFILES" && cp "$TMP"/cg.* "$KEEP_PROFILES"/ 2>/dev/null
     rm -rf "$TMP"
     exit $rc
 }
