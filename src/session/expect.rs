@@ -19,9 +19,23 @@ pub enum Undone {
     Parse(Arc<str>),
     /// An injected Close an error skipped: the statement is still on the connection.
     Close(Arc<str>),
+    /// An error answered a message whose failure the session must record.
+    Failed(OnError),
     /// ParameterDescription of the client statement named here (parameter type OIDs),
     /// needed to read binary-format tenant parameters at Bind.
     Described(Arc<str>, Vec<u32>),
+}
+
+/// What an error in answer to a simple Query means for the session's
+/// bookkeeping (`ExpectQueue::push_setup_settings`, `on_error_of_last`).
+#[derive(Debug)]
+pub enum OnError {
+    /// The setup Query replaying the session's settings failed, as a whole:
+    /// what settings the connection has is unknown.
+    SettingsUnknown,
+    /// The client's SET, recorded for replay on other connections, failed:
+    /// it must not be replayed.
+    ForgetSetting(Arc<str>),
 }
 
 /// The response that completes a message.
@@ -48,6 +62,7 @@ enum Entry {
         awaits: Await,
         swallow: bool,
         stmt: Option<Arc<str>>,
+        on_error: Option<OnError>,
     },
     /// A response the proxy sends itself when its turn comes.
     Local(Bytes),
@@ -69,6 +84,7 @@ impl ExpectQueue {
             awaits,
             swallow,
             stmt: None,
+            on_error: None,
         });
     }
 
@@ -78,6 +94,7 @@ impl ExpectQueue {
             awaits: Await::Describe,
             swallow: false,
             stmt: Some(name),
+            on_error: None,
         });
     }
 
@@ -91,6 +108,7 @@ impl ExpectQueue {
             awaits: Await::ParseComplete,
             swallow: false,
             stmt: Some(unnamed),
+            on_error: None,
         });
     }
 
@@ -100,7 +118,32 @@ impl ExpectQueue {
             awaits,
             swallow: true,
             stmt: Some(stmt),
+            on_error: None,
         });
+    }
+
+    /// Records the setup Query that replays the session's settings
+    /// (swallowed; its failure is `OnError::SettingsUnknown`).
+    pub fn push_setup_settings(&mut self) {
+        self.q.push_back(Entry::Wait {
+            awaits: Await::Query,
+            swallow: true,
+            stmt: None,
+            on_error: Some(OnError::SettingsUnknown),
+        });
+    }
+
+    /// Gives the simple Query recorded last what its failure means; no
+    /// effect when the last entry is anything else.
+    pub fn on_error_of_last(&mut self, e: OnError) {
+        if let Some(Entry::Wait {
+            awaits: Await::Query,
+            on_error,
+            ..
+        }) = self.q.back_mut()
+        {
+            *on_error = Some(e);
+        }
     }
 
     /// Queues a response the proxy answers itself; emitted at once if nothing is ahead of it.
@@ -146,6 +189,11 @@ impl ExpectQueue {
         let done = match t {
             tag::ERROR_RESPONSE => {
                 if awaits == Await::Query || awaits == Await::Sync {
+                    if let Some(Entry::Wait { on_error, .. }) = self.q.front_mut() {
+                        if let Some(e) = on_error.take() {
+                            undone.push(Undone::Failed(e));
+                        }
+                    }
                     false
                 } else {
                     // The backend skips everything up to the next Sync, and so

@@ -215,6 +215,11 @@ struct Settings {
     fingerprint: u64,
 }
 
+/// A connection's fingerprint when its settings are not known (a setup
+/// Query that replayed them failed): equal to no session's, which are odd
+/// or 0, so the next transaction there resets and replays.
+const SETTINGS_UNKNOWN: u64 = 2;
+
 impl Settings {
     fn push(&mut self, stmt: String) {
         use std::hash::{Hash, Hasher};
@@ -223,6 +228,19 @@ impl Settings {
         stmt.hash(&mut h);
         self.fingerprint = h.finish() | 1;
         self.stmts.push(stmt);
+    }
+
+    /// Removes the last `stmt` recorded (it failed on the server).
+    fn forget(&mut self, stmt: &str) {
+        let Some(i) = self.stmts.iter().rposition(|s| s == stmt) else {
+            return;
+        };
+        let mut stmts = std::mem::take(&mut self.stmts);
+        stmts.remove(i);
+        *self = Settings::default();
+        for s in stmts {
+            self.push(s);
+        }
     }
 }
 
@@ -751,7 +769,9 @@ impl Session {
                 a.note_ready();
             }
             if !undone.is_empty() {
-                for u in undone.drain(..) {
+                // Undone in reverse: the queue applied them in order to the
+                // connection's statement list (an eviction, then a Parse…).
+                for u in undone.drain(..).rev() {
                     match u {
                         expect::Undone::Parse(name) if name.is_empty() => {
                             a.conn.unnamed_owner = None
@@ -761,6 +781,16 @@ impl Session {
                         expect::Undone::Described(name, oids) => {
                             if let Some(p) = self.prepared.get_mut(&name) {
                                 p.param_oids = oids;
+                            }
+                        }
+                        expect::Undone::Failed(expect::OnError::SettingsUnknown) => {
+                            a.conn.settings_fingerprint = SETTINGS_UNKNOWN;
+                        }
+                        expect::Undone::Failed(expect::OnError::ForgetSetting(stmt)) => {
+                            if let Some(s) = self.settings.get_mut(&a.target.pool.name) {
+                                s.forget(&stmt);
+                                // The connection kept what it had before the SET.
+                                a.conn.settings_fingerprint = s.fingerprint;
                             }
                         }
                     }
@@ -894,8 +924,18 @@ impl Session {
         };
         let a = self.attached.as_mut().expect("attached above");
         if !setup.is_empty() {
-            let q = crate::protocol::frontend::encode_query(&setup);
-            a.expect.push(Await::Query, true);
+            // Two Queries: a failing setting (the implicit transaction rolls
+            // back the whole Query) never keeps the tenant setting and the
+            // lock release from being done.
+            let mut q = BytesMut::new();
+            if !setup.settings.is_empty() {
+                q.extend_from_slice(&crate::protocol::frontend::encode_query(&setup.settings));
+                a.expect.push_setup_settings();
+            }
+            if !setup.session.is_empty() {
+                q.extend_from_slice(&crate::protocol::frontend::encode_query(&setup.session));
+                a.expect.push(Await::Query, true);
+            }
             if a.conn.stream.write_all(&q).await.is_err() {
                 self.attached = None; // broken: dropped, never reused
                 return Err(backend_lost());
@@ -1045,6 +1085,9 @@ impl Session {
         if let Some(a) = self.attached.as_mut() {
             if a.target.pool.name == target.pool.name {
                 a.conn.settings_fingerprint = s.fingerprint;
+                // Recorded before its result is known: forgotten if it fails.
+                a.expect
+                    .on_error_of_last(expect::OnError::ForgetSetting(stmt.into()));
             }
         }
     }
@@ -1243,6 +1286,24 @@ fn settings_for<'a>(
     recorded.get(&target.pool.name).unwrap_or(startup)
 }
 
+/// The statements that bring a connection in line with a session, as two
+/// simple Queries (see `setup_sql`).
+#[derive(Default)]
+struct Setup {
+    /// RESET ALL and the session's settings: may fail (a setting the
+    /// server refuses), and then the whole Query is rolled back.
+    settings: String,
+    /// The advisory-lock release and the tenant setting: cannot fail on an
+    /// idle connection, and must hold whatever became of `settings`.
+    session: String,
+}
+
+impl Setup {
+    fn is_empty(&self) -> bool {
+        self.settings.is_empty() && self.session.is_empty()
+    }
+}
+
 /// The statements that bring `conn` in line with session `session` and
 /// `target` (settings, advisory locks left by another session, the
 /// tenant setting), recorded on `conn` as applied; empty when it already is.
@@ -1253,28 +1314,28 @@ fn setup_sql(
     shared: &Shared,
     conn: &mut PooledConn,
     target: &Target,
-) -> String {
-    let mut setup = String::new();
+) -> Setup {
+    let mut setup = Setup::default();
     if conn.settings_fingerprint != wanted.fingerprint {
         if conn.settings_fingerprint != 0 {
-            setup.push_str("RESET ALL;");
+            setup.settings.push_str("RESET ALL;");
             // RESET ALL clears the tenant setting too.
             conn.tenant_setting = None;
         }
         for s in &wanted.stmts {
-            setup.push_str(s);
-            setup.push(';');
+            setup.settings.push_str(s);
+            setup.settings.push(';');
         }
         conn.settings_fingerprint = wanted.fingerprint;
     }
     if conn.lock_owner.is_some_and(|owner| owner != session) {
-        setup.push_str("SELECT pg_advisory_unlock_all();");
+        setup.session.push_str("SELECT pg_advisory_unlock_all();");
         conn.lock_owner = None;
     }
     if let Some(t) = &target.tenant {
         if conn.tenant_setting.as_deref() != Some(&**t) {
             let setting = &shared.config().routing.tenant_setting;
-            setup.push_str(&format!(
+            setup.session.push_str(&format!(
                 "SELECT set_config({}, {}, false);",
                 quote_literal(setting),
                 quote_literal(t)
@@ -1283,7 +1344,7 @@ fn setup_sql(
         }
     }
     if !setup.is_empty() {
-        // Sent as a simple Query, which destroys the unnamed statement.
+        // Sent as simple Queries, which destroy the unnamed statement.
         conn.unnamed_owner = None;
     }
     setup

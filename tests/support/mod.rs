@@ -2,6 +2,8 @@
 //! and a pgtenant process in front of them. No mocks: everything real.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
