@@ -97,3 +97,96 @@ fn a_failing_replayed_setting_never_leaves_another_tenants_setting() {
         assert_eq!(r, ["T", "D(1)", "C(SELECT 1)", "Z(I)"], "{r:?}");
     });
 }
+
+/// A statement name the client never prepared is never sent to the server,
+/// where it could name another session's statement (the unnamed one, or a
+/// `pgt_…` name anyone can compute): PostgreSQL's 26000 instead.
+#[test]
+fn an_unknown_statement_name_never_reaches_another_sessions_statement() {
+    let (_app, p) = passthrough("[pool]\nsize = 1\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        a.send(&[
+            parse(b"", b"SELECT 'A-private'"),
+            bind(b"", b""),
+            execute(b""),
+            parse(b"s", b"SELECT 'A-named'"),
+            bind(b"", b"s"),
+            execute(b""),
+            sync(),
+        ])
+        .await;
+        let r = a.read_until(0, 1).await;
+        assert!(r.contains(&"D(A-named)".to_string()), "{r:?}");
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"SELECT 'A-named'");
+        h.update([0]);
+        h.update(0i16.to_be_bytes());
+        let pgt = format!("pgt_{}", hex::encode(&h.finalize()[..16]));
+        let mut b = alice(&p).await;
+        for probe in [
+            vec![describe(b'S', b""), bind(b"", b""), execute(b""), sync()],
+            vec![bind(b"", pgt.as_bytes()), execute(b""), sync()],
+            vec![describe(b'S', pgt.as_bytes()), sync()],
+        ] {
+            b.send(&probe).await;
+            let r = b.read_until(0, 1).await;
+            assert!(!r.iter().any(|m| m.contains("A-")), "{r:?}");
+            assert!(r[0].starts_with("E(26000:"), "{r:?}");
+            assert_eq!(r.last().unwrap(), "Z(I)", "{r:?}");
+        }
+        // The session goes on.
+        b.send(&[query("SELECT 'still here'")]).await;
+        assert!(b
+            .read_until(0, 1)
+            .await
+            .contains(&"D(still here)".to_string()));
+    });
+}
+
+/// An error the proxy finds in a batch (a duplicate Parse) fails the
+/// transaction and skips the rest of the batch, as PostgreSQL does: nothing
+/// after it runs, and COMMIT rolls back.
+#[test]
+fn an_error_the_proxy_finds_in_a_batch_fails_the_transaction() {
+    let (app, p) = passthrough("[pool]\nsize = 2\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        a.send(&[parse(b"s", b"SELECT 1"), sync()]).await;
+        assert_eq!(a.read_until(0, 1).await, ["1", "Z(I)"]);
+        a.send(&[query("BEGIN; INSERT INTO items VALUES (10, 'ten')")])
+            .await;
+        a.read_until(0, 1).await;
+        a.send(&[parse(b"s", b"SELECT 2"), parse(b"t", b"SELECT 't'"), sync()])
+            .await;
+        let r = a.read_until(0, 1).await;
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r[0].starts_with("E(42P05:"), "{r:?}");
+        assert_eq!(r[1], "Z(E)");
+        a.send(&[query("COMMIT")]).await;
+        assert_eq!(a.read_until(0, 1).await, ["C(ROLLBACK)", "Z(I)"]);
+        // `t` came after the error: never prepared.
+        a.send(&[parse(b"t", b"SELECT 't'"), sync()]).await;
+        assert_eq!(a.read_until(0, 1).await, ["1", "Z(I)"]);
+        // Implicit transaction: the INSERT before the error is rolled back.
+        a.send(&[
+            parse(b"i", b"INSERT INTO items VALUES (11, 'eleven')"),
+            bind(b"", b"i"),
+            execute(b""),
+            parse(b"s", b"SELECT 3"),
+            sync(),
+        ])
+        .await;
+        let r = a.read_until(0, 1).await;
+        assert!(r.iter().any(|m| m.starts_with("E(42P05")), "{r:?}");
+        assert_eq!(r.last().unwrap(), "Z(I)");
+    });
+    assert_eq!(
+        app.psql("app", "SELECT count(*) FROM items WHERE id >= 10"),
+        "0"
+    );
+}

@@ -344,6 +344,15 @@ pub fn encode_parse(out: &mut BytesMut, server_name: &str, query: &[u8], param_t
     })
 }
 
+/// Appends a Bind of the unnamed statement to the unnamed portal, without
+/// parameters, and an Execute of that portal (all rows).
+pub fn encode_bind_execute_unnamed(out: &mut BytesMut) {
+    frame_into(out, tag::BIND, 8, |o| {
+        o.put_slice(&[0, 0, 0, 0, 0, 0, 0, 0])
+    });
+    frame_into(out, tag::EXECUTE, 5, |o| o.put_slice(&[0, 0, 0, 0, 0]));
+}
+
 /// Appends the original `Bind` bytes with only the statement name replaced.
 pub fn rename_bind(out: &mut BytesMut, body: &[u8], b: &Bind<'_>, server_name: &str) {
     let rest = &body[b.rest_offset..];

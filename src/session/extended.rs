@@ -87,6 +87,9 @@ impl Session {
         for f in batch.iter() {
             match f.tag() {
                 tag::PARSE => {
+                    if self.skip_until_sync {
+                        continue;
+                    }
                     match record_parse(&mut self.prepared, &mut self.next_generation, f.body())? {
                         Ok(server_name) if server_name.is_empty() => {
                             // The unnamed statement needs no renaming: forward the
@@ -98,8 +101,8 @@ impl Session {
                         }
                         Ok(_) => a.expect.push_local(Bytes::from_static(PARSE_COMPLETE), out),
                         Err(err) => {
-                            a.expect.push_local(err.encode(), out);
-                            // As in PostgreSQL, the rest of the batch is skipped up to Sync.
+                            raise_in_batch(a, &mut wire, out, &err);
+                            sent_extended = true;
                             self.skip_until_sync = true;
                         }
                     }
@@ -121,8 +124,14 @@ impl Session {
                                 bound.push(stmt.query.clone());
                             }
                         }
-                        // Unknown name: PostgreSQL reports it (26000).
-                        None => wire.extend_from_slice(f.raw()),
+                        // Never forwarded: on the server, the name could be
+                        // another session's statement.
+                        None => {
+                            raise_in_batch(a, &mut wire, out, &no_such_statement(&b.statement));
+                            sent_extended = true;
+                            self.skip_until_sync = true;
+                            continue;
+                        }
                     }
                     a.expect.push(Await::BindComplete, false);
                     sent_extended = true;
@@ -146,6 +155,11 @@ impl Session {
                                 &stmt.server_name,
                             );
                             a.expect.push_describe((&*d.name).into());
+                        }
+                        None if d.kind == b'S' => {
+                            // As for Bind: never another session's statement.
+                            raise_in_batch(a, &mut wire, out, &no_such_statement(&d.name));
+                            self.skip_until_sync = true;
                         }
                         None => {
                             wire.extend_from_slice(f.raw());
@@ -228,6 +242,10 @@ impl Session {
                         Err(err) => {
                             self.out.extend_from_slice(&err.encode());
                             self.skip_until_sync = true;
+                            if self.held_begin.is_some() {
+                                // The transaction the proxy holds fails, as on PostgreSQL.
+                                self.client_failed = true;
+                            }
                         }
                     }
                 }
@@ -268,6 +286,40 @@ impl Session {
 }
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+
+/// PostgreSQL's error for a statement name the client never prepared.
+fn no_such_statement(name: &str) -> PgError {
+    let message = if name.is_empty() {
+        "unnamed prepared statement does not exist".to_string()
+    } else {
+        format!(
+            "prepared statement \"{}\" does not exist",
+            fe::name_for_display(name)
+        )
+    };
+    PgError::error("26000", message)
+}
+
+/// Makes the server itself fail with `err` at this point of the batch
+/// (an unnamed statement raising it, whose ParseComplete and BindComplete
+/// are swallowed): it then skips the rest of the batch up to Sync and fails
+/// the transaction, explicit or implicit, exactly as when PostgreSQL finds
+/// the error. An error the proxy only answered itself would let the rest of
+/// the batch run, and commit. The caller skips its own work to Sync.
+fn raise_in_batch(a: &mut super::Attached, wire: &mut BytesMut, out: &mut BytesMut, err: &PgError) {
+    let Some(sql) = super::route::raise_sql(err) else {
+        a.expect.push_local(err.encode(), out);
+        return;
+    };
+    fe::encode_parse(wire, "", sql.as_bytes(), &[0, 0]);
+    fe::encode_bind_execute_unnamed(wire);
+    // The unnamed statement is the proxy's now, whatever happens.
+    a.conn.unnamed_owner = None;
+    a.expect
+        .push_statement_op(Await::ParseComplete, Arc::from(""));
+    a.expect.push(Await::BindComplete, true);
+    a.expect.push(Await::Execute, true);
+}
 
 /// Records a client's Parse (`body`, the message's body): `Ok` with the
 /// statement's server-side name (empty for the unnamed statement), or the

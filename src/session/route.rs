@@ -103,20 +103,11 @@ impl Session {
     pub(super) async fn fail_backend_transaction(&mut self, err: &PgError) -> Result<(), PgError> {
         crate::metrics::refused(err.code);
         tracing::info!(session = self.id, user = %self.user, code = err.code, message = %err.message, "statement refused inside a transaction");
-        let mut sql = format!(
-            "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}",
-            super::quote_literal(err.code),
-            super::quote_literal(&err.message)
-        );
-        if let Some(h) = &err.hint {
-            sql.push_str(&format!(", HINT = {}", super::quote_literal(h)));
-        }
-        sql.push_str("; END$pgtenant$");
-        if sql.matches("$pgtenant$").count() != 2 {
+        let Some(sql) = raise_sql(err) else {
             // Cannot happen with our own messages; refuse locally rather than guess.
             self.refuse(err, true);
             return Ok(());
-        }
+        };
         self.skip_until_sync = false;
         self.send_to_backend(&fe::encode_query(&sql), Await::Query, false)
             .await
@@ -522,6 +513,23 @@ pub(super) fn replayable_settings(a: &Analysis) -> bool {
         .statements
         .iter()
         .any(|s| s.effects.contains(&SessionEffect::Other))
+}
+
+/// A statement that makes the server raise `err` (SQLSTATE, message, hint)
+/// itself, so that the transaction it runs in fails as PostgreSQL would
+/// fail it; `None` if the text would break out of its quoting (never with
+/// the proxy's own messages).
+pub(super) fn raise_sql(err: &PgError) -> Option<String> {
+    let mut sql = format!(
+        "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}",
+        super::quote_literal(err.code),
+        super::quote_literal(&err.message)
+    );
+    if let Some(h) = &err.hint {
+        sql.push_str(&format!(", HINT = {}", super::quote_literal(h)));
+    }
+    sql.push_str("; END$pgtenant$");
+    (sql.matches("$pgtenant$").count() == 2).then_some(sql)
 }
 
 /// No table and no hidden tables: the statement runs wherever the session is.
