@@ -190,3 +190,42 @@ fn an_error_the_proxy_finds_in_a_batch_fails_the_transaction() {
         "0"
     );
 }
+
+/// Session state the proxy does not replay never reaches the next session
+/// on the connection: a SET it cannot record, SET ROLE (which RESET ALL
+/// keeps), a temporary table. The connection is closed after such a use.
+#[test]
+fn untracked_session_state_never_reaches_the_next_session() {
+    let (_app, p) = passthrough("[pool]\nsize = 1\n");
+    rt().block_on(async {
+        for (set, probe, clean) in [
+            (
+                "SET search_path = \"$user\", leaked",
+                "SELECT name FROM items ORDER BY id LIMIT 1",
+                "D(one)",
+            ),
+            (
+                "SET search_path = leaked; SELECT 1",
+                "SELECT name FROM items ORDER BY id LIMIT 1",
+                "D(one)",
+            ),
+            ("SET ROLE other_role", "SELECT current_user", "D(postgres)"),
+            (
+                "CREATE TEMP TABLE items (id int, name text); INSERT INTO items VALUES (0, 'TEMP')",
+                "SELECT name FROM items ORDER BY id LIMIT 1",
+                "D(one)",
+            ),
+        ] {
+            let mut a = alice(&p).await;
+            a.send(&[query(set)]).await;
+            let r = a.read_until(0, 1).await;
+            assert!(!r.iter().any(|m| m.starts_with("E(")), "{set}: {r:?}");
+            drop(a);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut b = alice(&p).await;
+            b.send(&[query(probe)]).await;
+            let r = b.read_until(0, 1).await;
+            assert!(r.contains(&clean.to_string()), "after {set}: {r:?}");
+        }
+    });
+}

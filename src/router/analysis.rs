@@ -769,7 +769,11 @@ impl<'a> Walker<'a> {
         self.templatable = false;
         let ours = s.name.eq_ignore_ascii_case(&self.cfg.tenant_setting);
         let kind = K::try_from(s.kind).unwrap_or(K::Undefined);
+        let identity = ["role", "session_authorization"]
+            .iter()
+            .any(|n| s.name.eq_ignore_ascii_case(n));
         let effect = match kind {
+            _ if identity => SessionEffect::Untracked,
             K::VarResetAll => SessionEffect::ResetAll,
             K::VarReset | K::VarSetDefault if ours => SessionEffect::ResetTenant,
             K::VarSetValue if ours => {
@@ -1050,22 +1054,36 @@ impl<'a> Walker<'a> {
             }
             N::ExplainStmt(s) => self.opt(&s.query),
             N::PrepareStmt(s) => {
+                self.effects.push(SessionEffect::Untracked);
                 let prev = std::mem::replace(&mut self.drop_params, true);
                 self.opt(&s.query);
                 self.drop_params = prev;
             }
-            N::DeclareCursorStmt(s) => self.opt(&s.query),
+            N::DeclareCursorStmt(s) => {
+                // CURSOR_OPT_HOLD: the cursor outlives its transaction.
+                if s.options & 0x0020 != 0 {
+                    self.effects.push(SessionEffect::Untracked);
+                }
+                self.opt(&s.query);
+            }
             N::CreateTableAsStmt(s) => {
                 self.opt(&s.query);
                 if let Some(into) = &s.into {
+                    if into.rel.as_ref().is_some_and(|r| r.relpersistence == "t") {
+                        self.effects.push(SessionEffect::Untracked);
+                    }
                     self.rel(&into.rel);
                 }
             }
+            N::ListenStmt(_) => self.effects.push(SessionEffect::Untracked),
             N::ViewStmt(s) => {
                 self.rel(&s.view);
                 self.opt(&s.query);
             }
             N::CreateStmt(s) => {
+                if s.relation.as_ref().is_some_and(|r| r.relpersistence == "t") {
+                    self.effects.push(SessionEffect::Untracked);
+                }
                 self.rel(&s.relation);
                 self.nodes(&s.inh_relations);
                 self.nodes(&s.table_elts);

@@ -364,7 +364,7 @@ fn apply_effects(st: &StatementInfo, sim: &mut Sim, ctx: &Ctx) -> Result<(), Rou
                 sim.session = None;
                 sim.local = None;
             }
-            SessionEffect::Deallocate(_) | SessionEffect::Other => {}
+            SessionEffect::Deallocate(_) | SessionEffect::Other | SessionEffect::Untracked => {}
         }
     }
     if matches!(

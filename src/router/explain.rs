@@ -97,6 +97,9 @@ pub fn explain(
                 }
                 SessionEffect::Deallocate(None) => "deallocates every prepared statement".into(),
                 SessionEffect::Other => "changes another setting".into(),
+                SessionEffect::Untracked => {
+                    "leaves state on the connection (closed after the transaction)".into()
+                }
             };
             let _ = writeln!(out, "  effect: {text}");
         }

@@ -1103,6 +1103,8 @@ impl Session {
         let mut tenant_touched = false;
         let mut reset_all = false;
         let mut deallocate_all = false;
+        let mut untracked = false;
+        let mut other = false;
         for e in effects {
             match e {
                 SessionEffect::SetTenant { .. } | SessionEffect::ResetTenant => {
@@ -1112,9 +1114,15 @@ impl Session {
                 SessionEffect::Deallocate(None) => deallocate_all = true,
                 // A name the proxy did not answer for (`deallocate_locally`)
                 // is not one of the client's protocol-level statements.
-                SessionEffect::Deallocate(Some(_)) | SessionEffect::Other => {}
+                SessionEffect::Deallocate(Some(_)) => {}
+                SessionEffect::Other => other = true,
+                SessionEffect::Untracked => untracked = true,
             }
         }
+        let replayed = route::replayable_settings(a) && !sql.contains('$');
+        // State the next session on this connection would inherit, and
+        // that no reset undoes: the connection closes after this use.
+        untracked |= other && !replayed;
         if deallocate_all {
             // PostgreSQL forgets the client's statements (not the unnamed one).
             self.prepared.clear_named();
@@ -1126,7 +1134,7 @@ impl Session {
             // The server dropped the statements other sessions share on this
             // connection too: retired rather than tracked, so that no list
             // of what it holds can be wrong if the statement did not run.
-            if reset_all || deallocate_all {
+            if reset_all || deallocate_all || untracked {
                 att.conn.retire_after_use = true;
             }
         }
@@ -1137,7 +1145,7 @@ impl Session {
                 att.conn.lock_owner = Some(self.id);
             }
         }
-        if route::replayable_settings(a) && !sql.contains('$') {
+        if replayed {
             self.record_setting(target, sql);
         }
     }

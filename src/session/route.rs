@@ -355,7 +355,9 @@ impl Session {
                     }
                     // After sending (`note_session_effects`), or answered
                     // by the proxy (`deallocate_locally`).
-                    SessionEffect::Deallocate(_) | SessionEffect::Other => {}
+                    SessionEffect::Deallocate(_)
+                    | SessionEffect::Other
+                    | SessionEffect::Untracked => {}
                 }
             }
         }

@@ -105,7 +105,9 @@ fn portable_word_mask(chunk: &[u8; 16]) -> u32 {
 }
 
 /// The words `may_change_session_state` looks for, compared ignoring case.
-const WORDS: [&[u8]; 10] = [
+/// (No two may share their first two letters: see `PAIRS`. `hold` and
+/// `temp` stand for `DECLARE … WITH HOLD` and `CREATE TEMP[ORARY] TABLE`.)
+const WORDS: [&[u8]; 12] = [
     b"set",
     b"reset",
     b"discard",
@@ -116,6 +118,8 @@ const WORDS: [&[u8]; 10] = [
     b"deallocate",
     b"begin",
     b"start",
+    b"hold",
+    b"temp",
 ];
 
 /// The index into `WORDS`, plus one, of the word a start's first two bytes
@@ -171,6 +175,9 @@ mod tests {
             "select pg_try_advisory_lock_shared(1)",
             "select 1;set x=1",
             "select\tpg_catalog.set_config('a', 'b', false)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "CREATE TEMPORARY TABLE t (x int)",
+            "create temp table t as select 1",
         ] {
             assert!(may_change_session_state(sql.as_bytes()), "{sql}");
         }
