@@ -229,3 +229,54 @@ fn untracked_session_state_never_reaches_the_next_session() {
         }
     });
 }
+
+/// After an error inside a transaction the proxy holds (BEGIN not sent to
+/// any server yet), an extended-protocol statement gets 25P02 and COMMIT
+/// rolls back, as on PostgreSQL: nothing runs, nothing commits.
+#[test]
+fn a_failed_held_transaction_refuses_extended_statements() {
+    let f = Fleet::start();
+    add_user(
+        &f.app,
+        "app",
+        "multi@example.com",
+        &scram(FPW),
+        Some(&["acme", "globex"]),
+    );
+    let p = f.proxy("");
+    std::thread::sleep(Duration::from_millis(800));
+    rt().block_on(async {
+        let mut m = Raw::connect(p.port, "multi@example.com", FPW, "app").await;
+        m.send(&[query("BEGIN")]).await;
+        assert_eq!(m.read_until(0, 1).await, ["C(BEGIN)", "Z(T)"]);
+        m.send(&[query(
+            "SELECT * FROM accounts WHERE tenant_id = 'acme' UNION ALL SELECT * FROM accounts WHERE tenant_id = 'globex'",
+        )])
+        .await;
+        let r = m.read_until(0, 1).await;
+        assert_eq!(r.last().unwrap(), "Z(E)", "{r:?}");
+        m.send(&[
+            parse(b"", b"INSERT INTO accounts (tenant_id, name) VALUES ('acme', 'AFTER-ERROR')"),
+            bind(b"", b""),
+            execute(b""),
+            sync(),
+        ])
+        .await;
+        let r = m.read_until(0, 1).await;
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r[0].starts_with("E(25P02:"), "{r:?}");
+        assert_eq!(r[1], "Z(E)");
+        m.send(&[parse(b"", b"COMMIT"), bind(b"", b""), execute(b""), sync()])
+            .await;
+        assert_eq!(m.read_until(0, 1).await, ["1", "2", "C(ROLLBACK)", "Z(I)"]);
+        m.send(&[query("SELECT 1")]).await;
+        assert_eq!(m.read_until(0, 1).await, ["T", "D(1)", "C(SELECT 1)", "Z(I)"]);
+    });
+    assert_eq!(
+        f.shared.psql(
+            "shared",
+            "SELECT count(*) FROM accounts WHERE name = 'AFTER-ERROR'"
+        ),
+        "0"
+    );
+}

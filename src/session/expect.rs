@@ -36,6 +36,9 @@ pub enum OnError {
     /// The client's SET, recorded for replay on other connections, failed:
     /// it must not be replayed.
     ForgetSetting(Arc<str>),
+    /// The error is the point of the Query (`Session::enter_failed_transaction`):
+    /// the client saw its own already, so this one is swallowed.
+    Expected,
 }
 
 /// The response that completes a message.
@@ -168,6 +171,14 @@ impl ExpectQueue {
             _ => return true,
         };
         let t = f.tag();
+        let expected_error = t == tag::ERROR_RESPONSE
+            && matches!(
+                self.q.front(),
+                Some(Entry::Wait {
+                    on_error: Some(OnError::Expected),
+                    ..
+                })
+            );
         if t == tag::PARAMETER_DESCRIPTION {
             if let Some(Entry::Wait {
                 stmt: Some(name), ..
@@ -190,8 +201,9 @@ impl ExpectQueue {
             tag::ERROR_RESPONSE => {
                 if awaits == Await::Query || awaits == Await::Sync {
                     if let Some(Entry::Wait { on_error, .. }) = self.q.front_mut() {
-                        if let Some(e) = on_error.take() {
-                            undone.push(Undone::Failed(e));
+                        match on_error.take() {
+                            Some(OnError::Expected) | None => {}
+                            Some(e) => undone.push(Undone::Failed(e)),
                         }
                     }
                     false
@@ -237,7 +249,9 @@ impl ExpectQueue {
             }
             _ => false,
         };
-        let forward = if t == tag::NOTIFICATION || t == tag::ERROR_RESPONSE {
+        let forward = if expected_error {
+            false
+        } else if t == tag::NOTIFICATION || t == tag::ERROR_RESPONSE {
             true
         } else {
             !swallow

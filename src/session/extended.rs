@@ -47,6 +47,11 @@ impl Session {
     /// its buffers go back whichever way this returns.
     async fn dispatch(&mut self, batch: &FrameBatch) -> Result<(), PgError> {
         let ends_with_sync = batch.last().is_some_and(|f| f.tag() == tag::SYNC);
+        if self.attached.is_none() && self.client_failed {
+            if let Err(e) = self.enter_failed_transaction().await {
+                return self.refuse_batch(e, ends_with_sync).await;
+            }
+        }
 
         // Parses first: later Binds in the same batch refer to them.
         let mut needs_backend = false;

@@ -783,6 +783,8 @@ impl Session {
                                 p.param_oids = oids;
                             }
                         }
+                        // Swallowed by the queue, never reported.
+                        expect::Undone::Failed(expect::OnError::Expected) => {}
                         expect::Undone::Failed(expect::OnError::SettingsUnknown) => {
                             a.conn.settings_fingerprint = SETTINGS_UNKNOWN;
                         }

@@ -113,6 +113,28 @@ impl Session {
             .await
     }
 
+    /// The transaction the proxy holds (its BEGIN not sent yet) failed, and
+    /// an extended-protocol batch arrives: PostgreSQL would answer it from
+    /// the failed transaction (25P02, or ROLLBACK for a COMMIT). A backend
+    /// transaction made to fail the same way, quietly (the client saw its
+    /// error already), gives exactly those answers.
+    pub(super) async fn enter_failed_transaction(&mut self) -> Result<(), PgError> {
+        let target = self.current_target()?;
+        self.ensure_attached(&target).await?;
+        self.client_failed = false;
+        let err = PgError::error(
+            "25P02",
+            "current transaction is aborted, commands ignored until end of transaction block",
+        );
+        let sql = raise_sql(&err).expect("the proxy's own message");
+        self.send_to_backend(&fe::encode_query(&sql), Await::Query, true)
+            .await?;
+        if let Some(a) = self.attached.as_mut() {
+            a.expect.on_error_of_last(super::expect::OnError::Expected);
+        }
+        Ok(())
+    }
+
     /// Attaches `target`, refusing a switch inside a transaction.
     pub(super) async fn ensure_attached(&mut self, target: &Target) -> Result<(), PgError> {
         if let Some(a) = &self.attached {
