@@ -280,3 +280,51 @@ fn a_failed_held_transaction_refuses_extended_statements() {
         "0"
     );
 }
+
+/// An error in a batch the client ended with Flush leaves the server
+/// skipping to the client's next Sync: the proxy skips with it, so the
+/// following requests get their own answers (PostgreSQL's) and nothing
+/// hangs.
+#[test]
+fn an_error_before_a_flush_skips_to_the_next_sync() {
+    let (_app, p) = passthrough("[pool]\nsize = 2\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        a.send(&[
+            parse(b"", b"SELECT 1/0"),
+            bind(b"", b""),
+            execute(b""),
+            flush(),
+        ])
+        .await;
+        let r = a.read_until(b'E', 1).await;
+        assert!(r.last().unwrap().starts_with("E(22012"), "{r:?}");
+        // Skipped by PostgreSQL up to its Sync: only ReadyForQuery.
+        a.send(&[
+            parse(b"", b"SELECT 'skipped'"),
+            bind(b"", b""),
+            execute(b""),
+            parse(b"n1", b"SELECT 'n1'"),
+            sync(),
+        ])
+        .await;
+        assert_eq!(a.read_until(0, 1).await, ["Z(I)"]);
+        // n1 was skipped too: it can be prepared now, and runs.
+        a.send(&[
+            parse(b"n1", b"SELECT 'three'"),
+            bind(b"", b"n1"),
+            execute(b""),
+            sync(),
+        ])
+        .await;
+        assert_eq!(
+            a.read_until(0, 1).await,
+            ["1", "2", "D(three)", "C(SELECT 1)", "Z(I)"]
+        );
+        a.send(&[query("SELECT 'four'")]).await;
+        assert_eq!(
+            a.read_until(0, 1).await,
+            ["T", "D(four)", "C(SELECT 1)", "Z(I)"]
+        );
+    });
+}

@@ -74,16 +74,38 @@ enum Entry {
 #[derive(Default)]
 pub struct ExpectQueue {
     q: VecDeque<Entry>,
+    /// An error left the backend skipping messages until a Sync that is
+    /// not sent yet (the batch ended with Flush): until it is, messages
+    /// get no response, so nothing is queued for them.
+    skipping: bool,
 }
 
 impl ExpectQueue {
+    /// See `skipping`: the session skips its own work up to Sync too.
+    pub fn is_skipping(&self) -> bool {
+        self.skipping
+    }
+
+    fn queue(&mut self, e: Entry) {
+        if self.skipping {
+            match e {
+                Entry::Wait {
+                    awaits: Await::Sync,
+                    ..
+                } => self.skipping = false,
+                _ => return,
+            }
+        }
+        self.q.push_back(e);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.q.is_empty()
     }
 
     /// Records a message sent to the backend.
     pub fn push(&mut self, awaits: Await, swallow: bool) {
-        self.q.push_back(Entry::Wait {
+        self.queue(Entry::Wait {
             awaits,
             swallow,
             stmt: None,
@@ -93,7 +115,7 @@ impl ExpectQueue {
 
     /// Records a Describe of client statement `name`, to capture its parameter types.
     pub fn push_describe(&mut self, name: Arc<str>) {
-        self.q.push_back(Entry::Wait {
+        self.queue(Entry::Wait {
             awaits: Await::Describe,
             swallow: false,
             stmt: Some(name),
@@ -107,7 +129,7 @@ impl ExpectQueue {
     /// allocated per Parse.
     pub fn push_unnamed_parse(&mut self, unnamed: Arc<str>) {
         debug_assert!(unnamed.is_empty());
-        self.q.push_back(Entry::Wait {
+        self.queue(Entry::Wait {
             awaits: Await::ParseComplete,
             swallow: false,
             stmt: Some(unnamed),
@@ -117,7 +139,7 @@ impl ExpectQueue {
 
     /// Records an injected Parse or Close of server statement `stmt` (swallowed).
     pub fn push_statement_op(&mut self, awaits: Await, stmt: Arc<str>) {
-        self.q.push_back(Entry::Wait {
+        self.queue(Entry::Wait {
             awaits,
             swallow: true,
             stmt: Some(stmt),
@@ -128,7 +150,7 @@ impl ExpectQueue {
     /// Records the setup Query that replays the session's settings
     /// (swallowed; its failure is `OnError::SettingsUnknown`).
     pub fn push_setup_settings(&mut self) {
-        self.q.push_back(Entry::Wait {
+        self.queue(Entry::Wait {
             awaits: Await::Query,
             swallow: true,
             stmt: None,
@@ -151,7 +173,9 @@ impl ExpectQueue {
 
     /// Queues a response the proxy answers itself; emitted at once if nothing is ahead of it.
     pub fn push_local(&mut self, bytes: Bytes, out: &mut BytesMut) {
-        if self.q.is_empty() {
+        if self.skipping {
+            // PostgreSQL would not answer it either.
+        } else if self.q.is_empty() {
             out.extend_from_slice(&bytes);
         } else {
             self.q.push_back(Entry::Local(bytes));
@@ -212,6 +236,17 @@ impl ExpectQueue {
                     // do the responses we would have answered locally. Errors
                     // are always the client's to see, even for injected
                     // messages: hiding one could hide a failed re-prepare.
+                    // No Sync queued: the one that ends the skipping is
+                    // still to come from the client.
+                    self.skipping = !self.q.iter().any(|e| {
+                        matches!(
+                            e,
+                            Entry::Wait {
+                                awaits: Await::Sync,
+                                ..
+                            }
+                        )
+                    });
                     while let Some(front) = self.q.front() {
                         if matches!(
                             front,

@@ -749,7 +749,13 @@ impl Session {
                 }
                 _ => {}
             }
-            if a.expect.on_backend_message(f, &mut undone) {
+            let forward = a.expect.on_backend_message(f, &mut undone);
+            if t == be::tag::ERROR_RESPONSE && a.expect.is_skipping() {
+                // The backend skips to a Sync the client has yet to send:
+                // so does the session (no Parse recorded, nothing sent).
+                self.skip_until_sync = true;
+            }
+            if forward {
                 forwarded += len as u64;
                 if run.start == run.end {
                     run = pos..pos + len;
