@@ -328,3 +328,55 @@ fn an_error_before_a_flush_skips_to_the_next_sync() {
         );
     });
 }
+
+/// A Close or Parse the proxy answers for itself, after an error earlier in
+/// the batch, did not happen (PostgreSQL skipped it): the statement closed
+/// is still there, the one parsed does not exist. And a statement whose
+/// text no longer prepares is forgotten, so it can be prepared again.
+#[test]
+fn statement_changes_an_error_skipped_are_taken_back() {
+    let (app, p) = passthrough("[pool]\nsize = 2\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        a.send(&[parse(b"s", b"SELECT 's'"), sync()]).await;
+        assert_eq!(a.read_until(0, 1).await, ["1", "Z(I)"]);
+        a.send(&[
+            parse(b"", b"SELECT 1/0"),
+            bind(b"", b""),
+            execute(b""),
+            close(b'S', b"s"),
+            parse(b"t", b"SELECT 't'"),
+            sync(),
+        ])
+        .await;
+        let r = a.read_until(0, 1).await;
+        assert!(r.iter().any(|m| m.starts_with("E(22012")), "{r:?}");
+        assert!(!r.contains(&"3".to_string()), "no CloseComplete: {r:?}");
+        a.send(&[bind(b"", b"s"), execute(b""), sync()]).await;
+        assert_eq!(
+            a.read_until(0, 1).await,
+            ["2", "D(s)", "C(SELECT 1)", "Z(I)"]
+        );
+        a.send(&[parse(b"t", b"SELECT 't2'"), sync()]).await;
+        assert_eq!(a.read_until(0, 1).await, ["1", "Z(I)"]);
+
+        // A statement over a table that does not exist yet.
+        a.send(&[
+            parse(b"later", b"SELECT * FROM later"),
+            describe(b'S', b"later"),
+            sync(),
+        ])
+        .await;
+        let r = a.read_until(0, 1).await;
+        assert!(r.iter().any(|m| m.starts_with("E(42P01")), "{r:?}");
+        app.psql("app", "CREATE TABLE later (x int)");
+        a.send(&[
+            parse(b"later", b"SELECT * FROM later"),
+            describe(b'S', b"later"),
+            sync(),
+        ])
+        .await;
+        let r = a.read_until(0, 1).await;
+        assert!(!r.iter().any(|m| m.starts_with("E(")), "{r:?}");
+    });
+}

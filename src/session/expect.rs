@@ -21,6 +21,13 @@ pub enum Undone {
     Close(Arc<str>),
     /// An error answered a message whose failure the session must record.
     Failed(OnError),
+    /// An injected Parse of this server statement failed (its text no longer
+    /// prepares): the client's statements with that text are forgotten, as
+    /// PostgreSQL would never have created them.
+    ParseFailed(Arc<str>),
+    /// A change to the client's statements the proxy answered for itself,
+    /// for a message an error made the backend skip.
+    Map(MapUndo),
     /// ParameterDescription of the client statement named here (parameter type OIDs),
     /// needed to read binary-format tenant parameters at Bind.
     Described(Arc<str>, Vec<u32>),
@@ -39,6 +46,17 @@ pub enum OnError {
     /// The error is the point of the Query (`Session::enter_failed_transaction`):
     /// the client saw its own already, so this one is swallowed.
     Expected,
+}
+
+/// How to take back a change to the client's statements (its Parse or
+/// Close answered by the proxy) that PostgreSQL would not have made: an
+/// earlier error in the batch made it skip the message.
+#[derive(Debug)]
+pub enum MapUndo {
+    /// The client's Parse of this name registered a statement.
+    Forget(String),
+    /// The client's Close of this name removed this statement.
+    Restore(String, Box<super::Prepared>),
 }
 
 /// The response that completes a message.
@@ -67,8 +85,9 @@ enum Entry {
         stmt: Option<Arc<str>>,
         on_error: Option<OnError>,
     },
-    /// A response the proxy sends itself when its turn comes.
-    Local(Bytes),
+    /// A response the proxy sends itself when its turn comes, and the
+    /// change to undo if it never comes.
+    Local(Bytes, Option<MapUndo>),
 }
 
 #[derive(Default)]
@@ -173,12 +192,18 @@ impl ExpectQueue {
 
     /// Queues a response the proxy answers itself; emitted at once if nothing is ahead of it.
     pub fn push_local(&mut self, bytes: Bytes, out: &mut BytesMut) {
+        self.push_local_undoable(bytes, None, out);
+    }
+
+    /// `push_local` for the answer to a change of the client's statements,
+    /// with how to undo it if an error makes the backend skip its turn.
+    pub fn push_local_undoable(&mut self, bytes: Bytes, undo: Option<MapUndo>, out: &mut BytesMut) {
         if self.skipping {
             // PostgreSQL would not answer it either.
         } else if self.q.is_empty() {
             out.extend_from_slice(&bytes);
         } else {
-            self.q.push_back(Entry::Local(bytes));
+            self.q.push_back(Entry::Local(bytes, undo));
         }
     }
 
@@ -247,6 +272,19 @@ impl ExpectQueue {
                             }
                         )
                     });
+                    // The entry the error answers: an injected Parse that
+                    // failed, rather than one skipped.
+                    if let Some(Entry::Wait {
+                        awaits: Await::ParseComplete,
+                        swallow: true,
+                        stmt: Some(s),
+                        ..
+                    }) = self.q.front()
+                    {
+                        if !s.is_empty() {
+                            undone.push(Undone::ParseFailed(s.clone()));
+                        }
+                    }
                     while let Some(front) = self.q.front() {
                         if matches!(
                             front,
@@ -258,6 +296,7 @@ impl ExpectQueue {
                             break;
                         }
                         match self.q.pop_front() {
+                            Some(Entry::Local(_, Some(u))) => undone.push(Undone::Map(u)),
                             Some(Entry::Wait {
                                 awaits: Await::ParseComplete,
                                 stmt: Some(s),
@@ -319,13 +358,13 @@ impl ExpectQueue {
     /// Whether the proxy's own answers are next in line (after the message
     /// just accounted for).
     pub fn local_answer_due(&self) -> bool {
-        matches!(self.q.front(), Some(Entry::Local(_)))
+        matches!(self.q.front(), Some(Entry::Local(..)))
     }
 
     /// Emits the proxy's own answers that are next in line.
     pub fn drain_locals(&mut self, out: &mut BytesMut) {
-        while let Some(Entry::Local(_)) = self.q.front() {
-            if let Some(Entry::Local(b)) = self.q.pop_front() {
+        while let Some(Entry::Local(..)) = self.q.front() {
+            if let Some(Entry::Local(b, _)) = self.q.pop_front() {
                 out.extend_from_slice(&b);
             }
         }

@@ -8,7 +8,7 @@
 //! the proxy in their place in the response stream. Identical statements from
 //! different clients share one server-side statement per connection.
 
-use super::expect::Await;
+use super::expect::{Await, MapUndo};
 use super::{Prepared, Session};
 use crate::protocol::backend::{self as be, PgError};
 use crate::protocol::frontend::{self as fe, tag};
@@ -104,7 +104,13 @@ impl Session {
                             a.conn.unnamed_owner = Some((self.id, self.next_generation - 1));
                             sent_extended = true;
                         }
-                        Ok(_) => a.expect.push_local(Bytes::from_static(PARSE_COMPLETE), out),
+                        Ok(_) => a.expect.push_local_undoable(
+                            Bytes::from_static(PARSE_COMPLETE),
+                            fe::parse(f.body())
+                                .ok()
+                                .map(|p| MapUndo::Forget(p.name.into_owned())),
+                            out,
+                        ),
                         Err(err) => {
                             raise_in_batch(a, &mut wire, out, &err);
                             sent_extended = true;
@@ -189,8 +195,12 @@ impl Session {
                     if c.kind == b'S' {
                         // Server statements are shared and evicted by LRU; the
                         // client's name simply stops existing.
-                        self.prepared.remove(&c.name);
-                        a.expect.push_local(be::close_complete(), out);
+                        let undo = self
+                            .prepared
+                            .remove(&c.name)
+                            .map(|p| MapUndo::Restore(c.name.to_string(), Box::new(p)));
+                        a.expect
+                            .push_local_undoable(be::close_complete(), undo, out);
                     } else {
                         wire.extend_from_slice(f.raw());
                         a.expect.push(Await::CloseComplete, false);

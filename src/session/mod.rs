@@ -133,6 +133,7 @@ impl Attached {
 
 /// A client's prepared statement, as the proxy remembers it for re-preparing
 /// on whichever connection a later transaction lands on.
+#[derive(Debug)]
 pub struct Prepared {
     /// The SQL's bytes as the client sent them (any client encoding).
     pub query: Arc<[u8]>,
@@ -197,6 +198,10 @@ impl PreparedMap {
     /// Forgets every named statement (DEALLOCATE ALL), not the unnamed one.
     pub fn clear_named(&mut self) {
         self.named.clear();
+    }
+    /// Forgets the named statements prepared as server statement `server_name`.
+    pub fn forget_server_statement(&mut self, server_name: &str) {
+        self.named.retain(|_, p| &*p.server_name != server_name);
     }
     pub fn remove(&mut self, name: &str) -> Option<Prepared> {
         if name.is_empty() {
@@ -788,6 +793,15 @@ impl Session {
                             if let Some(p) = self.prepared.get_mut(&name) {
                                 p.param_oids = oids;
                             }
+                        }
+                        expect::Undone::ParseFailed(name) => {
+                            self.prepared.forget_server_statement(&name);
+                        }
+                        expect::Undone::Map(expect::MapUndo::Forget(name)) => {
+                            self.prepared.remove(&name);
+                        }
+                        expect::Undone::Map(expect::MapUndo::Restore(name, p)) => {
+                            self.prepared.insert(name, *p);
                         }
                         // Swallowed by the queue, never reported.
                         expect::Undone::Failed(expect::OnError::Expected) => {}
