@@ -380,3 +380,42 @@ fn statement_changes_an_error_skipped_are_taken_back() {
         assert!(!r.iter().any(|m| m.starts_with("E(")), "{r:?}");
     });
 }
+
+/// With room for one statement per connection, an error that skips
+/// injected evictions and Parses leaves the connection's statement list as
+/// the server has it (taken back in reverse order): both statements still
+/// run afterwards, no 26000 or 42P05 on the proxy's own names.
+#[test]
+fn skipped_evictions_leave_the_statement_list_as_the_server_has_it() {
+    let (_app, p) = passthrough("[pool]\nsize = 1\nprepared_statements_per_connection = 1\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        a.send(&[
+            parse(b"a", b"SELECT 'a'"),
+            parse(b"b", b"SELECT 'b'"),
+            sync(),
+        ])
+        .await;
+        assert_eq!(a.read_until(0, 1).await, ["1", "1", "Z(I)"]);
+        a.send(&[
+            bind(b"", b"a"),
+            execute(b""),
+            parse(b"", b"SELECT 1/0"),
+            bind(b"", b""),
+            execute(b""),
+            bind(b"", b"b"),
+            execute(b""),
+            bind(b"", b"a"),
+            execute(b""),
+            sync(),
+        ])
+        .await;
+        let r = a.read_until(0, 1).await;
+        assert!(r.iter().any(|m| m.starts_with("E(22012")), "{r:?}");
+        for (name, row) in [(b"b", "D(b)"), (b"a", "D(a)")] {
+            a.send(&[bind(b"", name), execute(b""), sync()]).await;
+            let r = a.read_until(0, 1).await;
+            assert!(r.contains(&row.to_string()), "{r:?}");
+        }
+    });
+}
