@@ -419,3 +419,33 @@ fn skipped_evictions_leave_the_statement_list_as_the_server_has_it() {
         }
     });
 }
+
+/// Text from the client that the proxy puts in SQL of its own (a statement
+/// name in an error it raises, a startup parameter it replays) stays text,
+/// even after the client turned `standard_conforming_strings` off, under
+/// which a backslash could end a plain literal early.
+#[test]
+fn client_text_in_the_proxys_own_sql_stays_text() {
+    let (app, p) = passthrough("[pool]\nsize = 1\n");
+    let name = br"x\'; CREATE TABLE injected (); --";
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        a.send(&[query("SET standard_conforming_strings = off")])
+            .await;
+        a.read_until(0, 1).await;
+        a.send(&[bind(b"", name), execute(b""), sync()]).await;
+        let r = a.read_until(0, 1).await;
+        let expected = format!(
+            "E(26000:prepared statement \"{}\" does not exist)",
+            String::from_utf8_lossy(name)
+        );
+        assert_eq!(r[0], expected, "{r:?}");
+    });
+    assert_eq!(
+        app.psql(
+            "app",
+            "SELECT count(*) FROM pg_class WHERE relname = 'injected'"
+        ),
+        "0"
+    );
+}

@@ -1401,9 +1401,13 @@ fn backend_lost() -> PgError {
     PgError::fatal("08006", "lost the connection to the data source")
 }
 
-/// A SQL string literal with standard_conforming_strings semantics.
+/// A string literal that means `s` whatever `standard_conforming_strings`
+/// is: an escape string (`E'…'`), backslashes doubled. The text can come
+/// from a client (a statement name, a startup parameter), and a client can
+/// turn that setting off, under which a plain `'…'` lets `\'` end the
+/// literal early and the rest run as SQL.
 pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 fn set_statement(name: &str, value: &str) -> String {
