@@ -422,12 +422,15 @@ fn skipped_evictions_leave_the_statement_list_as_the_server_has_it() {
 
 /// Text from the client that the proxy puts in SQL of its own (a statement
 /// name in an error it raises, a startup parameter it replays) stays text,
-/// even after the client turned `standard_conforming_strings` off, under
-/// which a backslash could end a plain literal early.
+/// whatever the client set: `standard_conforming_strings` off (a backslash
+/// would end a plain literal early), or SJIS with `backslash_quote` (a
+/// multibyte character would swallow an escaping backslash).
 #[test]
 fn client_text_in_the_proxys_own_sql_stays_text() {
     let (app, p) = passthrough("[pool]\nsize = 1\n");
-    let name = br"x\'; CREATE TABLE injected (); --";
+    let name: &[u8] = br"x\'; CREATE TABLE injected (); --";
+    // "Ё\'": D0 81 in UTF-8, read by SJIS as a katakana and a lead byte.
+    let sjis: &[u8] = "\u{401}\\' || (SELECT 'INJ' || 'ECTED'); END --".as_bytes();
     rt().block_on(async {
         let mut a = alice(&p).await;
         a.send(&[query("SET standard_conforming_strings = off")])
@@ -440,6 +443,17 @@ fn client_text_in_the_proxys_own_sql_stays_text() {
             String::from_utf8_lossy(name)
         );
         assert_eq!(r[0], expected, "{r:?}");
+        drop(a);
+
+        let mut b = alice(&p).await;
+        b.send(&[query("SET backslash_quote = on")]).await;
+        b.read_until(0, 1).await;
+        b.send(&[query("SET client_encoding = 'SJIS'")]).await;
+        b.read_until(0, 1).await;
+        b.send(&[bind(b"", sjis), execute(b""), sync()]).await;
+        let r = b.read_until(0, 1).await;
+        assert!(r[0].starts_with("E(26000:"), "{r:?}");
+        assert!(!r[0].contains("INJECTED"), "{r:?}");
     });
     assert_eq!(
         app.psql(
@@ -448,4 +462,84 @@ fn client_text_in_the_proxys_own_sql_stays_text() {
         ),
         "0"
     );
+}
+
+/// What the proxy forgets or retires is only what PostgreSQL would lose:
+/// a statement whose re-prepare failed only because the transaction had
+/// failed is kept; a transaction-local setting with a parameter does not
+/// cost the connection; SET ROLE stays with its session (replayed) and not
+/// with the next one; a `DEALLOCATE` of a shared server statement retires
+/// the connection rather than leave other sessions a statement list that
+/// is wrong.
+#[test]
+fn only_what_postgresql_would_lose_is_lost() {
+    let (_app, p) = passthrough("[pool]\nsize = 1\n");
+    let pid = |r: &[String]| r.iter().find(|m| m.starts_with("D(")).cloned().unwrap();
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        a.send(&[parse(b"s1", b"SELECT 'kept'"), sync()]).await;
+        assert_eq!(a.read_until(0, 1).await, ["1", "Z(I)"]);
+        a.send(&[query("BEGIN; SELECT 1/0")]).await;
+        a.read_until(0, 1).await;
+        a.send(&[bind(b"", b"s1"), execute(b""), sync()]).await;
+        let r = a.read_until(0, 1).await;
+        assert!(r[0].starts_with("E(25P02"), "{r:?}");
+        a.send(&[query("ROLLBACK")]).await;
+        a.read_until(0, 1).await;
+        a.send(&[bind(b"", b"s1"), execute(b""), sync()]).await;
+        assert_eq!(
+            a.read_until(0, 1).await,
+            ["2", "D(kept)", "C(SELECT 1)", "Z(I)"]
+        );
+
+        let local = || {
+            vec![
+                parse(
+                    b"",
+                    b"SELECT set_config('request.claims', $1, true) || pg_backend_pid()",
+                ),
+                bind1(b"", b"", b"x"),
+                execute(b""),
+                sync(),
+            ]
+        };
+        a.send(&local()).await;
+        let first = pid(&a.read_until(0, 1).await);
+        a.send(&local()).await;
+        assert_eq!(pid(&a.read_until(0, 1).await), first, "connection kept");
+
+        a.send(&[query("SET ROLE other_role")]).await;
+        a.read_until(0, 1).await;
+        a.send(&[query("SELECT current_user")]).await;
+        assert!(a
+            .read_until(0, 1)
+            .await
+            .contains(&"D(other_role)".to_string()));
+        let mut b = alice(&p).await;
+        b.send(&[query("SELECT current_user")]).await;
+        assert!(b
+            .read_until(0, 1)
+            .await
+            .contains(&"D(postgres)".to_string()));
+        a.send(&[query("SELECT current_user")]).await;
+        assert!(a
+            .read_until(0, 1)
+            .await
+            .contains(&"D(other_role)".to_string()));
+
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"SELECT 'kept'");
+        h.update([0]);
+        h.update(0i16.to_be_bytes());
+        let pgt = format!("pgt_{}", hex::encode(&h.finalize()[..16]));
+        b.send(&[query(&format!("DEALLOCATE {pgt}"))]).await;
+        let r = b.read_until(0, 1).await;
+        assert_eq!(r, ["C(DEALLOCATE)", "Z(I)"], "the server had it: {r:?}");
+        a.send(&[bind(b"", b"s1"), execute(b""), sync()]).await;
+        assert_eq!(
+            a.read_until(0, 1).await,
+            ["2", "D(kept)", "C(SELECT 1)", "Z(I)"]
+        );
+    });
 }

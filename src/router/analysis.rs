@@ -723,7 +723,23 @@ impl<'a> Walker<'a> {
         let name = f.args.first().and_then(|a| value_of(a, true));
         match name {
             Some((TenantValue::Literal(n), _)) if !n.eq_ignore_ascii_case(setting) => {
-                self.effects.push(SessionEffect::Other);
+                let local = f.args.get(2).is_some_and(|a| {
+                    matches!(
+                        strip_cast(a).node.as_ref(),
+                        Some(NodeEnum::AConst(c)) if matches!(
+                            c.val.as_ref(),
+                            Some(Val::Boolval(b)) if b.boolval
+                        ) || matches!(
+                            c.val.as_ref(),
+                            Some(Val::Sval(s)) if parse_bool(&s.sval) == Some(true)
+                        )
+                    )
+                });
+                self.effects.push(if local {
+                    SessionEffect::LocalSetting
+                } else {
+                    SessionEffect::Other
+                });
                 return;
             }
             Some(_) if f.args.len() == 3 => {}
@@ -769,11 +785,7 @@ impl<'a> Walker<'a> {
         self.templatable = false;
         let ours = s.name.eq_ignore_ascii_case(&self.cfg.tenant_setting);
         let kind = K::try_from(s.kind).unwrap_or(K::Undefined);
-        let identity = ["role", "session_authorization"]
-            .iter()
-            .any(|n| s.name.eq_ignore_ascii_case(n));
         let effect = match kind {
-            _ if identity => SessionEffect::Untracked,
             K::VarResetAll => SessionEffect::ResetAll,
             K::VarReset | K::VarSetDefault if ours => SessionEffect::ResetTenant,
             K::VarSetValue if ours => {
@@ -796,6 +808,7 @@ impl<'a> Walker<'a> {
                     }
                 }
             }
+            _ if s.is_local => SessionEffect::LocalSetting,
             _ => SessionEffect::Other,
         };
         self.effects.push(effect);

@@ -364,7 +364,10 @@ fn apply_effects(st: &StatementInfo, sim: &mut Sim, ctx: &Ctx) -> Result<(), Rou
                 sim.session = None;
                 sim.local = None;
             }
-            SessionEffect::Deallocate(_) | SessionEffect::Other | SessionEffect::Untracked => {}
+            SessionEffect::Deallocate(_)
+            | SessionEffect::Other
+            | SessionEffect::LocalSetting
+            | SessionEffect::Untracked => {}
         }
     }
     if matches!(

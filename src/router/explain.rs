@@ -97,6 +97,7 @@ pub fn explain(
                 }
                 SessionEffect::Deallocate(None) => "deallocates every prepared statement".into(),
                 SessionEffect::Other => "changes another setting".into(),
+                SessionEffect::LocalSetting => "changes another setting for the transaction".into(),
                 SessionEffect::Untracked => {
                     "leaves state on the connection (closed after the transaction)".into()
                 }

@@ -144,9 +144,11 @@ pub enum SessionEffect {
     /// Any other SET/RESET/DISCARD; kept so the session layer can track
     /// state it must replay on a backend switch.
     Other,
+    /// `SET LOCAL` or `set_config(…, true)` of another setting: it ends
+    /// with the transaction, so there is nothing to replay or reset.
+    LocalSetting,
     /// State on the server connection that the proxy can neither replay
-    /// nor reset for the next session there: SET ROLE / SESSION
-    /// AUTHORIZATION (RESET ALL keeps them), LISTEN, SQL-level PREPARE,
+    /// nor reset for the next session there: LISTEN, SQL-level PREPARE,
     /// a cursor WITH HOLD, a temporary table.
     Untracked,
 }

@@ -53,8 +53,9 @@ pub enum OnError {
 /// earlier error in the batch made it skip the message.
 #[derive(Debug)]
 pub enum MapUndo {
-    /// The client's Parse of this name registered a statement.
-    Forget(String),
+    /// The client's Parse of this name registered a statement (of this
+    /// generation).
+    Forget(String, u64),
     /// The client's Close of this name removed this statement.
     Restore(String, Box<super::Prepared>),
 }
@@ -192,18 +193,24 @@ impl ExpectQueue {
 
     /// Queues a response the proxy answers itself; emitted at once if nothing is ahead of it.
     pub fn push_local(&mut self, bytes: Bytes, out: &mut BytesMut) {
-        self.push_local_undoable(bytes, None, out);
+        self.push_local_undoable(bytes, || None, out);
     }
 
     /// `push_local` for the answer to a change of the client's statements,
-    /// with how to undo it if an error makes the backend skip its turn.
-    pub fn push_local_undoable(&mut self, bytes: Bytes, undo: Option<MapUndo>, out: &mut BytesMut) {
+    /// with how to undo it if an error makes the backend skip its turn
+    /// (built only when the answer has to wait for its turn).
+    pub fn push_local_undoable(
+        &mut self,
+        bytes: Bytes,
+        undo: impl FnOnce() -> Option<MapUndo>,
+        out: &mut BytesMut,
+    ) {
         if self.skipping {
             // PostgreSQL would not answer it either.
         } else if self.q.is_empty() {
             out.extend_from_slice(&bytes);
         } else {
-            self.q.push_back(Entry::Local(bytes, undo));
+            self.q.push_back(Entry::Local(bytes, undo()));
         }
     }
 
@@ -272,8 +279,9 @@ impl ExpectQueue {
                             }
                         )
                     });
-                    // The entry the error answers: an injected Parse that
-                    // failed, rather than one skipped.
+                    // The entry the error answers: an injected Parse whose
+                    // text no longer prepares (a syntax or undefined-object
+                    // error, not a failed transaction, a cancel or a lock).
                     if let Some(Entry::Wait {
                         awaits: Await::ParseComplete,
                         swallow: true,
@@ -281,7 +289,8 @@ impl ExpectQueue {
                         ..
                     }) = self.q.front()
                     {
-                        if !s.is_empty() {
+                        let code = crate::protocol::backend::error_code(f.body()).unwrap_or("");
+                        if !s.is_empty() && (code.starts_with("42") || code == "0A000") {
                             undone.push(Undone::ParseFailed(s.clone()));
                         }
                     }

@@ -104,13 +104,18 @@ impl Session {
                             a.conn.unnamed_owner = Some((self.id, self.next_generation - 1));
                             sent_extended = true;
                         }
-                        Ok(_) => a.expect.push_local_undoable(
-                            Bytes::from_static(PARSE_COMPLETE),
-                            fe::parse(f.body())
-                                .ok()
-                                .map(|p| MapUndo::Forget(p.name.into_owned())),
-                            out,
-                        ),
+                        Ok(_) => {
+                            let undo = || {
+                                fe::parse(f.body()).ok().map(|p| {
+                                    MapUndo::Forget(p.name.into_owned(), self.next_generation - 1)
+                                })
+                            };
+                            a.expect.push_local_undoable(
+                                Bytes::from_static(PARSE_COMPLETE),
+                                undo,
+                                out,
+                            )
+                        }
                         Err(err) => {
                             raise_in_batch(a, &mut wire, out, &err);
                             sent_extended = true;
@@ -195,10 +200,9 @@ impl Session {
                     if c.kind == b'S' {
                         // Server statements are shared and evicted by LRU; the
                         // client's name simply stops existing.
-                        let undo = self
-                            .prepared
-                            .remove(&c.name)
-                            .map(|p| MapUndo::Restore(c.name.to_string(), Box::new(p)));
+                        let removed = self.prepared.remove(&c.name);
+                        let undo =
+                            || removed.map(|p| MapUndo::Restore(c.name.to_string(), Box::new(p)));
                         a.expect
                             .push_local_undoable(be::close_complete(), undo, out);
                     } else {

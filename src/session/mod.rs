@@ -797,11 +797,20 @@ impl Session {
                         expect::Undone::ParseFailed(name) => {
                             self.prepared.forget_server_statement(&name);
                         }
-                        expect::Undone::Map(expect::MapUndo::Forget(name)) => {
-                            self.prepared.remove(&name);
+                        expect::Undone::Map(expect::MapUndo::Forget(name, generation)) => {
+                            // Not a statement of that name parsed since.
+                            if self
+                                .prepared
+                                .get(&name)
+                                .is_some_and(|p| p.generation == generation)
+                            {
+                                self.prepared.remove(&name);
+                            }
                         }
                         expect::Undone::Map(expect::MapUndo::Restore(name, p)) => {
-                            self.prepared.insert(name, *p);
+                            if !self.prepared.contains_key(&name) {
+                                self.prepared.insert(name, *p);
+                            }
                         }
                         // Swallowed by the queue, never reported.
                         expect::Undone::Failed(expect::OnError::Expected) => {}
@@ -811,8 +820,11 @@ impl Session {
                         expect::Undone::Failed(expect::OnError::ForgetSetting(stmt)) => {
                             if let Some(s) = self.settings.get_mut(&a.target.pool.name) {
                                 s.forget(&stmt);
-                                // The connection kept what it had before the SET.
-                                a.conn.settings_fingerprint = s.fingerprint;
+                                // The connection kept what it had before the
+                                // SET, unless that is not known either.
+                                if a.conn.settings_fingerprint != SETTINGS_UNKNOWN {
+                                    a.conn.settings_fingerprint = s.fingerprint;
+                                }
                             }
                         }
                     }
@@ -1136,7 +1148,10 @@ impl Session {
                 SessionEffect::Deallocate(None) => deallocate_all = true,
                 // A name the proxy did not answer for (`deallocate_locally`)
                 // is not one of the client's protocol-level statements.
-                SessionEffect::Deallocate(Some(_)) => {}
+                // Forwarded: not one of the client's statements, maybe a
+                // statement the proxy shares between sessions (`pgt_…`).
+                SessionEffect::Deallocate(Some(_)) => untracked = true,
+                SessionEffect::LocalSetting => {}
                 SessionEffect::Other => other = true,
                 SessionEffect::Untracked => untracked = true,
             }
@@ -1348,7 +1363,11 @@ fn setup_sql(
     let mut setup = Setup::default();
     if conn.settings_fingerprint != wanted.fingerprint {
         if conn.settings_fingerprint != 0 {
-            setup.settings.push_str("RESET ALL;");
+            // As DISCARD ALL begins: RESET ALL keeps a SET ROLE or SET
+            // SESSION AUTHORIZATION, which the first statement undoes.
+            setup
+                .settings
+                .push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;");
             // RESET ALL clears the tenant setting too.
             conn.tenant_setting = None;
         }
@@ -1362,16 +1381,24 @@ fn setup_sql(
         setup.session.push_str("SELECT pg_advisory_unlock_all();");
         conn.lock_owner = None;
     }
-    if let Some(t) = &target.tenant {
-        if conn.tenant_setting.as_deref() != Some(&**t) {
-            let setting = &shared.config().routing.tenant_setting;
+    let setting = || quote_literal(&shared.config().routing.tenant_setting);
+    match &target.tenant {
+        Some(t) if conn.tenant_setting.as_deref() != Some(&**t) => {
             setup.session.push_str(&format!(
                 "SELECT set_config({}, {}, false);",
-                quote_literal(setting),
+                setting(),
                 quote_literal(t)
             ));
             conn.tenant_setting = Some(t.clone());
         }
+        // Without a tenant, the RESET ALL above clears any: unless it fails
+        // with the settings and rolls back, so it is cleared here too.
+        None if !setup.settings.is_empty() => {
+            setup
+                .session
+                .push_str(&format!("SELECT set_config({}, '', false);", setting()));
+        }
+        _ => {}
     }
     if !setup.is_empty() {
         // Sent as simple Queries, which destroy the unnamed statement.
@@ -1401,13 +1428,34 @@ fn backend_lost() -> PgError {
     PgError::fatal("08006", "lost the connection to the data source")
 }
 
-/// A string literal that means `s` whatever `standard_conforming_strings`
-/// is: an escape string (`E'…'`), backslashes doubled. The text can come
+/// A string literal that means `s` whatever the session's settings: an
+/// escape string (`E'…'`, so `standard_conforming_strings` does not
+/// matter), quotes and backslashes doubled, and every other character
+/// outside printable ASCII written as a Unicode escape. The text can come
 /// from a client (a statement name, a startup parameter), and a client can
-/// turn that setting off, under which a plain `'…'` lets `\'` end the
-/// literal early and the rest run as SQL.
+/// pick settings under which a plain literal ends early and the rest runs
+/// as SQL: `standard_conforming_strings` off, or a client encoding such as
+/// SJIS in which a multibyte character can swallow an escaping backslash.
+/// Pure ASCII means the same in every client encoding.
 pub fn quote_literal(s: &str) -> String {
-    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            c if (c as u32) <= 0xFFFF => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\U{:08X}", c as u32);
+            }
+        }
+    }
+    out.push('\'');
+    out
 }
 
 fn set_statement(name: &str, value: &str) -> String {
@@ -1419,4 +1467,19 @@ fn quote_ident_path(name: &str) -> String {
         .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_literal;
+
+    #[test]
+    fn literals_are_printable_ascii_escape_strings() {
+        assert_eq!(quote_literal("it's"), "E'it''s'");
+        assert_eq!(quote_literal(r"a\b"), r"E'a\\b'");
+        assert_eq!(
+            quote_literal("caf\u{e9} \u{1F600}\n"),
+            r"E'caf\u00E9 \U0001F600\u000A'"
+        );
+    }
 }

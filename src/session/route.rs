@@ -379,6 +379,7 @@ impl Session {
                     // by the proxy (`deallocate_locally`).
                     SessionEffect::Deallocate(_)
                     | SessionEffect::Other
+                    | SessionEffect::LocalSetting
                     | SessionEffect::Untracked => {}
                 }
             }
