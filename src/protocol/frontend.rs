@@ -112,21 +112,22 @@ impl<'a> Cursor<'a> {
 }
 
 /// A name key (`Cursor::name`) as text for messages: a key kept from
-/// non-UTF-8 bytes is shown lossily, and never with its NUL marker (an
-/// ErrorResponse field cannot contain NUL).
+/// non-UTF-8 bytes shows those bytes as `\xNN` (the proxy does not know
+/// the client's encoding, and a message in any encoding must be able to
+/// carry it), and never its NUL marker (an ErrorResponse field cannot
+/// contain NUL).
 pub fn name_for_display(key: &str) -> Cow<'_, str> {
     match key.strip_prefix('\0') {
         None => Cow::Borrowed(key),
-        Some(mapped) => {
-            let bytes: Vec<u8> = mapped
+        Some(mapped) => Cow::Owned(
+            mapped
                 .chars()
                 .map(|c| match c as u32 {
-                    n @ 0..0x80 => n as u8,
-                    n => n.wrapping_sub(0x100) as u8,
+                    n @ 0..0x80 => (n as u8 as char).to_string(),
+                    n => format!("\\x{:02X}", n.wrapping_sub(0x100) as u8),
                 })
-                .collect();
-            Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
-        }
+                .collect(),
+        ),
     }
 }
 
@@ -449,7 +450,7 @@ mod tests {
             parse_named(b"caf\xe9"),
             "the same bytes, the same key"
         );
-        assert_eq!(name_for_display(&latin1), "caf\u{fffd}");
+        assert_eq!(name_for_display(&latin1), r"caf\xE9");
         assert_eq!(name_for_display(&utf8), "café");
         // Describe/Close and Bind give the same keys as Parse.
         assert_eq!(describe_or_close(b"Scaf\xe9\0").unwrap().name, latin1);
