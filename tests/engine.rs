@@ -544,66 +544,6 @@ fn an_unnamed_statement_never_runs_for_another_session() {
     assert_eq!(text.matches("three").count(), 2, "{text:?}");
 }
 
-/// DEALLOCATE of a protocol-level statement works as on PostgreSQL, though
-/// the server knows the statement by another name; DEALLOCATE ALL and
-/// DISCARD ALL forget the client's statements, so it can prepare the same
-/// names again.
-#[test]
-fn deallocate_forgets_the_clients_prepared_statements() {
-    let s = setup();
-    let parse =
-        |name: &[u8], sql: &[u8]| msg(b'P', &[name, b"\0", sql, b"\0", &0i16.to_be_bytes()]);
-    let run = |name: &[u8]| {
-        [
-            msg(b'B', &[b"\0", name, b"\0", &[0, 0, 0, 0, 0, 0]]),
-            msg(b'E', &[b"\0", &0i32.to_be_bytes()]),
-            msg(b'S', &[]),
-        ]
-        .concat()
-    };
-    let requests = [
-        parse(b"a1", b"SELECT 'first'"),
-        run(b"a1"),
-        msg(b'Q', &[b"DEALLOCATE a1\0"]),
-        // Gone for the client: PostgreSQL's 26000, then prepared again.
-        run(b"a1"),
-        parse(b"a1", b"SELECT 'second'"),
-        run(b"a1"),
-        parse(b"a2", b"SELECT 'third'"),
-        run(b"a2"),
-        msg(b'Q', &[b"DEALLOCATE ALL\0"]),
-        // No 42P05: both names are free again.
-        parse(b"a1", b"SELECT 'fourth'"),
-        parse(b"a2", b"SELECT 'fifth'"),
-        run(b"a1"),
-        run(b"a2"),
-        msg(b'Q', &[b"DISCARD ALL\0"]),
-        parse(b"a1", b"SELECT 'sixth'"),
-        run(b"a1"),
-        msg(b'X', &[]),
-    ]
-    .concat();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let text = rt.block_on(raw_session_then(s.proxy.port, &requests));
-    let log = s.proxy.log_text();
-    assert_eq!(text.matches("26000").count(), 1, "{text:?}\n{log}");
-    assert!(!text.contains("42P05"), "{text:?}");
-    for word in [
-        "first",
-        "second",
-        "third",
-        "fourth",
-        "fifth",
-        "sixth",
-        "DEALLOCATE ALL",
-        "DISCARD ALL",
-    ] {
-        assert!(text.contains(word), "{word} missing: {text:?}\n{log}");
-    }
-    // The local answer: CommandComplete "DEALLOCATE", then ReadyForQuery.
-    assert!(text.contains("C\0\0\0\x0fDEALLOCATE\0Z"), "{text:?}");
-}
-
 /// A frontend message: tag, length, then the parts of the body.
 fn msg(tag: u8, body: &[&[u8]]) -> Vec<u8> {
     let body = body.concat();

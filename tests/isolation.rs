@@ -543,3 +543,127 @@ fn only_what_postgresql_would_lose_is_lost() {
         );
     });
 }
+
+/// DEALLOCATE of a protocol-level statement works as on PostgreSQL, though
+/// the server knows the statement by another name; DEALLOCATE ALL and
+/// DISCARD ALL forget the client's statements, so it can prepare the same
+/// names again.
+#[test]
+fn deallocate_forgets_the_clients_prepared_statements() {
+    let (_app, p) = passthrough("");
+    let run = |name: &[u8]| vec![bind(b"", name), execute(b""), sync()];
+    rt().block_on(async {
+        let a = &mut alice(&p).await;
+        async fn step(a: &mut Raw, parts: Vec<Vec<u8>>) -> Vec<String> {
+            a.send(&parts).await;
+            a.read_until(0, 1).await
+        }
+        let r = step(
+            a,
+            [vec![parse(b"a1", b"SELECT 'first'")], run(b"a1")].concat(),
+        )
+        .await;
+        assert!(r.contains(&"D(first)".to_string()), "{r:?}");
+        assert_eq!(
+            step(a, vec![query("DEALLOCATE a1")]).await,
+            ["C(DEALLOCATE)", "Z(I)"]
+        );
+        // Gone for the client: PostgreSQL's 26000, then prepared again.
+        let r = step(a, run(b"a1")).await;
+        assert!(r[0].starts_with("E(26000"), "{r:?}");
+        let r = step(
+            a,
+            [vec![parse(b"a1", b"SELECT 'second'")], run(b"a1")].concat(),
+        )
+        .await;
+        assert!(r.contains(&"D(second)".to_string()), "{r:?}");
+        step(a, vec![parse(b"a2", b"SELECT 'third'"), sync()]).await;
+        assert_eq!(
+            step(a, vec![query("DEALLOCATE ALL")]).await,
+            ["C(DEALLOCATE ALL)", "Z(I)"]
+        );
+        // No 42P05: both names are free again.
+        let r = step(
+            a,
+            [
+                vec![
+                    parse(b"a1", b"SELECT 'fourth'"),
+                    parse(b"a2", b"SELECT 'fifth'"),
+                ],
+                run(b"a2"),
+            ]
+            .concat(),
+        )
+        .await;
+        assert!(r.contains(&"D(fifth)".to_string()), "{r:?}");
+        step(a, vec![query("DISCARD ALL")]).await;
+        let r = step(
+            a,
+            [vec![parse(b"a1", b"SELECT 'sixth'")], run(b"a1")].concat(),
+        )
+        .await;
+        assert!(r.contains(&"D(sixth)".to_string()), "{r:?}");
+    });
+}
+
+/// In session pooling the connection stays after DEALLOCATE ALL: a
+/// statement prepared again afterwards is on the server again, not taken
+/// for one the server still has.
+#[test]
+fn statements_prepared_again_after_deallocate_all_run() {
+    let (_app, p) = passthrough("[pool]\nmode = \"session\"\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        let once = || {
+            vec![
+                parse(b"s", b"SELECT 'again'"),
+                bind(b"", b"s"),
+                execute(b""),
+                sync(),
+            ]
+        };
+        a.send(&once()).await;
+        assert!(a.read_until(0, 1).await.contains(&"D(again)".to_string()));
+        a.send(&[query("DEALLOCATE ALL")]).await;
+        a.read_until(0, 1).await;
+        a.send(&once()).await;
+        let r = a.read_until(0, 1).await;
+        assert!(r.contains(&"D(again)".to_string()), "{r:?}");
+    });
+}
+
+/// After an error before a Flush, a batch the router would refuse is
+/// skipped by the server like any other: its Sync still goes out, and the
+/// next batch runs.
+#[test]
+fn a_batch_after_an_error_before_a_flush_is_not_routed() {
+    let f = Fleet::start();
+    add_user(
+        &f.app,
+        "app",
+        "multi@example.com",
+        &scram(FPW),
+        Some(&["acme", "globex"]),
+    );
+    let p = f.proxy("");
+    std::thread::sleep(Duration::from_millis(800));
+    rt().block_on(async {
+        let mut m = Raw::connect(p.port, "multi@example.com", FPW, "acme").await;
+        m.send(&[parse(b"", b"SELECT 1/0"), bind(b"", b""), execute(b""), flush()])
+            .await;
+        let r = m.read_until(b'E', 1).await;
+        assert!(r.last().unwrap().starts_with("E(22012"), "{r:?}");
+        m.send(&[
+            parse(b"", b"SELECT * FROM accounts WHERE tenant_id = 'acme' UNION ALL SELECT * FROM accounts WHERE tenant_id = 'globex'"),
+            bind(b"", b""),
+            execute(b""),
+            sync(),
+        ])
+        .await;
+        assert_eq!(m.read_until(0, 1).await, ["Z(I)"]);
+        m.send(&[parse(b"", b"SELECT 'next'"), bind(b"", b""), execute(b""), sync()])
+            .await;
+        let r = m.read_until(0, 1).await;
+        assert!(r.contains(&"D(next)".to_string()), "{r:?}");
+    });
+}

@@ -105,6 +105,11 @@ pub struct ServerConn {
     pub lock_owner: Option<u64>,
     /// A client reset the whole session (DISCARD ALL): close instead of reusing.
     pub retire_after_use: bool,
+    /// A DEALLOCATE ALL or DISCARD ALL went out on this connection: the
+    /// statements in `prepared` were forgotten, but whether the server
+    /// dropped them is not known until it answers, so a statement prepared
+    /// again is closed first.
+    pub statements_unknown: bool,
     /// End of the (jittered) lifetime: compared, never subtracted, on the hot path.
     expires: Tick,
     last_used: Tick,
@@ -654,6 +659,7 @@ impl DataSourcePool {
                     params: c.params,
                     prepared: VecDeque::new(),
                     unnamed_owner: None,
+                    statements_unknown: false,
                     settings_fingerprint: 0,
                     tenant_setting: None,
                     lock_owner: None,

@@ -65,9 +65,19 @@ impl Session {
                 _ => needs_backend = true,
             }
         }
-        let target = match self.route_batch(batch).await {
-            Ok(t) => t,
-            Err(refusal) => return self.refuse_batch(refusal, ends_with_sync).await,
+        // The server skips to this batch's Sync (an error before a Flush):
+        // nothing in it runs, so nothing is routed or refused, and only its
+        // Sync goes out (`skip_until_sync`).
+        let skipping = self
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.expect.is_skipping());
+        let target = match skipping {
+            true => None,
+            false => match self.route_batch(batch).await {
+                Ok(t) => t,
+                Err(refusal) => return self.refuse_batch(refusal, ends_with_sync).await,
+            },
         };
         if !needs_backend && self.attached.is_none() {
             return self.answer_batch_locally(batch);
@@ -443,6 +453,12 @@ fn ensure_on_connection(
         let n = a.conn.prepared.remove(pos).expect("position is valid");
         a.conn.prepared.push_back(n);
         return;
+    }
+    if a.conn.statements_unknown {
+        // It may still be there after all (the DEALLOCATE ALL failed):
+        // closing a statement that does not exist is not an error.
+        fe::encode_describe_or_close(wire, tag::CLOSE, b'S', &stmt.server_name);
+        a.expect.push(Await::CloseComplete, true);
     }
     while a.conn.prepared.len() >= cap {
         let oldest = a.conn.prepared.pop_front().expect("non-empty");

@@ -1168,9 +1168,14 @@ impl Session {
             if tenant_touched || reset_all {
                 att.conn.tenant_setting = None;
             }
-            // The server dropped the statements other sessions share on this
-            // connection too: retired rather than tracked, so that no list
-            // of what it holds can be wrong if the statement did not run.
+            // The server drops the statements other sessions share on this
+            // connection too: none is listed any more, and the connection
+            // closes after this use.
+            if deallocate_all {
+                att.conn.prepared.clear();
+                att.conn.unnamed_owner = None;
+                att.conn.statements_unknown = true;
+            }
             if reset_all || deallocate_all || untracked {
                 att.conn.retire_after_use = true;
             }

@@ -443,7 +443,7 @@ impl Session {
                 );
                 return Ok(());
             }
-            if self.deallocate_locally(a).await? {
+            if self.deallocate_locally(a) {
                 return Ok(());
             }
         }
@@ -481,33 +481,32 @@ impl Session {
     /// Answers a Query that is only `DEALLOCATE <name>` of one of the
     /// client's prepared statements: on the server it has another name
     /// (shared with other sessions), so the proxy forgets the client's name
-    /// and answers as PostgreSQL would, after the responses still due. Not
-    /// in a failed transaction: PostgreSQL refuses the statement there, and
-    /// the server will too.
-    async fn deallocate_locally(&mut self, a: &Analysis) -> Result<bool, PgError> {
+    /// and answers as PostgreSQL would. Only when no response is still due
+    /// (the answer would overtake it, and the transaction's status is not
+    /// known yet; waiting for them would also stall a pipelined COPY), and
+    /// not in a failed transaction: PostgreSQL refuses the statement there,
+    /// and the server will too. Otherwise it is forwarded, and the server
+    /// answers 26000.
+    fn deallocate_locally(&mut self, a: &Analysis) -> bool {
         let [st] = &a.statements[..] else {
-            return Ok(false);
+            return false;
         };
         let [SessionEffect::Deallocate(Some(name))] = &st.effects[..] else {
-            return Ok(false);
+            return false;
         };
-        if !self.prepared.contains_key(name) {
-            return Ok(false);
-        }
-        if self.attached.as_ref().is_some_and(|a| !a.expect.is_empty()) {
-            // The answer must not overtake them, and the transaction's
-            // status is known once they are in.
-            self.drain_attached().await?;
+        let in_flight = self.attached.as_ref().is_some_and(|a| !a.expect.is_empty());
+        if in_flight || !self.prepared.contains_key(name) {
+            return false;
         }
         let status = self.client_status();
         if status == TxStatus::Failed {
-            return Ok(false);
+            return false;
         }
         self.prepared.remove(name);
         self.out
             .extend_from_slice(&be::command_complete("DEALLOCATE"));
         self.out.extend_from_slice(&be::ready_for_query(status));
-        Ok(true)
+        true
     }
 
     async fn refuse_query(&mut self, err: PgError) -> Result<(), PgError> {
