@@ -332,9 +332,14 @@ fn no_such_statement(name: &str) -> PgError {
 /// Makes the server itself fail with `err` at this point of the batch
 /// (an unnamed statement raising it, whose ParseComplete and BindComplete
 /// are swallowed): it then skips the rest of the batch up to Sync and fails
-/// the transaction, explicit or implicit, exactly as when PostgreSQL finds
-/// the error. An error the proxy only answered itself would let the rest of
-/// the batch run, and commit. The caller skips its own work to Sync.
+/// the transaction, explicit or implicit, as when PostgreSQL finds the
+/// error. An error the proxy only answered itself would let the rest of the
+/// batch run, and commit. The caller skips its own work to Sync.
+///
+/// Two differences remain: in a transaction that already failed the client
+/// gets 25P02 (the injected Parse is refused first), where PostgreSQL would
+/// name the missing statement; and text that would break the statement's
+/// quoting (`raise_sql`) is answered by the proxy alone.
 fn raise_in_batch(a: &mut super::Attached, wire: &mut BytesMut, out: &mut BytesMut, err: &PgError) {
     let Some(sql) = super::route::raise_sql(err) else {
         a.expect.push_local(err.encode(), out);
