@@ -35,14 +35,15 @@ pub enum Undone {
 
 /// What an error in answer to a simple Query means for the session's
 /// bookkeeping (`ExpectQueue::push_setup_settings`, `on_error_of_last`).
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub enum OnError {
     /// The setup Query replaying the session's settings failed, as a whole:
     /// what settings the connection has is unknown.
     SettingsUnknown,
     /// The client's SET, recorded for replay on other connections, failed:
-    /// it must not be replayed.
-    ForgetSetting(Arc<str>),
+    /// it must not be replayed. (The statement by its `Settings::key`: a
+    /// plain value keeps entries free of anything to drop.)
+    ForgetSetting(u64),
     /// The error is the point of the Query (`Session::enter_failed_transaction`):
     /// the client saw its own already, so this one is swallowed.
     Expected,
@@ -86,9 +87,9 @@ enum Entry {
         stmt: Option<Arc<str>>,
         on_error: Option<OnError>,
     },
-    /// A response the proxy sends itself when its turn comes, and the
-    /// change to undo if it never comes.
-    Local(Bytes, Option<MapUndo>),
+    /// A response the proxy sends itself when its turn comes; `true` when
+    /// a change to undo if it never comes waits in `ExpectQueue::undos`.
+    Local(Bytes, bool),
 }
 
 #[derive(Default)]
@@ -98,6 +99,9 @@ pub struct ExpectQueue {
     /// not sent yet (the batch ended with Flush): until it is, messages
     /// get no response, so nothing is queued for them.
     skipping: bool,
+    /// The changes behind `Entry::Local(_, true)` entries, in queue order:
+    /// kept apart so that entries stay cheap to move and to drop.
+    undos: VecDeque<MapUndo>,
 }
 
 impl ExpectQueue {
@@ -210,7 +214,10 @@ impl ExpectQueue {
         } else if self.q.is_empty() {
             out.extend_from_slice(&bytes);
         } else {
-            self.q.push_back(Entry::Local(bytes, undo()));
+            let undo = undo();
+            let has_undo = undo.is_some();
+            self.undos.extend(undo);
+            self.q.push_back(Entry::Local(bytes, has_undo));
         }
     }
 
@@ -305,7 +312,9 @@ impl ExpectQueue {
                             break;
                         }
                         match self.q.pop_front() {
-                            Some(Entry::Local(_, Some(u))) => undone.push(Undone::Map(u)),
+                            Some(Entry::Local(_, true)) => {
+                                undone.extend(self.undos.pop_front().map(Undone::Map))
+                            }
                             Some(Entry::Wait {
                                 awaits: Await::ParseComplete,
                                 stmt: Some(s),
@@ -373,7 +382,11 @@ impl ExpectQueue {
     /// Emits the proxy's own answers that are next in line.
     pub fn drain_locals(&mut self, out: &mut BytesMut) {
         while let Some(Entry::Local(..)) = self.q.front() {
-            if let Some(Entry::Local(b, _)) = self.q.pop_front() {
+            if let Some(Entry::Local(b, has_undo)) = self.q.pop_front() {
+                if has_undo {
+                    // Answered: the change stands.
+                    self.undos.pop_front();
+                }
                 out.extend_from_slice(&b);
             }
         }

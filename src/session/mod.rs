@@ -235,9 +235,18 @@ impl Settings {
         self.stmts.push(stmt);
     }
 
-    /// Removes the last `stmt` recorded (it failed on the server).
-    fn forget(&mut self, stmt: &str) {
-        let Some(i) = self.stmts.iter().rposition(|s| s == stmt) else {
+    /// Identifies a statement for `forget`.
+    fn key(stmt: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        stmt.hash(&mut h);
+        h.finish()
+    }
+
+    /// Removes the last statement recorded with this `key` (it failed on
+    /// the server).
+    fn forget(&mut self, key: u64) {
+        let Some(i) = self.stmts.iter().rposition(|s| Self::key(s) == key) else {
             return;
         };
         let mut stmts = std::mem::take(&mut self.stmts);
@@ -817,9 +826,9 @@ impl Session {
                         expect::Undone::Failed(expect::OnError::SettingsUnknown) => {
                             a.conn.settings_fingerprint = SETTINGS_UNKNOWN;
                         }
-                        expect::Undone::Failed(expect::OnError::ForgetSetting(stmt)) => {
+                        expect::Undone::Failed(expect::OnError::ForgetSetting(key)) => {
                             if let Some(s) = self.settings.get_mut(&a.target.pool.name) {
-                                s.forget(&stmt);
+                                s.forget(key);
                                 // The connection kept what it had before the
                                 // SET, unless that is not known either.
                                 if a.conn.settings_fingerprint != SETTINGS_UNKNOWN {
@@ -1121,7 +1130,7 @@ impl Session {
                 a.conn.settings_fingerprint = s.fingerprint;
                 // Recorded before its result is known: forgotten if it fails.
                 a.expect
-                    .on_error_of_last(expect::OnError::ForgetSetting(stmt.into()));
+                    .on_error_of_last(expect::OnError::ForgetSetting(Settings::key(stmt)));
             }
         }
     }
