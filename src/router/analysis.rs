@@ -665,9 +665,20 @@ impl<'a> Walker<'a> {
             }
         }
         if let Some(into) = &s.into_clause {
+            self.temp_rel(&into.rel);
             self.rel(&into.rel);
         }
         self.pop(pushed);
+    }
+
+    /// A temporary relation being created (`TEMP`, or in `pg_temp`): it
+    /// would outlive the transaction on the server connection.
+    fn temp_rel(&mut self, r: &Option<protobuf::RangeVar>) {
+        if r.as_ref().is_some_and(|r| {
+            r.relpersistence == "t" || r.schemaname.eq_ignore_ascii_case("pg_temp")
+        }) {
+            self.effects.push(SessionEffect::Untracked);
+        }
     }
 
     fn insert(&mut self, s: &protobuf::InsertStmt) {
@@ -1082,21 +1093,18 @@ impl<'a> Walker<'a> {
             N::CreateTableAsStmt(s) => {
                 self.opt(&s.query);
                 if let Some(into) = &s.into {
-                    if into.rel.as_ref().is_some_and(|r| r.relpersistence == "t") {
-                        self.effects.push(SessionEffect::Untracked);
-                    }
+                    self.temp_rel(&into.rel);
                     self.rel(&into.rel);
                 }
             }
             N::ListenStmt(_) => self.effects.push(SessionEffect::Untracked),
             N::ViewStmt(s) => {
+                self.temp_rel(&s.view);
                 self.rel(&s.view);
                 self.opt(&s.query);
             }
             N::CreateStmt(s) => {
-                if s.relation.as_ref().is_some_and(|r| r.relpersistence == "t") {
-                    self.effects.push(SessionEffect::Untracked);
-                }
+                self.temp_rel(&s.relation);
                 self.rel(&s.relation);
                 self.nodes(&s.inh_relations);
                 self.nodes(&s.table_elts);
@@ -1159,7 +1167,10 @@ impl<'a> Walker<'a> {
                 self.opt(&s.where_clause);
                 self.nodes(&s.actions);
             }
-            N::CreateSeqStmt(s) => self.rel(&s.sequence),
+            N::CreateSeqStmt(s) => {
+                self.temp_rel(&s.sequence);
+                self.rel(&s.sequence);
+            }
             N::AlterSeqStmt(s) => self.rel(&s.sequence),
             N::CallStmt(s) => {
                 self.unknown = true;

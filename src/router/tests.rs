@@ -1262,3 +1262,39 @@ fn empty_and_blank_texts_analyze_without_touching_the_scanner_bug() {
             .expect("blank text through the cache");
     }
 }
+
+#[test]
+fn state_left_on_the_connection_is_untracked() {
+    let cfg = RouterConfig::default();
+    for sql in [
+        "CREATE TEMP TABLE t (x int)",
+        "CREATE TABLE pg_temp.t (x int)",
+        "CREATE TEMPORARY VIEW v AS SELECT 1",
+        "CREATE TEMP SEQUENCE s",
+        "SELECT 1 AS x INTO TEMP t",
+        "CREATE TEMP TABLE t AS SELECT 1",
+        "LISTEN ch",
+        "PREPARE p AS SELECT 1",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+    ] {
+        let a = analyze(sql, &cfg).unwrap();
+        assert!(
+            a.statements[0].effects.contains(&SessionEffect::Untracked),
+            "{sql}"
+        );
+    }
+    for sql in [
+        "CREATE TABLE t (x int)",
+        "DECLARE c CURSOR FOR SELECT 1",
+        "SET LOCAL work_mem = '4MB'",
+        "SELECT set_config('request.claims', 'x', true)",
+    ] {
+        let a = analyze(sql, &cfg).unwrap();
+        assert!(
+            !a.statements[0].effects.contains(&SessionEffect::Untracked),
+            "{sql}"
+        );
+    }
+    let a = analyze("SELECT set_config('request.claims', 'x', true)", &cfg).unwrap();
+    assert_eq!(a.statements[0].effects, vec![SessionEffect::LocalSetting]);
+}
