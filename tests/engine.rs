@@ -5,6 +5,7 @@ mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::wire::{msg, Raw};
 use support::*;
 
 const PW: &str = "alice-secret-1";
@@ -544,15 +545,6 @@ fn an_unnamed_statement_never_runs_for_another_session() {
     assert_eq!(text.matches("three").count(), 2, "{text:?}");
 }
 
-/// A frontend message: tag, length, then the parts of the body.
-fn msg(tag: u8, body: &[&[u8]]) -> Vec<u8> {
-    let body = body.concat();
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    m.extend_from_slice(&body);
-    m
-}
-
 /// A Terminate that leaves a COPY FROM STDIN open ends the session at once
 /// (the COPY can never finish), and the backend is not left in the COPY.
 #[test]
@@ -581,62 +573,12 @@ fn terminate_during_copy_in_ends_the_session() {
     assert!(s.proxy.psql("alice@example.com", PW, "app", "SELECT 1").0);
 }
 
-/// Logs in with a raw socket (SCRAM via postgres-protocol), sends `bad`, returns what came back.
+/// Logs in as alice, sends `bad`, returns what came back.
 async fn raw_session_then(port: u16, bad: &[u8]) -> String {
-    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    Raw::connect(port, "alice@example.com", PW, "app")
         .await
-        .unwrap();
-    let mut startup = Vec::new();
-    startup.extend_from_slice(&0i32.to_be_bytes());
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    for (k, v) in [("user", "alice@example.com"), ("database", "app")] {
-        startup.extend_from_slice(k.as_bytes());
-        startup.push(0);
-        startup.extend_from_slice(v.as_bytes());
-        startup.push(0);
-    }
-    startup.push(0);
-    let len = startup.len() as i32;
-    startup[..4].copy_from_slice(&len.to_be_bytes());
-    s.write_all(&startup).await.unwrap();
-    let mut scram = ScramSha256::new(PW.as_bytes(), ChannelBinding::unsupported());
-    let mut buf = Vec::new();
-    loop {
-        let mut head = [0u8; 5];
-        s.read_exact(&mut head).await.unwrap();
-        let len = i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize - 4;
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body).await.unwrap();
-        match head[0] {
-            b'R' => {
-                let code = i32::from_be_bytes(body[..4].try_into().unwrap());
-                let msg: Vec<u8> = match code {
-                    10 => {
-                        let mut m = b"SCRAM-SHA-256\0".to_vec();
-                        m.extend_from_slice(&(scram.message().len() as i32).to_be_bytes());
-                        m.extend_from_slice(scram.message());
-                        m
-                    }
-                    11 => {
-                        scram.update(&body[4..]).unwrap();
-                        scram.message().to_vec()
-                    }
-                    _ => continue,
-                };
-                let mut out = vec![b'p'];
-                out.extend_from_slice(&((msg.len() + 4) as i32).to_be_bytes());
-                out.extend_from_slice(&msg);
-                s.write_all(&out).await.unwrap();
-            }
-            b'Z' => break,
-            _ => {}
-        }
-    }
-    s.write_all(bad).await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    String::from_utf8_lossy(&buf).to_string()
+        .send_then_read_all(bad)
+        .await
 }
 
 #[test]

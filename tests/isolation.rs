@@ -39,6 +39,17 @@ fn passthrough(extra: &str) -> (Cluster, Proxy) {
     (app, proxy)
 }
 
+/// The proxy's server-side name for `sql` prepared without declared types:
+/// anyone can compute it.
+fn pgt_name(sql: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(sql);
+    h.update([0]);
+    h.update(0i16.to_be_bytes());
+    format!("pgt_{}", hex::encode(&h.finalize()[..16]))
+}
+
 async fn alice(p: &Proxy) -> Raw {
     Raw::connect(p.port, "alice@example.com", PW, "app").await
 }
@@ -121,12 +132,7 @@ fn an_unknown_statement_name_never_reaches_another_sessions_statement() {
         drop(a);
         tokio::time::sleep(Duration::from_millis(200)).await;
 
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        h.update(b"SELECT 'A-named'");
-        h.update([0]);
-        h.update(0i16.to_be_bytes());
-        let pgt = format!("pgt_{}", hex::encode(&h.finalize()[..16]));
+        let pgt = pgt_name(b"SELECT 'A-named'");
         let mut b = alice(&p).await;
         for probe in [
             vec![describe(b'S', b""), bind(b"", b""), execute(b""), sync()],
@@ -527,12 +533,7 @@ fn only_what_postgresql_would_lose_is_lost() {
             .await
             .contains(&"D(other_role)".to_string()));
 
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        h.update(b"SELECT 'kept'");
-        h.update([0]);
-        h.update(0i16.to_be_bytes());
-        let pgt = format!("pgt_{}", hex::encode(&h.finalize()[..16]));
+        let pgt = pgt_name(b"SELECT 'kept'");
         b.send(&[query(&format!("DEALLOCATE {pgt}"))]).await;
         let r = b.read_until(0, 1).await;
         assert_eq!(r, ["C(DEALLOCATE)", "Z(I)"], "the server had it: {r:?}");

@@ -111,6 +111,15 @@ impl Raw {
         Raw { s }
     }
 
+    /// Sends `bytes`, then reads everything until the server closes the
+    /// connection or 5 s pass, as text.
+    pub async fn send_then_read_all(mut self, bytes: &[u8]) -> String {
+        self.s.write_all(bytes).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.s.read_to_end(&mut buf)).await;
+        String::from_utf8_lossy(&buf).to_string()
+    }
+
     pub async fn send(&mut self, parts: &[Vec<u8>]) {
         self.s.write_all(&parts.concat()).await.unwrap();
     }
