@@ -122,11 +122,7 @@ impl Session {
         let target = self.current_target()?;
         self.ensure_attached(&target).await?;
         self.client_failed = false;
-        let err = PgError::error(
-            "25P02",
-            "current transaction is aborted, commands ignored until end of transaction block",
-        );
-        let sql = raise_sql(&err).expect("the proxy's own message");
+        let sql = raise_sql(&transaction_aborted()).expect("the proxy's own message");
         self.send_to_backend(&fe::encode_query(&sql), Await::Query, true)
             .await?;
         if let Some(a) = self.attached.as_mut() {
@@ -437,10 +433,7 @@ impl Session {
                 }
             }
             if !attached && self.client_failed {
-                self.refuse(
-                    &PgError::error("25P02", "current transaction is aborted, commands ignored until end of transaction block"),
-                    true,
-                );
+                self.refuse(&transaction_aborted(), true);
                 return Ok(());
             }
             if self.deallocate_locally(a) {
@@ -537,6 +530,14 @@ pub(super) fn replayable_settings(a: &Analysis) -> bool {
         .statements
         .iter()
         .any(|s| s.effects.contains(&SessionEffect::Other))
+}
+
+/// PostgreSQL's error for a statement in a failed transaction.
+fn transaction_aborted() -> PgError {
+    PgError::error(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
 }
 
 /// A statement that makes the server raise `err` (SQLSTATE, message, hint)
