@@ -668,3 +668,73 @@ fn a_batch_after_an_error_before_a_flush_is_not_routed() {
         assert!(r.contains(&"D(next)".to_string()), "{r:?}");
     });
 }
+
+/// A SET that PostgreSQL undid is not replayed on the session's next
+/// connection: its transaction rolled back (ROLLBACK, or COMMIT of a
+/// failed transaction), or a ROLLBACK TO went back to a savepoint made
+/// before it. A SET whose transaction committed is.
+#[test]
+fn a_set_its_transaction_undid_is_not_replayed() {
+    let (_app, p) = passthrough("[pool]\nsize = 1\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        let mut b = alice(&p).await;
+        let ok = |r: Vec<String>| assert!(!r.iter().any(|m| m.starts_with("E(")), "{r:?}");
+        a.send(&[query("SET myapp.x = 'before'")]).await;
+        ok(a.read_until(0, 1).await);
+        // Each sequence, then B takes the pool's only connection, so that
+        // A's next transaction replays A's settings on it.
+        let mut check = async |steps: &[&str], expected: &str| {
+            for s in steps {
+                a.send(&[query(s)]).await;
+                a.read_until(0, 1).await;
+            }
+            b.send(&[query("SELECT 1")]).await;
+            ok(b.read_until(0, 1).await);
+            a.send(&[query("SELECT current_setting('myapp.x')")]).await;
+            let r = a.read_until(0, 1).await;
+            assert!(
+                r.contains(&format!("D({expected})")),
+                "after {steps:?}: {r:?}"
+            );
+        };
+        check(
+            &["BEGIN", "SET myapp.x = 'rolled back'", "ROLLBACK"],
+            "before",
+        )
+        .await;
+        check(
+            &["BEGIN", "SET myapp.x = 'failed'", "SELECT 1/0", "COMMIT"],
+            "before",
+        )
+        .await;
+        check(
+            &[
+                "BEGIN",
+                "SAVEPOINT s",
+                "SET myapp.x = 'to savepoint'",
+                "ROLLBACK TO s",
+                "COMMIT",
+            ],
+            "before",
+        )
+        .await;
+        check(
+            &["BEGIN", "SET myapp.x = 'committed'", "COMMIT"],
+            "committed",
+        )
+        .await;
+        check(
+            &[
+                "BEGIN",
+                "SET myapp.x = 'kept'",
+                "SAVEPOINT s",
+                "SELECT 1",
+                "ROLLBACK TO s",
+                "COMMIT",
+            ],
+            "kept",
+        )
+        .await;
+    });
+}

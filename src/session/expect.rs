@@ -31,6 +31,9 @@ pub enum Undone {
     /// ParameterDescription of the client statement named here (parameter type OIDs),
     /// needed to read binary-format tenant parameters at Bind.
     Described(Arc<str>, Vec<u32>),
+    /// The client's SET recorded for replay (by its `Settings::key`) ran
+    /// inside a transaction block: it stands only if the block commits.
+    SettingInTransaction(u64),
 }
 
 /// What an error in answer to a simple Query means for the session's
@@ -349,7 +352,16 @@ impl ExpectQueue {
             !swallow
         };
         if done {
-            self.q.pop_front();
+            if let Some(Entry::Wait {
+                on_error: Some(OnError::ForgetSetting(key)),
+                ..
+            }) = self.q.pop_front()
+            {
+                // Popped by its ReadyForQuery (an error takes `on_error`).
+                if f.body().first() != Some(&b'I') {
+                    undone.push(Undone::SettingInTransaction(key));
+                }
+            }
         }
         forward
     }

@@ -89,6 +89,59 @@ struct Attached {
     /// back to the pool. With the checkout's reading, two clock reads per
     /// transaction serve every timer.
     last_ready: Tick,
+    /// The client's recorded SETs that ran inside the open transaction
+    /// block (rare: boxed, so `Attached` stays small to move).
+    tx_settings: Option<Box<TxSettings>>,
+}
+
+/// The client's SETs that ran inside the open transaction block, recorded
+/// for replay but standing only if the block commits: PostgreSQL undoes
+/// them when it rolls back, and on a ROLLBACK TO a savepoint made before them.
+#[derive(Default)]
+struct TxSettings {
+    /// Their `Settings::key`s, in the order they ran.
+    keys: Vec<u64>,
+    /// How many of them had run at each SAVEPOINT made since the first.
+    savepoints: Vec<usize>,
+    /// A ROLLBACK (of the block, or to a savepoint) was answered since the
+    /// last ReadyForQuery, whose status tells which.
+    rolled_back: bool,
+}
+
+impl TxSettings {
+    /// Follows the block's savepoints and rollbacks by their CommandComplete tags.
+    fn on_command_complete(&mut self, tag: &[u8]) {
+        if tag.starts_with(b"ROLLBACK\0") {
+            self.rolled_back = true;
+        } else if tag.starts_with(b"SAVEPOINT\0") {
+            self.savepoints.push(self.keys.len());
+        } else if tag.starts_with(b"RELEASE\0") {
+            // Releases this savepoint and those made after it: at least the
+            // innermost one. (With more than one left, any later ROLLBACK TO
+            // stays undecidable, which is what `undone_at_ready` needs.)
+            self.savepoints.pop();
+        }
+    }
+
+    /// At ReadyForQuery with `status`: the SETs PostgreSQL has just undone.
+    fn undone_at_ready(&mut self, status: TxStatus, session: u64) -> Vec<u64> {
+        if !std::mem::take(&mut self.rolled_back) {
+            return Vec::new();
+        }
+        // Out of the block: it rolled back. Still in it: a ROLLBACK TO, to
+        // a savepoint made before every SET here unless one was made since.
+        if status == TxStatus::Idle || self.savepoints.is_empty() {
+            return std::mem::take(&mut self.keys);
+        }
+        // Which savepoint it went back to, and so which SETs stand, is not
+        // known without its name: they stay recorded.
+        tracing::warn!(
+            session,
+            "ROLLBACK TO a savepoint after a SET in the same transaction: \
+             the SET stays recorded for replay on other connections"
+        );
+        Vec::new()
+    }
 }
 
 impl Attached {
@@ -761,6 +814,11 @@ impl Session {
                     a.copy_in = false;
                     crate::metrics::backend_error(be::error_code(f.body()).unwrap_or("XX000"));
                 }
+                be::tag::COMMAND_COMPLETE => {
+                    if let Some(ts) = a.tx_settings.as_mut() {
+                        ts.on_command_complete(f.body());
+                    }
+                }
                 _ => {}
             }
             let forward = a.expect.on_backend_message(f, &mut undone);
@@ -787,6 +845,13 @@ impl Session {
             pos += len;
             if t == be::tag::READY_FOR_QUERY {
                 a.note_ready();
+                if let Some(ts) = a.tx_settings.as_mut() {
+                    let undone = ts.undone_at_ready(a.status, self.id);
+                    if a.status == TxStatus::Idle {
+                        a.tx_settings = None;
+                    }
+                    forget_settings(&mut self.settings, a, &undone);
+                }
             }
             if !undone.is_empty() {
                 // Undone in reverse: the queue applied them in order to the
@@ -827,14 +892,10 @@ impl Session {
                             a.conn.settings_fingerprint = SETTINGS_UNKNOWN;
                         }
                         expect::Undone::Failed(expect::OnError::ForgetSetting(key)) => {
-                            if let Some(s) = self.settings.get_mut(&a.target.pool.name) {
-                                s.forget(key);
-                                // The connection kept what it had before the
-                                // SET, unless that is not known either.
-                                if a.conn.settings_fingerprint != SETTINGS_UNKNOWN {
-                                    a.conn.settings_fingerprint = s.fingerprint;
-                                }
-                            }
+                            forget_settings(&mut self.settings, a, &[key]);
+                        }
+                        expect::Undone::SettingInTransaction(key) => {
+                            a.tx_settings.get_or_insert_default().keys.push(key);
                         }
                     }
                 }
@@ -961,6 +1022,7 @@ impl Session {
                     query_started: started,
                     xact_started: started,
                     last_ready: started.unwrap_or_else(Tick::now),
+                    tx_settings: None,
                 });
                 setup
             }
@@ -1311,6 +1373,26 @@ impl Session {
             // Session-pooled connections carry the client's session state: reset on next use.
             c.release(Tick::now());
         }
+    }
+}
+
+/// Forgets the recorded SETs `keys` (in the order they ran) of `a`'s data
+/// source: PostgreSQL refused or undid them, so they must not be replayed.
+fn forget_settings(settings: &mut HashMap<String, Settings>, a: &mut Attached, keys: &[u64]) {
+    if keys.is_empty() {
+        return;
+    }
+    let Some(s) = settings.get_mut(&a.target.pool.name) else {
+        return;
+    };
+    // From the last: each is the latest recorded with its text.
+    for &key in keys.iter().rev() {
+        s.forget(key);
+    }
+    // The connection has what it had before them, unless that is not
+    // known either.
+    if a.conn.settings_fingerprint != SETTINGS_UNKNOWN {
+        a.conn.settings_fingerprint = s.fingerprint;
     }
 }
 
