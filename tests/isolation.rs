@@ -738,3 +738,101 @@ fn a_set_its_transaction_undid_is_not_replayed() {
         .await;
     });
 }
+
+/// A tenant chosen with SET inside a transaction block is undone with the
+/// block, as PostgreSQL undoes the setting: after ROLLBACK (or COMMIT of
+/// a failed block, or ROLLBACK TO a savepoint made before the SET) the
+/// session's statements go to the tenant from before, never to the one
+/// rolled back. A tenant SET in a committed block stays.
+#[test]
+fn a_tenant_its_transaction_undid_is_not_used() {
+    let f = Fleet::start();
+    add_user(&f.app, "app", "svc@example.com", &scram(FPW), None);
+    f.shared.psql(
+        "shared",
+        "INSERT INTO accounts (tenant_id, name) VALUES ('acme', 'acme-row'), ('globex', 'globex-row')",
+    );
+    let p = f.proxy("");
+    rt().block_on(async {
+        let mut c = Raw::connect(p.port, "svc@example.com", FPW, "app").await;
+        let mut run = async |steps: &[&str]| {
+            let mut last = Vec::new();
+            for s in steps {
+                c.send(&[query(s)]).await;
+                last = c.read_until(0, 1).await;
+            }
+            last
+        };
+        run(&["SET app.tenant_id = 'acme'"]).await;
+        for undone in [
+            &["BEGIN", "SET app.tenant_id = 'globex'", "ROLLBACK"][..],
+            &[
+                "BEGIN",
+                "SET app.tenant_id = 'globex'",
+                "SELECT 1/0",
+                "COMMIT",
+            ],
+            &[
+                "BEGIN",
+                "SAVEPOINT s",
+                "SET app.tenant_id = 'globex'",
+                "ROLLBACK TO s",
+                "COMMIT",
+            ],
+            &[
+                "BEGIN",
+                "SAVEPOINT s",
+                "RESET app.tenant_id",
+                "ROLLBACK TO s",
+                "COMMIT",
+            ],
+        ] {
+            run(undone).await;
+            let r = run(&["SELECT name FROM accounts"]).await;
+            assert_eq!(
+                r,
+                ["T", "D(acme-row)", "C(SELECT 1)", "Z(I)"],
+                "after {undone:?}"
+            );
+        }
+        let r = run(&[
+            "BEGIN",
+            "SAVEPOINT s",
+            "SET app.tenant_id = 'globex'",
+            "ROLLBACK TO s",
+            "SELECT name FROM accounts",
+        ])
+        .await;
+        assert_eq!(
+            r,
+            ["T", "D(acme-row)", "C(SELECT 1)", "Z(T)"],
+            "in the block"
+        );
+        run(&["COMMIT"]).await;
+        // Back to a savepoint made after the first change.
+        let r = run(&[
+            "BEGIN",
+            "SET app.tenant_id = 'globex'",
+            "SAVEPOINT s",
+            "SET app.tenant_id = 'acme'",
+            "ROLLBACK TO s",
+            "SELECT name FROM accounts",
+        ])
+        .await;
+        assert_eq!(r, ["T", "D(globex-row)", "C(SELECT 1)", "Z(T)"], "to s");
+        run(&["ROLLBACK"]).await;
+        let r = run(&["SELECT name FROM accounts"]).await;
+        assert_eq!(
+            r,
+            ["T", "D(acme-row)", "C(SELECT 1)", "Z(I)"],
+            "rolled back"
+        );
+        run(&["BEGIN", "SET app.tenant_id = 'globex'", "COMMIT"]).await;
+        let r = run(&["SELECT name FROM accounts"]).await;
+        assert_eq!(
+            r,
+            ["T", "D(globex-row)", "C(SELECT 1)", "Z(I)"],
+            "committed"
+        );
+    });
+}

@@ -94,6 +94,14 @@ struct Attached {
     tx_settings: Option<Box<TxSettings>>,
 }
 
+/// The session tenant before the open transaction block first changed it,
+/// and at each SAVEPOINT made since (by name, in order): what a ROLLBACK,
+/// or a ROLLBACK TO, brings back (`Session::follow_tenant_block`).
+struct TenantUndo {
+    before: Option<String>,
+    savepoints: Vec<(String, Option<String>)>,
+}
+
 /// The client's SETs that ran inside the open transaction block, recorded
 /// for replay but standing only if the block commits: PostgreSQL undoes
 /// them when it rolls back, and on a ROLLBACK TO a savepoint made before them.
@@ -325,6 +333,9 @@ pub struct Session {
     pub session_tenant: Option<String>,
     /// `SET LOCAL app.tenant_id` inside the current transaction.
     pub local_tenant: Option<String>,
+    /// How to undo the changes the open transaction block made to
+    /// `session_tenant`, as PostgreSQL undoes the setting.
+    tenant_undo: Option<Box<TenantUndo>>,
     attached: Option<Attached>,
     parked: HashMap<String, PooledConn>,
     cancel_slot: Arc<CancelSlot>,
@@ -485,6 +496,7 @@ impl Session {
             database_tenant,
             session_tenant: None,
             local_tenant: None,
+            tenant_undo: None,
             attached: None,
             parked: HashMap::new(),
             cancel_slot,
