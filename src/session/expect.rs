@@ -334,15 +334,7 @@ impl ExpectQueue {
                     return true;
                 }
             }
-            tag::READY_FOR_QUERY => matches!(awaits, Await::Sync | Await::Query),
-            tag::PARSE_COMPLETE => awaits == Await::ParseComplete,
-            tag::BIND_COMPLETE => awaits == Await::BindComplete,
-            tag::CLOSE_COMPLETE => awaits == Await::CloseComplete,
-            tag::ROW_DESCRIPTION | tag::NO_DATA => awaits == Await::Describe,
-            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY | tag::PORTAL_SUSPENDED => {
-                awaits == Await::Execute
-            }
-            _ => false,
+            _ => completes(awaits, t),
         };
         let forward = if expected_error {
             false
@@ -364,6 +356,26 @@ impl ExpectQueue {
             }
         }
         forward
+    }
+
+    /// Whether a backend message tagged `t` is simply the client's: the
+    /// entry in front neither ends with it nor swallows it, and it is not one
+    /// `on_backend_message` must look at (an error, a ParameterDescription,
+    /// ReadyForQuery). Rows above all: this spares them the bookkeeping.
+    pub fn passes_through(&self, t: u8) -> bool {
+        match self.q.front() {
+            Some(Entry::Wait {
+                awaits,
+                swallow: false,
+                ..
+            }) => {
+                !matches!(
+                    t,
+                    tag::ERROR_RESPONSE | tag::READY_FOR_QUERY | tag::PARAMETER_DESCRIPTION
+                ) && !completes(*awaits, t)
+            }
+            _ => false,
+        }
     }
 
     /// The backend entered copy-in: it ignores every Sync it reads until
@@ -402,5 +414,21 @@ impl ExpectQueue {
                 out.extend_from_slice(&b);
             }
         }
+    }
+}
+
+/// Whether a backend message tagged `t` is the response that completes a
+/// message awaiting `awaits` (errors aside).
+fn completes(awaits: Await, t: u8) -> bool {
+    match t {
+        tag::READY_FOR_QUERY => matches!(awaits, Await::Sync | Await::Query),
+        tag::PARSE_COMPLETE => awaits == Await::ParseComplete,
+        tag::BIND_COMPLETE => awaits == Await::BindComplete,
+        tag::CLOSE_COMPLETE => awaits == Await::CloseComplete,
+        tag::ROW_DESCRIPTION | tag::NO_DATA => awaits == Await::Describe,
+        tag::COMMAND_COMPLETE | tag::EMPTY_QUERY | tag::PORTAL_SUSPENDED => {
+            awaits == Await::Execute
+        }
+        _ => false,
     }
 }

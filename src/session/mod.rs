@@ -124,9 +124,9 @@ impl TxSettings {
         } else if tag.starts_with(b"SAVEPOINT\0") {
             self.savepoints.push(self.keys.len());
         } else if tag.starts_with(b"RELEASE\0") {
-            // Releases this savepoint and those made after it: at least the
-            // innermost one. (With more than one left, any later ROLLBACK TO
-            // stays undecidable, which is what `undone_at_ready` needs.)
+            // Releases its savepoint and those made after it, which are
+            // not told apart here: only the innermost goes. One left behind
+            // can make a later ROLLBACK TO undecidable, never wrongly decided.
             self.savepoints.pop();
         }
     }
@@ -833,6 +833,12 @@ impl Session {
                 }
                 _ => {}
             }
+            if a.expect.passes_through(t) {
+                forwarded += len as u64;
+                extend_run(&mut run, pos, len);
+                pos += len;
+                continue;
+            }
             let forward = a.expect.on_backend_message(f, &mut undone);
             if t == be::tag::ERROR_RESPONSE && a.expect.is_skipping() {
                 // The backend skips to a Sync the client has yet to send:
@@ -841,11 +847,7 @@ impl Session {
             }
             if forward {
                 forwarded += len as u64;
-                if run.start == run.end {
-                    run = pos..pos + len;
-                } else {
-                    run.end += len;
-                }
+                extend_run(&mut run, pos, len);
             } else {
                 copy_run(&mut self.out, &a.conn.reader, &mut run);
             }
@@ -1414,6 +1416,16 @@ fn is_extended(tag: u8) -> bool {
         tag,
         tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::SYNC | tag::FLUSH
     )
+}
+
+/// Adds the message at `pos` (`len` bytes) to the run of forwarded
+/// messages that ends there, or starts a run with it.
+fn extend_run(run: &mut std::ops::Range<usize>, pos: usize, len: usize) {
+    if run.start == run.end {
+        *run = pos..pos + len;
+    } else {
+        run.end += len;
+    }
 }
 
 /// Copies the forwarded messages `run` (a range of `reader`'s unconsumed
