@@ -836,3 +836,67 @@ fn a_tenant_its_transaction_undid_is_not_used() {
         );
     });
 }
+
+/// SETs sent with the extended protocol (JDBC sends every statement so)
+/// are forgotten like simple-protocol ones when PostgreSQL refuses or
+/// undoes them: an error anywhere in their batch, or a rollback of their
+/// transaction block. Replayed, a refused one would fail every later
+/// transaction on another connection.
+#[test]
+fn extended_protocol_sets_are_forgotten_when_refused_or_undone() {
+    let (_app, p) = passthrough("[pool]\nsize = 1\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        let mut b = alice(&p).await;
+        let set = |sql: &[u8]| vec![parse(b"", sql), bind(b"", b""), execute(b"")];
+        let mut check = async |batches: &[Vec<Vec<u8>>], expected: &str| {
+            for batch in batches {
+                a.send(batch).await;
+                a.read_until(0, 1).await;
+            }
+            // B takes the only connection: A's next transaction replays.
+            b.send(&[query("SELECT 1")]).await;
+            b.read_until(0, 1).await;
+            a.send(&[query(
+                "SELECT concat(current_setting('myapp.x', true), '/', \
+                 current_setting('myapp.y', true))",
+            )])
+            .await;
+            let r = a.read_until(0, 1).await;
+            assert!(
+                r.contains(&format!("D({expected})")),
+                "expected {expected}: {r:?}"
+            );
+        };
+        let batch = |mut msgs: Vec<Vec<u8>>| {
+            msgs.push(sync());
+            msgs
+        };
+        check(&[batch(set(b"SET myapp.x = 'kept'"))], "kept/").await;
+        // Refused by the server, then an error after a SET in the batch.
+        check(&[batch(set(b"SET statement_timeout = 'bogus'"))], "kept/").await;
+        let mut msgs = set(b"SET myapp.x = 'in a failed batch'");
+        msgs.extend(set(b"SELECT 1/0"));
+        check(&[batch(msgs)], "kept/").await;
+        // Two SETs in one batch stand or fall together.
+        let mut msgs = set(b"SET myapp.x = 'first'");
+        msgs.extend(set(b"SET myapp.y = 'second'"));
+        check(&[batch(msgs)], "first/second").await;
+        // Undone by the rollback of its block.
+        check(
+            &[
+                batch(set(b"BEGIN")),
+                batch(set(b"SET myapp.x = 'rolled back'")),
+                batch(set(b"ROLLBACK")),
+            ],
+            "first/second",
+        )
+        .await;
+        // No replayed setting fails: transactions run.
+        a.send(&[query("SELECT 1")]).await;
+        assert_eq!(
+            a.read_until(0, 1).await,
+            ["T", "D(1)", "C(SELECT 1)", "Z(I)"]
+        );
+    });
+}

@@ -185,11 +185,12 @@ impl ExpectQueue {
         });
     }
 
-    /// Gives the simple Query recorded last what its failure means; no
-    /// effect when the last entry is anything else.
+    /// Gives the simple Query, or the extended-protocol batch (its Sync),
+    /// recorded last what its failure means: an error anywhere in it. No
+    /// effect when the last entry is anything else (a batch ended by Flush).
     pub fn on_error_of_last(&mut self, e: OnError) {
         if let Some(Entry::Wait {
-            awaits: Await::Query,
+            awaits: Await::Query | Await::Sync,
             on_error,
             ..
         }) = self.q.back_mut()
@@ -329,6 +330,14 @@ impl ExpectQueue {
                                 ..
                             }) => undone.push(Undone::Close(s)),
                             _ => {}
+                        }
+                    }
+                    // The batch failed: what its failure means applies now
+                    // (its Sync only ends the skipping).
+                    if let Some(Entry::Wait { on_error, .. }) = self.q.front_mut() {
+                        match on_error.take() {
+                            Some(OnError::Expected) | None => {}
+                            Some(e) => undone.push(Undone::Failed(e)),
                         }
                     }
                     return true;

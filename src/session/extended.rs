@@ -246,14 +246,27 @@ impl Session {
         }
         wire.clear();
         self.wire = wire;
+        // The batch's settings are recorded as one, so that they are
+        // forgotten together when the batch fails (`on_error_of_last`
+        // holds one): PostgreSQL undoes them together.
+        let mut settings = String::new();
         for query in bound {
             // Not UTF-8 here means no session state: `route_batch` refused those at Parse.
             let Ok(sql) = super::route::analysis_text(&query) else {
                 continue;
             };
             if let Ok(Some(analysis)) = self.shared.analyze(sql) {
-                self.note_session_effects(&target, &analysis, sql);
+                if self.note_session_effects(&analysis, sql) {
+                    if !settings.is_empty() {
+                        // On a line of its own: a `--` comment ends there.
+                        settings.push_str("\n;");
+                    }
+                    settings.push_str(sql);
+                }
             }
+        }
+        if !settings.is_empty() {
+            self.record_setting(&target, &settings);
         }
         Ok(())
     }

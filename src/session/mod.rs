@@ -1211,12 +1211,16 @@ impl Session {
         }
     }
 
-    /// Bookkeeping after sending `a` (text `sql`) to `target`'s attached
+    /// Bookkeeping after sending `a` (text `sql`) to the attached
     /// connection: settings to replay elsewhere, and what the connection's
     /// own state now is. A changed or reset tenant setting makes the next
     /// transaction write it again; RESET ALL / DISCARD ALL (which also drops
     /// server-side prepared statements) retires the connection after use.
-    fn note_session_effects(&mut self, target: &Target, a: &crate::router::Analysis, sql: &str) {
+    ///
+    /// Returns whether `sql` is a setting to replay: the caller records it
+    /// (`record_setting`) once its whole request is known.
+    #[must_use]
+    fn note_session_effects(&mut self, a: &crate::router::Analysis, sql: &str) -> bool {
         use crate::router::SessionEffect;
         let effects = a.statements.iter().flat_map(|s| s.effects.iter());
         let mut tenant_touched = false;
@@ -1272,9 +1276,7 @@ impl Session {
                 att.conn.lock_owner = Some(self.id);
             }
         }
-        if replayed {
-            self.record_setting(target, sql);
-        }
+        replayed
     }
 
     /// Forgets recorded settings (RESET ALL / DISCARD ALL by the client).

@@ -543,7 +543,9 @@ impl Session {
         }
         self.send_to_backend(raw, Await::Query, false).await?;
         if let Some(a) = analysis.as_deref() {
-            self.note_session_effects(&target, a, sql);
+            if self.note_session_effects(a, sql) {
+                self.record_setting(&target, sql);
+            }
         }
         Ok(())
     }
