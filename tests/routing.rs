@@ -389,3 +389,45 @@ async fn registry_changes_apply_live() {
     );
     assert!(!p.log_text().contains(DATA_ROLE_PW) && !p.log_text().contains(&f.key));
 }
+
+/// A statement for another data source first waits for the responses
+/// still due on the current one (the client pipelined it behind them).
+/// Meanwhile those responses reach the client as they come, and a client
+/// that leaves ends the wait: its running statement is cancelled rather
+/// than left to finish with the session holding its results.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switch_waiting_for_responses_forwards_them_and_watches_the_client() {
+    use support::wire::*;
+    let f = Fleet::start();
+    users(&f);
+    let p = f.proxy("");
+    let mut c = Raw::connect(p.port, "ann@example.com", PW, "app").await;
+    c.send(&[
+        query("SELECT 'first' FROM users LIMIT 1"),
+        query("SELECT pg_sleep(30) FROM users LIMIT 1"),
+        query("SELECT name FROM accounts"),
+    ])
+    .await;
+    let r = c.read_until(b'C', 0).await;
+    assert!(
+        r.contains(&"D(first)".to_string()),
+        "{r:?}\n{}",
+        p.log_text()
+    );
+    drop(c);
+    let sleeping = || {
+        f.app.psql(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+        )
+    };
+    let mut n = sleeping();
+    for _ in 0..20 {
+        if n == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        n = sleeping();
+    }
+    assert_eq!(n, "0", "the statement of a client that left still runs");
+}

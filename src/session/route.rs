@@ -154,9 +154,16 @@ impl Session {
     }
 
     /// Reads and forwards backend responses until nothing is outstanding.
+    /// They reach the client as they come, so a large result is never held
+    /// here; a client that leaves meanwhile ends the wait, and the session
+    /// (which cancels the statement), as in a checkout's wait.
     async fn drain_attached(&mut self) -> Result<(), PgError> {
         loop {
             self.backend_messages()?;
+            if self.flush_client().await.is_err() {
+                self.client_gone = true;
+                return Err(super::closed());
+            }
             let Some(a) = self.attached.as_mut() else {
                 return Ok(());
             };
@@ -164,12 +171,19 @@ impl Session {
                 return Ok(());
             }
             let conn = &mut *a.conn;
-            match conn.reader.fill(&mut conn.stream).await {
-                Ok(true) => {}
-                _ => {
-                    self.attached = None;
-                    return Err(super::backend_lost());
-                }
+            let room = self.creader.buffered() < super::CLIENT_READ_AHEAD;
+            let (backend_open, client_open) = tokio::select! {
+                biased;
+                r = conn.reader.fill(&mut conn.stream) => (matches!(r, Ok(true)), true),
+                r = self.creader.fill(&mut self.client), if room => (true, matches!(r, Ok(true))),
+            };
+            if !backend_open {
+                self.attached = None;
+                return Err(super::backend_lost());
+            }
+            if !client_open {
+                self.client_gone = true;
+                return Err(super::closed());
             }
         }
     }
