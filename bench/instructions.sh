@@ -3,7 +3,7 @@
 # (callgrind): exact and repeatable where bench/run.sh's CPU times swing with
 # the machine's load. Same setup as run.sh, smaller: pgbench -S, 4 clients.
 #
-#   bench/instructions.sh                  # pgtenant (1 worker), PgBouncer, relay
+#   bench/instructions.sh                  # pgtenant (1 worker), PgBouncer, relay (1 thread)
 #   BENCH_MODES=simple bench/instructions.sh
 #   KEEP_PROFILES=/tmp/cg bench/instructions.sh   # keep the callgrind files
 #
@@ -114,7 +114,7 @@ measure() { # port user mode name command...
 }
 
 declare -A CELL
-ROWS=("pgtenant pass-through, 1 thread" "pgtenant routed, 1 thread" "relay")
+ROWS=("pgtenant pass-through, 1 thread" "pgtenant routed, 1 thread" "relay, 1 thread")
 [[ -n $BOUNCER ]] && ROWS+=("pgbouncer")
 for mode in "${MODES[@]}"; do
     log "mode $mode"
@@ -123,8 +123,8 @@ for mode in "${MODES[@]}"; do
         "$PGTENANT" serve --config "$TMP/passthrough.toml")
     CELL["pgtenant routed, 1 thread|$mode"]=$(measure "$RT_PORT" bench@example.com "$mode" routed \
         "$PGTENANT" serve --config "$TMP/routed.toml")
-    CELL["relay|$mode"]=$(measure "$RELAY_PORT" postgres "$mode" relay \
-        "$RELAY" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PGPORT_")
+    CELL["relay, 1 thread|$mode"]=$(measure "$RELAY_PORT" postgres "$mode" relay \
+        "$RELAY" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PGPORT_" --one-thread)
     if [[ -n $BOUNCER ]]; then
         if [[ $mode == prepared && $BOUNCER_PREPARED == 0 ]]; then
             CELL["pgbouncer|$mode"]="n/a"

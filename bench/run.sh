@@ -96,7 +96,7 @@ start_bench_cluster "$SCALE"
 # ---------------------------------------------------------------- pgtenant
 export ENCRYPTION_KEY=$(openssl rand -hex 32)
 PT_PORT=$(free_port); RT_PORT=$(free_port); RELAY_PORT=$(free_port); BOUNCER_PORT=$(free_port)
-PT1_PORT=$(free_port); RT1_PORT=$(free_port)
+PT1_PORT=$(free_port); RT1_PORT=$(free_port); RELAY1_PORT=$(free_port)
 write_config "$TMP/passthrough.toml" "$PT_PORT" false
 write_config "$TMP/routed.toml" "$RT_PORT" true
 write_config "$TMP/passthrough1.toml" "$PT1_PORT" false 1
@@ -106,6 +106,8 @@ add_bench_tenant "$TMP/routed.toml"
 
 "${OWN_SESSION[@]}" "$RELAY" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PGPORT_" >"$TMP/relay.log" 2>&1 &
 RELAY_PID=$!; PIDS+=("$RELAY_PID")
+"${OWN_SESSION[@]}" "$RELAY" "127.0.0.1:$RELAY1_PORT" "127.0.0.1:$PGPORT_" --one-thread >"$TMP/relay1.log" 2>&1 &
+RELAY1_PID=$!; PIDS+=("$RELAY1_PID")
 "${OWN_SESSION[@]}" "$PGTENANT" serve --config "$TMP/passthrough.toml" >"$TMP/pgtenant-passthrough.log" 2>&1 &
 PT_PID=$!; PIDS+=("$PT_PID")
 "${OWN_SESSION[@]}" "$PGTENANT" serve --config "$TMP/routed.toml" >"$TMP/pgtenant-routed.log" 2>&1 &
@@ -123,6 +125,7 @@ if [[ -n ${BENCH_BASELINE:-} ]]; then
     wait_listen "$BL_PORT" "baseline pass-through 1 thread" "$BL_PID" "$TMP/baseline1.log" && BL_OK=1
 fi
 wait_listen "$RELAY_PORT" relay "$RELAY_PID" "$TMP/relay.log" || die "relay did not start"
+wait_listen "$RELAY1_PORT" "relay 1 thread" "$RELAY1_PID" "$TMP/relay1.log" || die "relay (1 thread) did not start"
 PT_OK=1; RT_OK=1
 wait_listen "$PT_PORT" "pgtenant pass-through" "$PT_PID" "$TMP/pgtenant-passthrough.log" || PT_OK=0
 wait_listen "$RT_PORT" "pgtenant routed" "$RT_PID" "$TMP/pgtenant-routed.log" || RT_OK=0
@@ -148,6 +151,7 @@ BASE="host=127.0.0.1 dbname=bench sslmode=disable"
 TARGETS=(
     "direct|$BASE port=$PGPORT_ user=postgres|"
     "relay|$BASE port=$RELAY_PORT user=postgres|$RELAY_PID"
+    "relay, 1 thread|$BASE port=$RELAY1_PORT user=postgres|$RELAY1_PID"
 )
 [[ $PT_OK == 1 ]] && TARGETS+=("pgtenant pass-through|$BASE port=$PT_PORT user=bench@example.com|$PT_PID")
 [[ $RT_OK == 1 ]] && TARGETS+=("pgtenant routed|$BASE port=$RT_PORT user=bench@example.com options='-c app.tenant_id=bench'|$RT_PID")
