@@ -892,6 +892,15 @@ fn extended_protocol_sets_are_forgotten_when_refused_or_undone() {
             "first/second",
         )
         .await;
+        // A setting ending in a comment is replayed without hiding the next.
+        check(
+            &[
+                vec![query("SET myapp.x = 'c1' -- a comment")],
+                vec![query("SET myapp.y = 'c2'")],
+            ],
+            "c1/c2",
+        )
+        .await;
         // No replayed setting fails: transactions run.
         a.send(&[query("SELECT 1")]).await;
         assert_eq!(

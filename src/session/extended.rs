@@ -257,11 +257,7 @@ impl Session {
             };
             if let Ok(Some(analysis)) = self.shared.analyze(sql) {
                 if self.note_session_effects(&analysis, sql) {
-                    if !settings.is_empty() {
-                        // On a line of its own: a `--` comment ends there.
-                        settings.push_str("\n;");
-                    }
-                    settings.push_str(sql);
+                    super::push_statement(&mut settings, sql);
                 }
             }
         }

@@ -1420,6 +1420,14 @@ fn is_extended(tag: u8) -> bool {
     )
 }
 
+/// Appends `stmt` to a multi-statement Query `sql`: the `;` that ends it
+/// goes on a line of its own, so that a `--` comment at its end cannot
+/// swallow what follows.
+fn push_statement(sql: &mut String, stmt: &str) {
+    sql.push_str(stmt);
+    sql.push_str("\n;");
+}
+
 /// Adds the message at `pos` (`len` bytes) to the run of forwarded
 /// messages that ends there, or starts a run with it.
 fn extend_run(run: &mut std::ops::Range<usize>, pos: usize, len: usize) {
@@ -1494,8 +1502,7 @@ fn setup_sql(
             conn.tenant_setting = None;
         }
         for s in &wanted.stmts {
-            setup.settings.push_str(s);
-            setup.settings.push(';');
+            push_statement(&mut setup.settings, s);
         }
         conn.settings_fingerprint = wanted.fingerprint;
     }
