@@ -50,6 +50,8 @@ unset PGHOST PGPORT PGUSER PGDATABASE PGOPTIONS PGSERVICE PGSSLMODE || true
 
 # ---------------------------------------------------------------- build
 log "building pgtenant (release, target dir $TARGET_DIR)"
+# What is built, read now: the tree may change while the rows run.
+BUILT_FROM="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet -- src 2>/dev/null || echo ' (+ uncommitted src changes)')"
 (cd "$REPO" && cargo build --release --quiet --bin pgtenant) || die "cargo build of pgtenant failed"
 log "building bench relay"
 cargo build --release --quiet --manifest-path "$BENCH_DIR/relay/Cargo.toml" || die "cargo build of bench/relay failed"
@@ -245,7 +247,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f", a / b; e
 {
     echo "# pgtenant benchmark results"
     echo
-    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet -- src 2>/dev/null || echo ' (+ uncommitted src changes)')"
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $BUILT_FROM"
     echo "- machine: $(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), shared with other work; load average before/after the runs: $LOAD_BEFORE / $LOAD_AFTER"
     echo "- $(pgbench --version), $("$PG_BIN/postgres" --version | sed 's/postgres (PostgreSQL) /PostgreSQL /')${BOUNCER_VERSION:+, PgBouncer $BOUNCER_VERSION}"
     echo "- \`pgbench -n -S -c $CLIENTS -j $THREADS -T $SECS\`, scale $SCALE, fsync=off, everything on 127.0.0.1"
