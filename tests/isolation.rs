@@ -909,3 +909,46 @@ fn extended_protocol_sets_are_forgotten_when_refused_or_undone() {
         );
     });
 }
+
+/// A Parse in a failed transaction fails as on PostgreSQL (25P02), and its
+/// statement does not exist afterwards, unless it ends the transaction:
+/// whether the server holds the transaction, or the proxy (its BEGIN not
+/// sent yet).
+#[test]
+fn a_parse_in_a_failed_transaction_fails_as_on_postgresql() {
+    let f = Fleet::start();
+    add_user(&f.app, "app", "svc@example.com", &scram(FPW), None);
+    let p = f.proxy("");
+    rt().block_on(async {
+        let mut c = Raw::connect(p.port, "svc@example.com", FPW, "app").await;
+        for fail in [
+            // On the server: an error inside the transaction.
+            "SELECT 1/0",
+            // Held by the proxy: a statement it refuses before any backend.
+            "SELECT * FROM accounts WHERE tenant_id = 'acme' UNION ALL SELECT * FROM accounts WHERE tenant_id = 'globex'",
+        ] {
+            c.send(&[query("BEGIN")]).await;
+            c.read_until(0, 1).await;
+            c.send(&[query(fail)]).await;
+            let r = c.read_until(0, 1).await;
+            assert_eq!(r.last().unwrap(), "Z(E)", "{r:?}");
+            c.send(&[parse(b"s1", b"SELECT 1"), sync()]).await;
+            let r = c.read_until(0, 1).await;
+            assert!(r[0].starts_with("E(25P02:"), "after {fail}: {r:?}");
+            assert_eq!(r[1..], ["Z(E)"], "after {fail}: {r:?}");
+            c.send(&[parse(b"end", b"ROLLBACK"), sync()]).await;
+            assert_eq!(c.read_until(0, 1).await, ["1", "Z(E)"], "after {fail}");
+            c.send(&[bind(b"", b"end"), execute(b""), sync()]).await;
+            assert_eq!(
+                c.read_until(0, 1).await,
+                ["2", "C(ROLLBACK)", "Z(I)"],
+                "after {fail}"
+            );
+            c.send(&[bind(b"", b"s1"), execute(b""), sync()]).await;
+            let r = c.read_until(0, 1).await;
+            assert!(r[0].starts_with("E(26000:"), "after {fail}: {r:?}");
+            c.send(&[close(b'S', b"end"), sync()]).await;
+            c.read_until(0, 1).await;
+        }
+    });
+}

@@ -10,7 +10,7 @@
 
 use super::expect::{Await, MapUndo};
 use super::{Prepared, Session};
-use crate::protocol::backend::{self as be, PgError};
+use crate::protocol::backend::{self as be, PgError, TxStatus};
 use crate::protocol::frontend::{self as fe, tag};
 use crate::protocol::FrameBatch;
 use bytes::{Bytes, BytesMut};
@@ -47,7 +47,8 @@ impl Session {
     /// its buffers go back whichever way this returns.
     async fn dispatch(&mut self, batch: &FrameBatch) -> Result<(), PgError> {
         let ends_with_sync = batch.last().is_some_and(|f| f.tag() == tag::SYNC);
-        if self.attached.is_none() && self.client_failed {
+        let entered_failed = self.attached.is_none() && self.client_failed;
+        if entered_failed {
             if let Err(e) = self.enter_failed_transaction().await {
                 return self.refuse_batch(e, ends_with_sync).await;
             }
@@ -99,10 +100,21 @@ impl Session {
         // for session-state bookkeeping (usually none: no allocation).
         let routing = self.shared.routing_enabled();
         let mut bound: Vec<std::sync::Arc<[u8]>> = Vec::new();
+        // In a failed transaction PostgreSQL refuses a Parse (25P02) unless
+        // its statement ends the transaction, and creates no statement. The
+        // proxy answers named Parses itself, so there the server raises that
+        // error in their place. Known only until a statement runs.
+        let mut aborted = entered_failed || (a.status == TxStatus::Failed && a.expect.is_empty());
         for f in batch.iter() {
             match f.tag() {
                 tag::PARSE => {
                     if self.skip_until_sync {
+                        continue;
+                    }
+                    if aborted && !ends_transaction(&self.shared, f.body()) {
+                        raise_in_batch(a, &mut wire, out, &super::route::transaction_aborted());
+                        sent_extended = true;
+                        self.skip_until_sync = true;
                         continue;
                     }
                     match record_parse(&mut self.prepared, &mut self.next_generation, f.body())? {
@@ -198,6 +210,8 @@ impl Session {
                     if self.skip_until_sync {
                         continue;
                     }
+                    // It may end the transaction: the server decides from here.
+                    aborted = false;
                     wire.extend_from_slice(f.raw());
                     a.expect.push(Await::Execute, false);
                     sent_extended = true;
@@ -362,6 +376,29 @@ fn raise_in_batch(a: &mut super::Attached, wire: &mut BytesMut, out: &mut BytesM
         .push_statement_op(Await::ParseComplete, Arc::from(""));
     a.expect.push(Await::BindComplete, true);
     a.expect.push(Await::Execute, true);
+}
+
+/// Whether the statement of Parse message `body` ends a transaction
+/// (COMMIT, ROLLBACK [TO SAVEPOINT], PREPARE TRANSACTION): the statements
+/// PostgreSQL still accepts in a failed one.
+fn ends_transaction(shared: &crate::server::Shared, body: &[u8]) -> bool {
+    use crate::router::TxnControl;
+    let Ok(p) = fe::parse(body) else {
+        return false;
+    };
+    let Ok(sql) = std::str::from_utf8(p.query) else {
+        return false;
+    };
+    matches!(shared.analyze(sql), Ok(Some(a)) if matches!(
+        &a.statements[..],
+        [st] if matches!(
+            st.txn,
+            TxnControl::Commit
+                | TxnControl::Rollback
+                | TxnControl::RollbackToSavepoint(_)
+                | TxnControl::PrepareTransaction(_)
+        )
+    ))
 }
 
 /// Records a client's Parse (`body`, the message's body): `Ok` with the

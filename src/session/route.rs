@@ -626,7 +626,7 @@ pub(super) fn replayable_settings(a: &Analysis) -> bool {
 }
 
 /// PostgreSQL's error for a statement in a failed transaction.
-fn transaction_aborted() -> PgError {
+pub(super) fn transaction_aborted() -> PgError {
     PgError::error(
         "25P02",
         "current transaction is aborted, commands ignored until end of transaction block",
