@@ -911,9 +911,9 @@ fn extended_protocol_sets_are_forgotten_when_refused_or_undone() {
 }
 
 /// A Parse in a failed transaction fails as on PostgreSQL (25P02), and its
-/// statement does not exist afterwards, unless it ends the transaction:
-/// whether the server holds the transaction, or the proxy (its BEGIN not
-/// sent yet).
+/// statement does not exist afterwards, unless it ends the transaction; a
+/// Bind of a name never prepared gets 26000 there too. Whether the server
+/// holds the transaction, or the proxy (its BEGIN not sent yet).
 #[test]
 fn a_parse_in_a_failed_transaction_fails_as_on_postgresql() {
     let f = Fleet::start();
@@ -935,6 +935,11 @@ fn a_parse_in_a_failed_transaction_fails_as_on_postgresql() {
             c.send(&[parse(b"s1", b"SELECT 1"), sync()]).await;
             let r = c.read_until(0, 1).await;
             assert!(r[0].starts_with("E(25P02:"), "after {fail}: {r:?}");
+            assert_eq!(r[1..], ["Z(E)"], "after {fail}: {r:?}");
+            // A name never prepared: named, as PostgreSQL looks it up first.
+            c.send(&[bind(b"", b"nope"), execute(b""), sync()]).await;
+            let r = c.read_until(0, 1).await;
+            assert!(r[0].starts_with("E(26000:"), "after {fail}: {r:?}");
             assert_eq!(r[1..], ["Z(E)"], "after {fail}: {r:?}");
             c.send(&[parse(b"end", b"ROLLBACK"), sync()]).await;
             assert_eq!(c.read_until(0, 1).await, ["1", "Z(E)"], "after {fail}");

@@ -112,7 +112,13 @@ impl Session {
                         continue;
                     }
                     if aborted && !ends_transaction(&self.shared, f.body()) {
-                        raise_in_batch(a, &mut wire, out, &super::route::transaction_aborted());
+                        raise_in_batch(
+                            a,
+                            &mut wire,
+                            out,
+                            &super::route::transaction_aborted(),
+                            true,
+                        );
                         sent_extended = true;
                         self.skip_until_sync = true;
                         continue;
@@ -139,7 +145,7 @@ impl Session {
                             )
                         }
                         Err(err) => {
-                            raise_in_batch(a, &mut wire, out, &err);
+                            raise_in_batch(a, &mut wire, out, &err, aborted);
                             sent_extended = true;
                             self.skip_until_sync = true;
                         }
@@ -165,7 +171,13 @@ impl Session {
                         // Never forwarded: on the server, the name could be
                         // another session's statement.
                         None => {
-                            raise_in_batch(a, &mut wire, out, &no_such_statement(&b.statement));
+                            raise_in_batch(
+                                a,
+                                &mut wire,
+                                out,
+                                &no_such_statement(&b.statement),
+                                aborted,
+                            );
                             sent_extended = true;
                             self.skip_until_sync = true;
                             continue;
@@ -196,7 +208,7 @@ impl Session {
                         }
                         None if d.kind == b'S' => {
                             // As for Bind: never another session's statement.
-                            raise_in_batch(a, &mut wire, out, &no_such_statement(&d.name));
+                            raise_in_batch(a, &mut wire, out, &no_such_statement(&d.name), aborted);
                             self.skip_until_sync = true;
                         }
                         None => {
@@ -359,14 +371,23 @@ fn no_such_statement(name: &str) -> PgError {
 /// error. An error the proxy only answered itself would let the rest of the
 /// batch run, and commit. The caller skips its own work to Sync.
 ///
-/// Two differences remain: in a transaction that already failed the client
-/// gets 25P02 (the injected Parse is refused first), where PostgreSQL would
-/// name the missing statement; and text that would break the statement's
-/// quoting (`raise_sql`) is answered by the proxy alone.
-fn raise_in_batch(a: &mut super::Attached, wire: &mut BytesMut, out: &mut BytesMut, err: &PgError) {
-    let Some(sql) = super::route::raise_sql(err) else {
-        a.expect.push_local(err.encode(), out);
-        return;
+/// In a transaction known to have failed (`aborted`), the server would
+/// refuse the injected statement itself (25P02) and runs nothing anyway:
+/// the proxy answers `err` in its place. So does it for text that would
+/// break the statement's quoting (`raise_sql`), the one difference left.
+fn raise_in_batch(
+    a: &mut super::Attached,
+    wire: &mut BytesMut,
+    out: &mut BytesMut,
+    err: &PgError,
+    aborted: bool,
+) {
+    let sql = match super::route::raise_sql(err) {
+        Some(sql) if !aborted => sql,
+        _ => {
+            a.expect.push_local(err.encode(), out);
+            return;
+        }
     };
     fe::encode_parse(wire, "", sql.as_bytes(), &[0, 0]);
     fe::encode_bind_execute_unnamed(wire);
