@@ -6,7 +6,8 @@
 //! back as soon as the backend reports ReadyForQuery 'I' with nothing else in
 //! flight; in session pooling it is parked per target and reused. Routing is
 //! decided in `route.rs`; the extended protocol's prepared-statement mapping in
-//! `extended.rs`; response bookkeeping in `expect.rs`.
+//! `extended.rs`; response bookkeeping in `expect.rs`; what a transaction
+//! block's rollback undoes in `undo.rs`.
 
 pub mod cancel;
 mod expect;
@@ -15,6 +16,7 @@ mod route;
 pub mod signal;
 pub mod startup;
 mod state_scan;
+mod undo;
 
 use crate::clock::Tick;
 use crate::net::Stream;
@@ -34,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use tokio::io::AsyncWriteExt;
+use undo::{TenantUndo, TxSettings};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -92,64 +95,6 @@ struct Attached {
     /// The client's recorded SETs that ran inside the open transaction
     /// block (rare: boxed, so `Attached` stays small to move).
     tx_settings: Option<Box<TxSettings>>,
-}
-
-/// The session tenant before the open transaction block first changed it,
-/// and at each SAVEPOINT made since (by name, in order): what a ROLLBACK,
-/// or a ROLLBACK TO, brings back (`Session::follow_tenant_block`).
-struct TenantUndo {
-    before: Option<String>,
-    savepoints: Vec<(String, Option<String>)>,
-}
-
-/// The client's SETs that ran inside the open transaction block, recorded
-/// for replay but standing only if the block commits: PostgreSQL undoes
-/// them when it rolls back, and on a ROLLBACK TO a savepoint made before them.
-#[derive(Default)]
-struct TxSettings {
-    /// Their `Settings::key`s, in the order they ran.
-    keys: Vec<u64>,
-    /// How many of them had run at each SAVEPOINT made since the first.
-    savepoints: Vec<usize>,
-    /// A ROLLBACK (of the block, or to a savepoint) was answered since the
-    /// last ReadyForQuery, whose status tells which.
-    rolled_back: bool,
-}
-
-impl TxSettings {
-    /// Follows the block's savepoints and rollbacks by their CommandComplete tags.
-    fn on_command_complete(&mut self, tag: &[u8]) {
-        if tag.starts_with(b"ROLLBACK\0") {
-            self.rolled_back = true;
-        } else if tag.starts_with(b"SAVEPOINT\0") {
-            self.savepoints.push(self.keys.len());
-        } else if tag.starts_with(b"RELEASE\0") {
-            // Releases its savepoint and those made after it, which are
-            // not told apart here: only the innermost goes. One left behind
-            // can make a later ROLLBACK TO undecidable, never wrongly decided.
-            self.savepoints.pop();
-        }
-    }
-
-    /// At ReadyForQuery with `status`: the SETs PostgreSQL has just undone.
-    fn undone_at_ready(&mut self, status: TxStatus, session: u64) -> Vec<u64> {
-        if !std::mem::take(&mut self.rolled_back) {
-            return Vec::new();
-        }
-        // Out of the block: it rolled back. Still in it: a ROLLBACK TO, to
-        // a savepoint made before every SET here unless one was made since.
-        if status == TxStatus::Idle || self.savepoints.is_empty() {
-            return std::mem::take(&mut self.keys);
-        }
-        // Which savepoint it went back to, and so which SETs stand, is not
-        // known without its name: they stay recorded.
-        tracing::warn!(
-            session,
-            "ROLLBACK TO a savepoint after a SET in the same transaction: \
-             the SET stays recorded for replay on other connections"
-        );
-        Vec::new()
-    }
 }
 
 impl Attached {

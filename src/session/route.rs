@@ -6,7 +6,8 @@
 //! its first deciding statement picked.
 
 use super::expect::Await;
-use super::{Session, Target, TenantUndo};
+use super::undo::TenantUndo;
+use super::{Session, Target};
 use crate::protocol::backend::{self as be, PgError, TxStatus};
 use crate::protocol::frontend::{self as fe, tag};
 use crate::protocol::FrameBatch;
@@ -348,10 +349,7 @@ impl Session {
                 )
             });
             if in_block && changes_tenant && self.tenant_undo.is_none() {
-                self.tenant_undo = Some(Box::new(TenantUndo {
-                    before: self.session_tenant.clone(),
-                    savepoints: Vec::new(),
-                }));
+                self.tenant_undo = Some(TenantUndo::new(self.session_tenant.clone()));
             }
             for e in &st.effects {
                 match e {
@@ -413,63 +411,18 @@ impl Session {
         Ok(())
     }
 
-    /// Follows the transaction block through statement `txn` (about to be
-    /// sent, or answered for a held block) to undo its tenant changes as
-    /// PostgreSQL undoes the setting; returns whether a block is open after it.
+    /// Follows the transaction block through statement `txn` to undo its
+    /// tenant changes as PostgreSQL undoes the setting (`TenantUndo::follow`);
+    /// returns whether a block is open after it.
     fn follow_tenant_block(&mut self, txn: &TxnControl, in_block: bool) -> bool {
-        match txn {
-            TxnControl::None => in_block,
-            TxnControl::Begin => {
-                self.tenant_undo = None;
-                true
-            }
-            TxnControl::Commit | TxnControl::Rollback | TxnControl::PrepareTransaction(_) => {
-                // COMMIT of a failed block rolls it back.
-                let rolled_back = matches!(txn, TxnControl::Rollback)
-                    || (matches!(txn, TxnControl::Commit)
-                        && self.client_status() == TxStatus::Failed);
-                if let Some(u) = self.tenant_undo.take() {
-                    if rolled_back {
-                        self.session_tenant = u.before;
-                    }
-                }
-                false
-            }
-            TxnControl::Savepoint(name) => {
-                if let Some(u) = self.tenant_undo.as_mut() {
-                    u.savepoints
-                        .push((name.clone(), self.session_tenant.clone()));
-                }
-                in_block
-            }
-            TxnControl::ReleaseSavepoint(name) => {
-                if let Some(u) = self.tenant_undo.as_mut() {
-                    // Releases the ones made after it too; one made before
-                    // the first change, all of them.
-                    let i = u.savepoints.iter().rposition(|(n, _)| n == name);
-                    u.savepoints.truncate(i.unwrap_or(0));
-                }
-                in_block
-            }
-            TxnControl::RollbackToSavepoint(name) => {
-                if let Some(u) = self.tenant_undo.as_mut() {
-                    // The savepoint stays; those made after it go.
-                    match u.savepoints.iter().rposition(|(n, _)| n == name) {
-                        Some(i) => {
-                            self.session_tenant = u.savepoints[i].1.clone();
-                            u.savepoints.truncate(i + 1);
-                        }
-                        // Made before the first change.
-                        None => {
-                            self.session_tenant = u.before.clone();
-                            u.savepoints.clear();
-                        }
-                    }
-                }
-                in_block
-            }
-            TxnControl::CommitPrepared(_) | TxnControl::RollbackPrepared(_) => in_block,
-        }
+        let failed = self.client_status() == TxStatus::Failed;
+        TenantUndo::follow(
+            &mut self.tenant_undo,
+            &mut self.session_tenant,
+            txn,
+            in_block,
+            failed,
+        )
     }
 
     /// A simple-protocol Query: hold BEGIN, route, refuse, or forward.

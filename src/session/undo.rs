@@ -1,0 +1,284 @@
+//! What the end of a transaction block undoes of the client's changes.
+//!
+//! PostgreSQL undoes a SET made inside a transaction block when the block
+//! rolls back, or when a ROLLBACK TO goes back to a savepoint made before
+//! it. The proxy keeps two such changes outside the server: the SETs it
+//! records to replay on the session's next connections, and the session's
+//! tenant. Both follow the block here, each from what it can see: the
+//! recorded SETs from the backend's CommandComplete tags (in pass-through
+//! the statements that end blocks are not parsed), the tenant from the
+//! parsed statements before they are sent (routing parses every one).
+
+use crate::protocol::backend::TxStatus;
+use crate::router::TxnControl;
+
+/// The client's recorded SETs that ran inside the open transaction block:
+/// they stand only if the block commits.
+#[derive(Default)]
+pub(super) struct TxSettings {
+    /// Their `Settings::key`s, in the order they ran.
+    pub keys: Vec<u64>,
+    /// How many of them had run at each SAVEPOINT made since the first.
+    savepoints: Vec<usize>,
+    /// A ROLLBACK (of the block, or to a savepoint) was answered since the
+    /// last ReadyForQuery, whose status tells which.
+    rolled_back: bool,
+}
+
+impl TxSettings {
+    /// Follows the block's savepoints and rollbacks by their CommandComplete tags.
+    pub fn on_command_complete(&mut self, tag: &[u8]) {
+        if tag.starts_with(b"ROLLBACK\0") {
+            self.rolled_back = true;
+        } else if tag.starts_with(b"SAVEPOINT\0") {
+            self.savepoints.push(self.keys.len());
+        } else if tag.starts_with(b"RELEASE\0") {
+            // Releases its savepoint and those made after it, which are
+            // not told apart here: only the innermost goes. One left behind
+            // can make a later ROLLBACK TO undecidable, never wrongly decided.
+            self.savepoints.pop();
+        }
+    }
+
+    /// At ReadyForQuery with `status`: the SETs PostgreSQL has just undone.
+    pub fn undone_at_ready(&mut self, status: TxStatus, session: u64) -> Vec<u64> {
+        if !std::mem::take(&mut self.rolled_back) {
+            return Vec::new();
+        }
+        // Out of the block: it rolled back. Still in it: a ROLLBACK TO, to
+        // a savepoint made before every SET here unless one was made since.
+        if status == TxStatus::Idle || self.savepoints.is_empty() {
+            return std::mem::take(&mut self.keys);
+        }
+        // Which savepoint it went back to, and so which SETs stand, is not
+        // known without its name: they stay recorded.
+        tracing::warn!(
+            session,
+            "ROLLBACK TO a savepoint after a SET in the same transaction: \
+             the SET stays recorded for replay on other connections"
+        );
+        Vec::new()
+    }
+}
+
+/// The session tenant before the open transaction block first changed it,
+/// and at each SAVEPOINT made since (by name, in order): what a ROLLBACK,
+/// or a ROLLBACK TO, brings back.
+pub(super) struct TenantUndo {
+    before: Option<String>,
+    savepoints: Vec<(String, Option<String>)>,
+}
+
+impl TenantUndo {
+    /// Starts following a block whose session tenant is `tenant` before
+    /// its first change.
+    pub fn new(tenant: Option<String>) -> Box<TenantUndo> {
+        Box::new(TenantUndo {
+            before: tenant,
+            savepoints: Vec::new(),
+        })
+    }
+
+    /// Follows the block through statement `txn` (about to be sent, or
+    /// answered for a block the proxy holds), restoring `tenant` where
+    /// PostgreSQL would undo it; `failed`: the block failed before `txn`.
+    /// `undo` is the session's (`None` while the block changed no tenant);
+    /// returns whether a block is open after `txn`.
+    pub fn follow(
+        undo: &mut Option<Box<TenantUndo>>,
+        tenant: &mut Option<String>,
+        txn: &TxnControl,
+        in_block: bool,
+        failed: bool,
+    ) -> bool {
+        match txn {
+            TxnControl::None => in_block,
+            TxnControl::Begin => {
+                *undo = None;
+                true
+            }
+            TxnControl::Commit | TxnControl::Rollback | TxnControl::PrepareTransaction(_) => {
+                // COMMIT of a failed block rolls it back.
+                let rolled_back = matches!(txn, TxnControl::Rollback)
+                    || (matches!(txn, TxnControl::Commit) && failed);
+                if let Some(u) = undo.take() {
+                    if rolled_back {
+                        *tenant = u.before;
+                    }
+                }
+                false
+            }
+            TxnControl::Savepoint(name) => {
+                if let Some(u) = undo.as_mut() {
+                    u.savepoints.push((name.clone(), tenant.clone()));
+                }
+                in_block
+            }
+            TxnControl::ReleaseSavepoint(name) => {
+                if let Some(u) = undo.as_mut() {
+                    // Releases the ones made after it too; one made before
+                    // the first change, all of them.
+                    let i = u.savepoints.iter().rposition(|(n, _)| n == name);
+                    u.savepoints.truncate(i.unwrap_or(0));
+                }
+                in_block
+            }
+            TxnControl::RollbackToSavepoint(name) => {
+                if let Some(u) = undo.as_mut() {
+                    // The savepoint stays; those made after it go.
+                    match u.savepoints.iter().rposition(|(n, _)| n == name) {
+                        Some(i) => {
+                            *tenant = u.savepoints[i].1.clone();
+                            u.savepoints.truncate(i + 1);
+                        }
+                        // Made before the first change.
+                        None => {
+                            *tenant = u.before.clone();
+                            u.savepoints.clear();
+                        }
+                    }
+                }
+                in_block
+            }
+            TxnControl::CommitPrepared(_) | TxnControl::RollbackPrepared(_) => in_block,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cc(tag: &str) -> Vec<u8> {
+        format!("{tag}\0").into_bytes()
+    }
+
+    #[test]
+    fn recorded_sets_fall_with_their_block_or_savepoint() {
+        // ROLLBACK of the block: every SET in it.
+        let mut t = TxSettings::default();
+        t.keys.extend([1, 2]);
+        t.on_command_complete(&cc("ROLLBACK"));
+        assert_eq!(t.undone_at_ready(TxStatus::Idle, 0), [1, 2]);
+
+        // ROLLBACK TO a savepoint made before the SETs (not seen here).
+        let mut t = TxSettings::default();
+        t.keys.push(1);
+        t.on_command_complete(&cc("ROLLBACK"));
+        assert_eq!(t.undone_at_ready(TxStatus::InTransaction, 0), [1]);
+
+        // A savepoint made after a SET: undecidable, nothing undone.
+        let mut t = TxSettings::default();
+        t.keys.push(1);
+        t.on_command_complete(&cc("SAVEPOINT"));
+        t.keys.push(2);
+        t.on_command_complete(&cc("ROLLBACK"));
+        assert!(t.undone_at_ready(TxStatus::InTransaction, 0).is_empty());
+        // …but the block's own rollback still undoes them all.
+        t.on_command_complete(&cc("ROLLBACK"));
+        assert_eq!(t.undone_at_ready(TxStatus::Idle, 0), [1, 2]);
+
+        // Released, the savepoint no longer matters.
+        let mut t = TxSettings::default();
+        t.keys.push(1);
+        t.on_command_complete(&cc("SAVEPOINT"));
+        t.on_command_complete(&cc("RELEASE"));
+        t.on_command_complete(&cc("ROLLBACK"));
+        assert_eq!(t.undone_at_ready(TxStatus::InTransaction, 0), [1]);
+
+        // Other tags and a ReadyForQuery without a rollback undo nothing.
+        let mut t = TxSettings::default();
+        t.keys.push(1);
+        t.on_command_complete(&cc("SELECT 1"));
+        t.on_command_complete(&cc("COMMIT"));
+        assert!(t.undone_at_ready(TxStatus::Idle, 0).is_empty());
+    }
+
+    #[test]
+    fn the_tenant_comes_back_as_postgresql_brings_the_setting_back() {
+        let some = |s: &str| Some(s.to_string());
+        let sp = |s: &str| s.to_string();
+        // BEGIN; SET acme→globex; SAVEPOINT a; SET initech; ROLLBACK TO a.
+        let mut tenant = some("acme");
+        let mut undo = None;
+        assert!(TenantUndo::follow(
+            &mut undo,
+            &mut tenant,
+            &TxnControl::Begin,
+            false,
+            false
+        ));
+        undo = Some(TenantUndo::new(tenant.clone()));
+        tenant = some("globex");
+        TenantUndo::follow(
+            &mut undo,
+            &mut tenant,
+            &TxnControl::Savepoint(sp("a")),
+            true,
+            false,
+        );
+        tenant = some("initech");
+        TenantUndo::follow(
+            &mut undo,
+            &mut tenant,
+            &TxnControl::RollbackToSavepoint(sp("a")),
+            true,
+            false,
+        );
+        assert_eq!(tenant, some("globex"), "back to savepoint a");
+        // ROLLBACK TO a savepoint made before the first change.
+        TenantUndo::follow(
+            &mut undo,
+            &mut tenant,
+            &TxnControl::RollbackToSavepoint(sp("early")),
+            true,
+            false,
+        );
+        assert_eq!(tenant, some("acme"));
+        // COMMIT of a failed block rolls back; of a good one keeps.
+        tenant = some("globex");
+        assert!(!TenantUndo::follow(
+            &mut undo,
+            &mut tenant,
+            &TxnControl::Commit,
+            true,
+            true
+        ));
+        assert_eq!(tenant, some("acme"));
+        assert!(undo.is_none(), "the block is over");
+        let mut undo = Some(TenantUndo::new(some("acme")));
+        let mut tenant = some("globex");
+        TenantUndo::follow(&mut undo, &mut tenant, &TxnControl::Commit, true, false);
+        assert_eq!(tenant, some("globex"));
+        // RELEASE drops the savepoint and those after it.
+        let mut undo = Some(TenantUndo::new(some("acme")));
+        let mut tenant = some("globex");
+        TenantUndo::follow(
+            &mut undo,
+            &mut tenant,
+            &TxnControl::Savepoint(sp("a")),
+            true,
+            false,
+        );
+        TenantUndo::follow(
+            &mut undo,
+            &mut tenant,
+            &TxnControl::ReleaseSavepoint(sp("a")),
+            true,
+            false,
+        );
+        tenant = some("initech");
+        TenantUndo::follow(
+            &mut undo,
+            &mut tenant,
+            &TxnControl::RollbackToSavepoint(sp("a")),
+            true,
+            false,
+        );
+        assert_eq!(
+            tenant,
+            some("acme"),
+            "a released savepoint is one made before"
+        );
+    }
+}
