@@ -267,12 +267,7 @@ impl ExpectQueue {
         let done = match t {
             tag::ERROR_RESPONSE => {
                 if awaits == Await::Query || awaits == Await::Sync {
-                    if let Some(Entry::Wait { on_error, .. }) = self.q.front_mut() {
-                        match on_error.take() {
-                            Some(OnError::Expected) | None => {}
-                            Some(e) => undone.push(Undone::Failed(e)),
-                        }
-                    }
+                    self.report_failure_of_front(undone);
                     false
                 } else {
                     // The backend skips everything up to the next Sync, and so
@@ -334,12 +329,7 @@ impl ExpectQueue {
                     }
                     // The batch failed: what its failure means applies now
                     // (its Sync only ends the skipping).
-                    if let Some(Entry::Wait { on_error, .. }) = self.q.front_mut() {
-                        match on_error.take() {
-                            Some(OnError::Expected) | None => {}
-                            Some(e) => undone.push(Undone::Failed(e)),
-                        }
-                    }
+                    self.report_failure_of_front(undone);
                     return true;
                 }
             }
@@ -365,6 +355,17 @@ impl ExpectQueue {
             }
         }
         forward
+    }
+
+    /// The Query or batch in front failed: what that means for the session
+    /// (`on_error`) is reported once.
+    fn report_failure_of_front(&mut self, undone: &mut Vec<Undone>) {
+        if let Some(Entry::Wait { on_error, .. }) = self.q.front_mut() {
+            match on_error.take() {
+                Some(OnError::Expected) | None => {}
+                Some(e) => undone.push(Undone::Failed(e)),
+            }
+        }
     }
 
     /// Whether a backend message tagged `t` is simply the client's: the

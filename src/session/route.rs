@@ -415,6 +415,10 @@ impl Session {
     /// tenant changes as PostgreSQL undoes the setting (`TenantUndo::follow`);
     /// returns whether a block is open after it.
     fn follow_tenant_block(&mut self, txn: &TxnControl, in_block: bool) -> bool {
+        if *txn == TxnControl::None {
+            // Nearly every statement: nothing to follow.
+            return in_block;
+        }
         let failed = self.client_status() == TxStatus::Failed;
         TenantUndo::follow(
             &mut self.tenant_undo,
