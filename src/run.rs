@@ -1,6 +1,7 @@
 //! What each CLI command does, kept out of `main.rs` so tests and tools can
 //! call the same code.
 
+use crate::clock::Metronome;
 use crate::config::Config;
 use crate::registry::{self, ops, SecretBox, TenantRegistry};
 use crate::server::{self, Shared};
@@ -63,14 +64,21 @@ pub async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let sync = secrets.map(|s| {
+    let sync = match secrets.map(|s| {
         registry::spawn_registry_sync(
             config.app_db.url.clone(),
             registry.clone(),
             s,
             Duration::from_secs(30),
         )
-    });
+    }) {
+        None => None,
+        Some(Ok(handle)) => Some(handle),
+        Some(Err(e)) => {
+            eprintln!("pgtenant: cannot start the tenant registry sync: {e}");
+            return ExitCode::from(1);
+        }
+    };
     if let Some(listen) = config.metrics.listen.clone() {
         tokio::spawn(crate::admin::http::serve(listen, shared.clone()));
     }
@@ -93,11 +101,20 @@ pub async fn serve(config: Config) -> ExitCode {
         shared.clone(),
         Duration::from_secs(config.shutdown_timeout_secs),
     );
+    // Paced by a metronome, not a tokio timer: sessions share this event
+    // loop, and a pending timer costs every one of its parks (clock.rs).
+    let upkeep = match Metronome::start(Duration::from_secs(2)) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("pgtenant: cannot start the pool upkeep timer: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let pruner = {
         let shared = shared.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                upkeep.tick().await;
                 for p in shared.pools.all() {
                     p.maintain().await;
                 }

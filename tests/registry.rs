@@ -392,7 +392,8 @@ async fn notify_updates_registry_quickly_and_survives_reconnect() {
         reg.clone(),
         s.clone(),
         Duration::from_secs(3600),
-    );
+    )
+    .unwrap();
     wait_until("initial load", Duration::from_secs(10), || reg.is_loaded()).await;
     assert_eq!(reg.len(), 2);
     assert_eq!(reg.by_subdomain("ACME").unwrap().id, "acme");

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client};
 
+use crate::clock::Metronome;
 use crate::registry::cache::TenantRegistry;
 use crate::registry::crypto::SecretBox;
 use crate::registry::error::{RegistryError, Result};
@@ -27,27 +28,24 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Starts the background task that loads and then continuously syncs the
 /// registry. It never gives up: if the app DB goes away the cached tenants
 /// keep serving and the task reconnects with exponential backoff. Abort the
-/// returned handle to stop it.
+/// returned handle to stop it. Fails only if the timer that paces the
+/// full reloads cannot be made.
 pub fn spawn_registry_sync(
     app_db_url: String,
     registry: Arc<TenantRegistry>,
     secrets: Arc<SecretBox>,
     refresh_every: Duration,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
+) -> std::io::Result<JoinHandle<()>> {
+    // A metronome, not a tokio interval: see `Metronome` for why the event
+    // loop that runs sessions keeps no long-lived timers.
+    let refresh = Metronome::start(refresh_every.max(Duration::from_millis(100)))?;
+    Ok(tokio::spawn(async move {
         let target = describe_target(&app_db_url);
-        let refresh_every = refresh_every.max(Duration::from_millis(100));
         let mut backoff = MIN_BACKOFF;
         loop {
             let mut connected = false;
-            let res = sync_session(
-                &app_db_url,
-                &registry,
-                &secrets,
-                refresh_every,
-                &mut connected,
-            )
-            .await;
+            let res =
+                sync_session(&app_db_url, &registry, &secrets, &refresh, &mut connected).await;
             registry.record_sync_error();
             match res {
                 Err(e) => {
@@ -64,7 +62,7 @@ pub fn spawn_registry_sync(
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-    })
+    }))
 }
 
 /// A loggable description of the app DB (user@host:port/db), never the
@@ -105,7 +103,7 @@ async fn sync_session(
     url: &str,
     registry: &TenantRegistry,
     secrets: &SecretBox,
-    refresh_every: Duration,
+    refresh: &Metronome,
     connected: &mut bool,
 ) -> Result<()> {
     let (client, connection) = crate::pool::control::connect(url)
@@ -148,10 +146,6 @@ async fn sync_session(
     full_reload(&client, registry, secrets).await?;
     tracing::info!(tenants = registry.len(), "tenant registry loaded");
 
-    let mut ticker = tokio::time::interval(refresh_every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await; // the first tick fires immediately; we just loaded
-
     loop {
         tokio::select! {
             msg = rx.recv() => {
@@ -181,7 +175,8 @@ async fn sync_session(
                     }
                 }
             }
-            _ = ticker.tick() => full_reload(&client, registry, secrets).await?,
+            // A beat kept from before a reconnect costs one extra reload.
+            _ = refresh.tick() => full_reload(&client, registry, secrets).await?,
         }
     }
 }
