@@ -513,8 +513,14 @@ impl Session {
             self.report_bytes_in();
             // 2. Whole backend messages already buffered.
             self.backend_messages()?;
-            self.flush_client().await.map_err(|_| closed())?;
-            self.maybe_detach().await;
+            // Guarded here: an async call costs its future even when it
+            // has nothing to do, and this runs twice per transaction.
+            if !self.out.is_empty() {
+                self.flush_client().await.map_err(|_| closed())?;
+            }
+            if self.detach_due() {
+                self.maybe_detach().await;
+            }
 
             // 3. Wait for more bytes from either side, or a KILL. One
             // hand-written future polls them in a fixed order, backend
@@ -876,17 +882,25 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the attached connection is between transactions with
+    /// nothing in flight: `maybe_detach`'s condition, checked before the
+    /// call in the relay loop, which runs it twice per transaction.
+    fn detach_due(&self) -> bool {
+        self.attached.as_ref().is_some_and(|a| {
+            a.expect.is_empty()
+                && !a.since_sync
+                && !a.copy_in
+                && a.status == TxStatus::Idle
+                && self.pending.is_empty()
+        })
+    }
+
     /// Gives the connection back once the backend is idle and nothing is in flight.
     async fn maybe_detach(&mut self) {
-        let Some(a) = self.attached.as_ref() else {
-            return;
-        };
-        if !a.expect.is_empty() || a.since_sync || a.copy_in || !self.pending.is_empty() {
+        if !self.detach_due() {
             return;
         }
-        if a.status != TxStatus::Idle {
-            return;
-        }
+        let a = self.attached.as_ref().expect("checked");
         // Session pooling: the connection is the client's until it leaves or
         // switches target (LISTEN, temp tables and session state stay put).
         if a.conn.pool().settings.mode == PoolMode::Session && !self.switching {
