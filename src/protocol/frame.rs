@@ -69,6 +69,11 @@ impl<'a> FrameRef<'a> {
     pub fn raw(&self) -> &'a [u8] {
         self.bytes
     }
+    /// A view of one whole message, for unit tests of its consumers.
+    #[cfg(test)]
+    pub(crate) fn from_raw(bytes: &'a [u8]) -> FrameRef<'a> {
+        FrameRef { bytes }
+    }
 }
 
 /// The most a [`FrameBatch`] keeps allocated between batches.

@@ -64,6 +64,17 @@ pub enum MapUndo {
     Restore(String, Box<super::Prepared>),
 }
 
+/// What `ExpectQueue::take_plain` made of a backend message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plain {
+    /// Not plain: `on_backend_message` must account for it.
+    No,
+    /// Forwarded; the entry in front still waits.
+    PassedThrough,
+    /// Forwarded; it completed the entry in front, which is gone.
+    Completed,
+}
+
 /// The response that completes a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Await {
@@ -368,23 +379,35 @@ impl ExpectQueue {
         }
     }
 
-    /// Whether a backend message tagged `t` is simply the client's: the
-    /// entry in front neither ends with it nor swallows it, and it is not one
-    /// `on_backend_message` must look at (an error, a ParameterDescription,
-    /// ReadyForQuery). Rows above all: this spares them the bookkeeping.
-    pub fn passes_through(&self, t: u8) -> bool {
-        match self.q.front() {
+    /// Takes a backend message tagged `t` that is simply the client's,
+    /// without `on_backend_message`'s bookkeeping: one the entry in front
+    /// does not swallow, and that is not a message that bookkeeping must
+    /// look at (an error, a ParameterDescription, ReadyForQuery). Rows
+    /// above all, and the completions of an extended batch's forwarded
+    /// messages (ParseComplete, BindComplete, RowDescription,
+    /// CommandComplete): the entry a completion pops carries nothing to
+    /// report (`on_error` belongs to Query and Sync entries, which only
+    /// ReadyForQuery completes, and `stmt` matters only on errors).
+    pub fn take_plain(&mut self, t: u8) -> Plain {
+        let awaits = match self.q.front() {
             Some(Entry::Wait {
                 awaits,
                 swallow: false,
                 ..
-            }) => {
-                !matches!(
-                    t,
-                    tag::ERROR_RESPONSE | tag::READY_FOR_QUERY | tag::PARAMETER_DESCRIPTION
-                ) && !completes(*awaits, t)
+            }) if !matches!(
+                t,
+                tag::ERROR_RESPONSE | tag::READY_FOR_QUERY | tag::PARAMETER_DESCRIPTION
+            ) =>
+            {
+                *awaits
             }
-            _ => false,
+            _ => return Plain::No,
+        };
+        if completes(awaits, t) {
+            self.q.pop_front();
+            Plain::Completed
+        } else {
+            Plain::PassedThrough
         }
     }
 
@@ -440,5 +463,64 @@ fn completes(awaits: Await, t: u8) -> bool {
             awaits == Await::Execute
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a forwarded unnamed batch queues: Parse, Bind, Describe of the
+    /// portal, Execute, Sync (pgbench -M extended, most drivers).
+    fn unnamed_batch() -> ExpectQueue {
+        let mut q = ExpectQueue::default();
+        q.push_unnamed_parse(Arc::from(""));
+        q.push(Await::BindComplete, false);
+        q.push(Await::Describe, false);
+        q.push(Await::Execute, false);
+        q.push(Await::Sync, false);
+        q
+    }
+
+    #[test]
+    fn plain_completions_pop_their_entries_without_the_bookkeeping() {
+        let mut q = unnamed_batch();
+        let taken: Vec<Plain> = [b'1', b'2', b'T', b'D', b'D', b'C']
+            .iter()
+            .map(|&t| q.take_plain(t))
+            .collect();
+        use Plain::*;
+        assert_eq!(
+            taken,
+            [
+                Completed,
+                Completed,
+                Completed,
+                PassedThrough,
+                PassedThrough,
+                Completed
+            ]
+        );
+        // ReadyForQuery is the bookkeeping's: it ends the batch.
+        assert_eq!(q.take_plain(b'Z'), No);
+        let mut undone = Vec::new();
+        assert!(q.on_backend_message(FrameRef::from_raw(b"Z\0\0\0\x05I"), &mut undone));
+        assert!(q.is_empty() && undone.is_empty());
+    }
+
+    #[test]
+    fn errors_and_swallowed_responses_are_never_plain() {
+        let mut q = unnamed_batch();
+        assert_eq!(q.take_plain(b'E'), Plain::No);
+        let mut undone = Vec::new();
+        let error = b"E\0\0\0\x0cC42601\0\0";
+        assert!(q.on_backend_message(FrameRef::from_raw(error), &mut undone));
+        // The Parse never ran: the connection's unnamed statement is not the client's.
+        assert!(matches!(&undone[..], [Undone::Parse(s)] if s.is_empty()));
+
+        let mut q = ExpectQueue::default();
+        q.push_statement_op(Await::ParseComplete, Arc::from("pgt_x"));
+        assert_eq!(q.take_plain(b'1'), Plain::No);
+        assert_eq!(q.take_plain(b'D'), Plain::No);
     }
 }

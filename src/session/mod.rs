@@ -784,11 +784,19 @@ impl Session {
                 }
                 _ => {}
             }
-            if a.expect.passes_through(t) {
-                forwarded += len as u64;
-                extend_run(&mut run, pos, len);
-                pos += len;
-                continue;
+            match a.expect.take_plain(t) {
+                expect::Plain::No => {}
+                plain => {
+                    forwarded += len as u64;
+                    extend_run(&mut run, pos, len);
+                    pos += len;
+                    if plain == expect::Plain::Completed && a.expect.local_answer_due() {
+                        // The proxy's own answers go after what came before them.
+                        copy_run(&mut self.out, &a.conn.reader, &mut run);
+                        a.expect.drain_locals(&mut self.out);
+                    }
+                    continue;
+                }
             }
             let forward = a.expect.on_backend_message(f, &mut undone);
             if t == be::tag::ERROR_RESPONSE && a.expect.is_skipping() {
