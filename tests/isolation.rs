@@ -837,6 +837,75 @@ fn a_tenant_its_transaction_undid_is_not_used() {
     });
 }
 
+/// Outside a transaction block a request runs as one implicit
+/// transaction: a tenant SET in a simple Query or an extended batch that
+/// fails is undone with it, as PostgreSQL undoes the setting, and the
+/// session's next statements go to the tenant from before. So does one in
+/// a Query the proxy refuses, which never ran. One that succeeds stands.
+#[test]
+fn a_tenant_its_failed_request_undid_is_not_used() {
+    let f = Fleet::start();
+    add_user(&f.app, "app", "svc@example.com", &scram(FPW), None);
+    f.shared.psql(
+        "shared",
+        "INSERT INTO accounts (tenant_id, name) VALUES ('acme', 'acme-row'), ('globex', 'globex-row')",
+    );
+    let p = f.proxy("");
+    rt().block_on(async {
+        let mut c = Raw::connect(p.port, "svc@example.com", FPW, "app").await;
+        c.send(&[query("SET app.tenant_id = 'acme'")]).await;
+        c.read_until(0, 1).await;
+        let tenant_rows = async |c: &mut Raw| {
+            c.send(&[query("SELECT name FROM accounts")]).await;
+            c.read_until(0, 1).await
+        };
+        let stmt = |sql: &str| vec![parse(b"", sql.as_bytes()), bind(b"", b""), execute(b"")];
+        let failing: [(&str, Vec<Vec<u8>>); 4] = [
+            (
+                "simple, error after the SET",
+                vec![query("SET app.tenant_id = 'globex'; SELECT 1/0")],
+            ),
+            (
+                "simple, error before the SET",
+                vec![query("SELECT 1/0; SET app.tenant_id = 'globex'")],
+            ),
+            (
+                "simple, refused by the proxy",
+                vec![query(
+                    "SET app.tenant_id = 'globex'; SET app.tenant_id = 'nosuch'",
+                )],
+            ),
+            (
+                "extended batch",
+                [
+                    stmt("SET app.tenant_id = 'globex'"),
+                    stmt("SELECT 1/0"),
+                    vec![sync()],
+                ]
+                .concat(),
+            ),
+        ];
+        for (what, request) in failing {
+            c.send(&request).await;
+            let r = c.read_until(0, 1).await;
+            assert!(r.iter().any(|m| m.starts_with("E(")), "{what}: {r:?}");
+            assert_eq!(
+                tenant_rows(&mut c).await,
+                ["T", "D(acme-row)", "C(SELECT 1)", "Z(I)"],
+                "after {what}"
+            );
+        }
+        c.send(&[query("SET app.tenant_id = 'globex'; SELECT 1")])
+            .await;
+        c.read_until(0, 1).await;
+        assert_eq!(
+            tenant_rows(&mut c).await,
+            ["T", "D(globex-row)", "C(SELECT 1)", "Z(I)"],
+            "a request that succeeded"
+        );
+    });
+}
+
 /// SETs sent with the extended protocol (JDBC sends every statement so)
 /// are forgotten like simple-protocol ones when PostgreSQL refuses or
 /// undoes them: an error anywhere in their batch, or a rollback of their

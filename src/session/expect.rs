@@ -7,6 +7,7 @@
 //! (c) when to emit responses the proxy answers itself (a client's Parse or
 //! Close that never reached this backend), in the position the client expects.
 
+use super::undo::TenantChange;
 use crate::protocol::backend::tag;
 use crate::protocol::FrameRef;
 use bytes::{Bytes, BytesMut};
@@ -34,6 +35,9 @@ pub enum Undone {
     /// The client's SET recorded for replay (by its `Settings::key`) ran
     /// inside a transaction block: it stands only if the block commits.
     SettingInTransaction(u64),
+    /// The Query or batch that changed the session tenant failed, which
+    /// undid the setting on the server.
+    Tenant(Box<TenantChange>),
 }
 
 /// What an error in answer to a simple Query means for the session's
@@ -100,6 +104,8 @@ enum Entry {
         swallow: bool,
         stmt: Option<Arc<str>>,
         on_error: Option<OnError>,
+        /// The tenant change a failure of this Query or batch undoes.
+        tenant: Option<Box<TenantChange>>,
     },
     /// A response the proxy sends itself when its turn comes; `true` when
     /// a change to undo if it never comes waits in `ExpectQueue::undos`.
@@ -148,6 +154,7 @@ impl ExpectQueue {
             swallow,
             stmt: None,
             on_error: None,
+            tenant: None,
         });
     }
 
@@ -158,6 +165,7 @@ impl ExpectQueue {
             swallow: false,
             stmt: Some(name),
             on_error: None,
+            tenant: None,
         });
     }
 
@@ -172,6 +180,7 @@ impl ExpectQueue {
             swallow: false,
             stmt: Some(unnamed),
             on_error: None,
+            tenant: None,
         });
     }
 
@@ -182,6 +191,7 @@ impl ExpectQueue {
             swallow: true,
             stmt: Some(stmt),
             on_error: None,
+            tenant: None,
         });
     }
 
@@ -193,6 +203,7 @@ impl ExpectQueue {
             swallow: true,
             stmt: None,
             on_error: Some(OnError::SettingsUnknown),
+            tenant: None,
         });
     }
 
@@ -207,6 +218,20 @@ impl ExpectQueue {
         }) = self.q.back_mut()
         {
             *on_error = Some(e);
+        }
+    }
+
+    /// Gives the Query or batch recorded last the session-tenant change
+    /// that an error anywhere in it undoes (`RequestTenant`); as with
+    /// `on_error_of_last`, nothing when the last entry is not a Query or Sync.
+    pub fn undo_tenant_on_error(&mut self, change: Box<TenantChange>) {
+        if let Some(Entry::Wait {
+            awaits: Await::Query | Await::Sync,
+            tenant,
+            ..
+        }) = self.q.back_mut()
+        {
+            *tenant = Some(change);
         }
     }
 
@@ -371,11 +396,15 @@ impl ExpectQueue {
     /// The Query or batch in front failed: what that means for the session
     /// (`on_error`) is reported once.
     fn report_failure_of_front(&mut self, undone: &mut Vec<Undone>) {
-        if let Some(Entry::Wait { on_error, .. }) = self.q.front_mut() {
+        if let Some(Entry::Wait {
+            on_error, tenant, ..
+        }) = self.q.front_mut()
+        {
             match on_error.take() {
                 Some(OnError::Expected) | None => {}
                 Some(e) => undone.push(Undone::Failed(e)),
             }
+            undone.extend(tenant.take().map(Undone::Tenant));
         }
     }
 

@@ -38,6 +38,10 @@ impl Session {
         // per request once warm.
         let mut batch = std::mem::take(&mut self.pending);
         let result = self.dispatch(&batch).await;
+        if result.is_err() {
+            // Not sent, or the session ends: either way nothing to follow.
+            self.request_tenant.refused(&mut self.session_tenant);
+        }
         batch.clear();
         self.pending = batch;
         result
@@ -272,6 +276,7 @@ impl Session {
         }
         wire.clear();
         self.wire = wire;
+        self.request_sent();
         // The batch's settings are recorded as one, so that they are
         // forgotten together when the batch fails (`on_error_of_last`
         // holds one): PostgreSQL undoes them together.
@@ -334,6 +339,8 @@ impl Session {
 
     /// Refuses a whole batch: the error now, ReadyForQuery at its Sync.
     async fn refuse_batch(&mut self, err: PgError, ends_with_sync: bool) -> Result<(), PgError> {
+        // Nothing of the batch ran.
+        self.request_tenant.refused(&mut self.session_tenant);
         if self.in_backend_transaction() {
             // Make the backend's transaction fail exactly like PostgreSQL would.
             return self.fail_backend_transaction(&err).await;

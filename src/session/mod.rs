@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use tokio::io::AsyncWriteExt;
-use undo::{TenantUndo, TxSettings};
+use undo::{RequestTenant, TenantUndo, TxSettings};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -281,6 +281,9 @@ pub struct Session {
     /// How to undo the changes the open transaction block made to
     /// `session_tenant`, as PostgreSQL undoes the setting.
     tenant_undo: Option<Box<TenantUndo>>,
+    /// The same outside a block, for the request in hand: its implicit
+    /// transaction undoes the setting if it fails.
+    request_tenant: RequestTenant,
     attached: Option<Attached>,
     parked: HashMap<String, PooledConn>,
     cancel_slot: Arc<CancelSlot>,
@@ -442,6 +445,7 @@ impl Session {
             session_tenant: None,
             local_tenant: None,
             tenant_undo: None,
+            request_tenant: RequestTenant::default(),
             attached: None,
             parked: HashMap::new(),
             cancel_slot,
@@ -870,6 +874,7 @@ impl Session {
                         expect::Undone::SettingInTransaction(key) => {
                             a.tx_settings.get_or_insert_default().keys.push(key);
                         }
+                        expect::Undone::Tenant(change) => change.undo(&mut self.session_tenant),
                     }
                 }
             }
@@ -1156,6 +1161,16 @@ impl Session {
                         return Err(closed());
                     }
                 }
+            }
+        }
+    }
+
+    /// Ends the request in hand (sent, its Query or Sync queued last): a
+    /// tenant change it made outside a block is undone if it fails.
+    fn request_sent(&mut self) {
+        if let Some(change) = self.request_tenant.sent(&self.session_tenant) {
+            if let Some(a) = self.attached.as_mut() {
+                a.expect.undo_tenant_on_error(change);
             }
         }
     }

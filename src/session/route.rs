@@ -351,6 +351,8 @@ impl Session {
             if in_block && changes_tenant && self.tenant_undo.is_none() {
                 self.tenant_undo = Some(TenantUndo::new(self.session_tenant.clone()));
             }
+            self.request_tenant
+                .note(&st.txn, changes_tenant && !in_block, &self.session_tenant);
             for e in &st.effects {
                 match e {
                     SessionEffect::SetTenant { value, local } => {
@@ -513,6 +515,7 @@ impl Session {
             return self.refuse_query(e).await;
         }
         self.send_to_backend(raw, Await::Query, false).await?;
+        self.request_sent();
         if let Some(a) = analysis.as_deref() {
             if self.note_session_effects(a, sql) {
                 self.record_setting(&target, sql);
@@ -553,6 +556,8 @@ impl Session {
     }
 
     async fn refuse_query(&mut self, err: PgError) -> Result<(), PgError> {
+        // Nothing of the Query ran.
+        self.request_tenant.refused(&mut self.session_tenant);
         if self.in_backend_transaction() {
             return self.fail_backend_transaction(&err).await;
         }

@@ -8,6 +8,10 @@
 //! recorded SETs from the backend's CommandComplete tags (in pass-through
 //! the statements that end blocks are not parsed), the tenant from the
 //! parsed statements before they are sent (routing parses every one).
+//!
+//! Outside a block, a request (a simple Query, or an extended batch up to
+//! its Sync) runs as one implicit transaction: an error anywhere in it
+//! undoes a tenant SET made earlier in it (`RequestTenant`).
 
 use crate::protocol::backend::TxStatus;
 use crate::router::TxnControl;
@@ -141,6 +145,73 @@ impl TenantUndo {
                 in_block
             }
             TxnControl::CommitPrepared(_) | TxnControl::RollbackPrepared(_) => in_block,
+        }
+    }
+}
+
+/// The tenant changes of the request in hand made outside a transaction
+/// block: what its failure undoes.
+#[derive(Default)]
+pub(super) struct RequestTenant {
+    /// The session tenant before the request first changed it.
+    before: Option<Option<String>>,
+    /// The request holds transaction control (BEGIN, COMMIT…): its
+    /// implicit transaction is not the whole request, so an error no
+    /// longer tells what was undone.
+    txn_control: bool,
+}
+
+impl RequestTenant {
+    /// Notes one statement of the request before its effects apply:
+    /// `changes_tenant` when it sets or resets the session tenant while no
+    /// block is open, `tenant` the session tenant before it.
+    pub fn note(&mut self, txn: &TxnControl, changes_tenant: bool, tenant: &Option<String>) {
+        self.txn_control |= *txn != TxnControl::None;
+        if changes_tenant && self.before.is_none() {
+            self.before = Some(tenant.clone());
+        }
+    }
+
+    /// The request was refused before any of it ran: its changes go.
+    pub fn refused(&mut self, tenant: &mut Option<String>) {
+        if let Some(before) = self.take() {
+            *tenant = before;
+        }
+    }
+
+    /// The request went out: the change an error in it must undo, if it
+    /// made one that an error undoes whole. Clears the record for the next
+    /// request either way.
+    pub fn sent(&mut self, tenant: &Option<String>) -> Option<Box<TenantChange>> {
+        let txn_control = self.txn_control;
+        let before = self.take()?;
+        (!txn_control && before != *tenant).then(|| {
+            Box::new(TenantChange {
+                before,
+                after: tenant.clone(),
+            })
+        })
+    }
+
+    fn take(&mut self) -> Option<Option<String>> {
+        self.txn_control = false;
+        self.before.take()
+    }
+}
+
+/// A request's change of the session tenant, undone if the request fails.
+#[derive(Debug, PartialEq)]
+pub struct TenantChange {
+    before: Option<String>,
+    after: Option<String>,
+}
+
+impl TenantChange {
+    /// Undoes the change after its request failed, unless a later request
+    /// (pipelined behind it) changed the tenant again.
+    pub fn undo(self, tenant: &mut Option<String>) {
+        if *tenant == self.after {
+            *tenant = self.before;
         }
     }
 }
@@ -279,6 +350,60 @@ mod tests {
             tenant,
             some("acme"),
             "a released savepoint is one made before"
+        );
+    }
+}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+
+    fn some(s: &str) -> Option<String> {
+        Some(s.to_string())
+    }
+
+    #[test]
+    fn a_failed_request_undoes_its_tenant_change_unless_a_later_one_changed_it() {
+        // SET acme→globex; SELECT 1/0 as one Query: the error undoes it.
+        let mut r = RequestTenant::default();
+        let mut tenant = some("acme");
+        r.note(&TxnControl::None, true, &tenant);
+        tenant = some("globex");
+        r.note(&TxnControl::None, false, &tenant);
+        let change = r.sent(&tenant).expect("a change to undo");
+        change.undo(&mut tenant);
+        assert_eq!(tenant, some("acme"));
+
+        // A request pipelined behind it set the tenant again: that one stands.
+        let mut r = RequestTenant::default();
+        let mut tenant = some("acme");
+        r.note(&TxnControl::None, true, &tenant);
+        tenant = some("globex");
+        let change = r.sent(&tenant).unwrap();
+        tenant = some("initech");
+        change.undo(&mut tenant);
+        assert_eq!(tenant, some("initech"));
+
+        // Refused before it ran: undone at once, and nothing is left over.
+        let mut r = RequestTenant::default();
+        let mut tenant = some("acme");
+        r.note(&TxnControl::None, true, &tenant);
+        tenant = None;
+        r.refused(&mut tenant);
+        assert_eq!(tenant, some("acme"));
+        assert!(r.sent(&tenant).is_none());
+
+        // Transaction control in the request, or no change in the end:
+        // nothing for an error to undo.
+        let mut r = RequestTenant::default();
+        r.note(&TxnControl::None, true, &some("acme"));
+        r.note(&TxnControl::Commit, false, &some("globex"));
+        assert!(r.sent(&some("globex")).is_none());
+        r.note(&TxnControl::None, true, &some("acme"));
+        assert!(r.sent(&some("acme")).is_none());
+        assert!(
+            r.sent(&some("globex")).is_none(),
+            "cleared by the last request"
         );
     }
 }
