@@ -859,3 +859,40 @@ async fn kill_ends_a_tenants_sessions_and_pause_holds_new_work() {
         .unwrap();
     assert!(waited >= Duration::from_millis(700), "{waited:?}");
 }
+
+/// KILL reaches a session that waits for a connection (held by a PAUSE
+/// here, as in a full pool's queue): it ends at once with 57P01, even on
+/// its first statement, instead of running that statement once the wait is
+/// over.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_ends_a_session_waiting_for_a_connection() {
+    let f = Fleet::start();
+    add_user(&f.app, "app", ADMIN, &scram(ADMIN_PW), None);
+    add_user(&f.app, "app", "svc@example.com", &scram(PW), None);
+    let p = f.proxy("");
+    let (c, conn) = tokio_postgres::connect(
+        &p.conninfo("svc@example.com", PW, "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (ok, _, err) = console(&p, "PAUSE acme");
+    assert!(ok, "{err}");
+    let waiter = tokio::spawn(async move {
+        c.query("SELECT 1 FROM accounts WHERE tenant_id = 'acme'", &[])
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "a paused tenant's statement waits");
+    let (ok, _, err) = console(&p, "KILL acme");
+    assert!(ok, "{err}");
+    let ended = tokio::time::timeout(Duration::from_secs(3), waiter).await;
+    let (ok, _, err) = console(&p, "RESUME acme");
+    assert!(ok, "{err}");
+    let e = ended
+        .expect("the KILL ends the wait")
+        .unwrap()
+        .expect_err("the killed statement never runs");
+    assert_eq!(e.code().map(|c| c.code()), Some("57P01"), "{e:?}");
+}

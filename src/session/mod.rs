@@ -509,6 +509,10 @@ impl Session {
                         if !self.client_message(len).await? || self.client_gone {
                             return Ok(());
                         }
+                        if self.signal.is_fired() {
+                            // KILLed while the message waited (a checkout, a drain).
+                            return Err(killed());
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => return Err(PgError::fatal("08P01", e.to_string())),
@@ -575,13 +579,7 @@ impl Session {
                         self.give_back_kept(k).await;
                     }
                 }
-                Woke::Killed => {
-                    return Err(PgError::fatal(
-                        "57P01",
-                        "terminating connection due to administrator command",
-                    )
-                    .with_hint("An administrator ran KILL for this tenant."))
-                }
+                Woke::Killed => return Err(killed()),
             }
         }
     }
@@ -977,6 +975,12 @@ impl Session {
                 } else {
                     self.parked.remove(&park_key(target))
                 };
+                // Before the checkout: a KILL of the tenant reaches a
+                // session queued for its connection (or held by a PAUSE).
+                if self.slot_tenant != target.tenant {
+                    self.slot_tenant = target.tenant.clone();
+                    *self.tenant_slot.lock().unwrap() = target.tenant.clone();
+                }
                 // A fresh checkout's clock reading starts the request's timers.
                 let (mut conn, started) = match parked {
                     Some(c) => (c, None),
@@ -986,10 +990,6 @@ impl Session {
                         (c, Some(at))
                     }
                 };
-                if self.slot_tenant != target.tenant {
-                    self.slot_tenant = target.tenant.clone();
-                    *self.tenant_slot.lock().unwrap() = target.tenant.clone();
-                }
                 self.cancel_slot.set(CancelTarget {
                     pool: target.pool.clone(),
                     key: conn.backend_key,
@@ -1150,10 +1150,12 @@ impl Session {
             target.pool.checkout(tenant, Tick::now()).await
         };
         tokio::pin!(checkout);
+        let signal = self.signal.clone();
         loop {
             let room = self.creader.buffered() < CLIENT_READ_AHEAD;
             tokio::select! {
                 biased;
+                () = signal.fired() => return Err(killed()),
                 r = &mut checkout => return r,
                 r = self.creader.fill(&mut self.client), if room => {
                     if !matches!(r, Ok(true)) {
@@ -1310,8 +1312,9 @@ impl Session {
     /// Sends an error the proxy decided on, followed by ReadyForQuery when the
     /// client expects one (end of a simple query or of an extended batch).
     fn refuse(&mut self, err: &PgError, ready: bool) {
-        if self.client_gone {
-            // Nobody to tell: the session ends once the statement unwinds.
+        if self.client_gone || self.signal.is_fired() {
+            // Nobody to tell, or a KILL's FATAL ends the session once the
+            // statement unwinds.
             return;
         }
         crate::metrics::refused(err.code);
@@ -1529,6 +1532,15 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
 
 fn park_key(t: &Target) -> String {
     format!("{}|{}", t.pool.name, t.tenant.as_deref().unwrap_or(""))
+}
+
+/// What a session ended by the admin console's KILL reports.
+fn killed() -> PgError {
+    PgError::fatal(
+        "57P01",
+        "terminating connection due to administrator command",
+    )
+    .with_hint("An administrator ran KILL for this tenant.")
 }
 
 fn closed() -> PgError {

@@ -173,8 +173,10 @@ impl Session {
             }
             let conn = &mut *a.conn;
             let room = self.creader.buffered() < super::CLIENT_READ_AHEAD;
+            let signal = self.signal.clone();
             let (backend_open, client_open) = tokio::select! {
                 biased;
+                () = signal.fired() => return Err(super::killed()),
                 r = conn.reader.fill(&mut conn.stream) => (matches!(r, Ok(true)), true),
                 r = self.creader.fill(&mut self.client), if room => (true, matches!(r, Ok(true))),
             };
