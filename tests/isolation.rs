@@ -837,6 +837,73 @@ fn a_tenant_its_transaction_undid_is_not_used() {
     });
 }
 
+/// A statement prepared alone (libpq's PQprepare: Parse, Sync) is checked
+/// by the server, as on PostgreSQL: a bad one fails at its Parse with the
+/// server's error and its name stays free; a good one is prepared and runs.
+/// With routing, the statement's tables choose the server that checks it;
+/// inside a transaction on another data source it is left for its first
+/// Bind rather than failing that transaction.
+#[test]
+fn a_statement_prepared_alone_is_checked_by_the_server() {
+    async fn step(c: &mut Raw, parts: Vec<Vec<u8>>) -> Vec<String> {
+        c.send(&parts).await;
+        c.read_until(0, 1).await
+    }
+    let run = |name: &[u8]| vec![bind(b"", name), execute(b""), sync()];
+    let (_app, p) = passthrough("");
+    rt().block_on(async {
+        let a = &mut alice(&p).await;
+        let r = step(a, vec![parse(b"s", b"SELEC 'bad'"), sync()]).await;
+        assert!(r.len() == 2 && r[0].starts_with("E(42601"), "{r:?}");
+        let r = step(a, run(b"s")).await;
+        assert!(r[0].starts_with("E(26000"), "never prepared: {r:?}");
+        let r = step(a, vec![parse(b"s", b"SELECT 'good'"), sync()]).await;
+        assert_eq!(r, ["1", "Z(I)"]);
+        let r = step(a, run(b"s")).await;
+        assert_eq!(r, ["2", "D(good)", "C(SELECT 1)", "Z(I)"]);
+        // Found by the server only: a table that does not exist.
+        let r = step(a, vec![parse(b"t", b"SELECT * FROM no_such_table"), sync()]).await;
+        assert!(r[0].starts_with("E(42P01"), "{r:?}");
+    });
+
+    let f = Fleet::start();
+    add_user(&f.app, "app", "svc@example.com", &scram(FPW), None);
+    let p = f.proxy("");
+    rt().block_on(async {
+        let c = &mut Raw::connect(p.port, "svc@example.com", FPW, "app").await;
+        step(c, vec![query("SET app.tenant_id = 'acme'")]).await;
+        let r = step(
+            c,
+            vec![
+                parse(b"bad", b"SELECT no_such_column FROM accounts"),
+                sync(),
+            ],
+        )
+        .await;
+        assert!(
+            r[0].starts_with("E(42703"),
+            "checked on the tenant's source: {r:?}"
+        );
+        let r = step(c, vec![parse(b"app", b"SELECT email FROM users"), sync()]).await;
+        assert_eq!(r, ["1", "Z(I)"], "checked on the app DB");
+        step(c, vec![query("BEGIN"), query("SELECT name FROM accounts")]).await;
+        c.read_until(0, 1).await;
+        let r = step(
+            c,
+            vec![parse(b"later", b"SELECT id FROM audit_log"), sync()],
+        )
+        .await;
+        assert_eq!(
+            r,
+            ["1", "Z(T)"],
+            "another source's statement waits for its Bind"
+        );
+        let r = step(c, vec![query("SELECT name FROM accounts")]).await;
+        assert_eq!(r.last().map(String::as_str), Some("Z(T)"), "{r:?}");
+        step(c, vec![query("COMMIT")]).await;
+    });
+}
+
 /// Outside a transaction block a request runs as one implicit
 /// transaction: a tenant SET in a simple Query or an extended batch that
 /// fails is undone with it, as PostgreSQL undoes the setting, and the

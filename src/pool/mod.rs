@@ -500,15 +500,7 @@ impl DataSourcePool {
         let tenant_sem = self.tenant_semaphore(tenant);
         // Fast path, the common case under normal load: permits are free, so
         // no timer is armed and there is no wait to account.
-        let fast = match &tenant_sem {
-            Some(sem) => sem.clone().try_acquire_owned().ok().map(Some),
-            None => Some(None),
-        }
-        .and_then(|tp| {
-            // Given back by `PooledConn`'s drop.
-            self.permits.try_acquire().ok()?.forget();
-            Some(tp)
-        });
+        let fast = self.permits_now(&tenant_sem);
         let (tenant_permit, now) = match fast {
             Some(p) => (p, now),
             None => {
@@ -527,6 +519,50 @@ impl DataSourcePool {
                 )
             }
         };
+        self.checkout_with(tenant_permit, now).await
+    }
+
+    /// A checkout that never waits: `None` when the pool (or the tenant's
+    /// share of it) has no room now. For work that may as well be done
+    /// later, which must not queue behind transactions (see
+    /// `Session::attach`'s callers).
+    pub async fn try_checkout(
+        self: &Arc<Self>,
+        tenant: Option<&str>,
+        now: Tick,
+    ) -> Option<Result<PooledConn, PgError>> {
+        if self.stats.waiting.load(Ordering::Relaxed) > 0 {
+            // Not ahead of those already queued.
+            return None;
+        }
+        let tenant_permit = self.permits_now(&self.tenant_semaphore(tenant))?;
+        Some(self.checkout_with(tenant_permit, now).await)
+    }
+
+    /// The permits a checkout holds, if they are free now: the tenant's
+    /// (when it has a share) and the pool's.
+    fn permits_now(
+        &self,
+        tenant_sem: &Option<Arc<Semaphore>>,
+    ) -> Option<Option<OwnedSemaphorePermit>> {
+        match tenant_sem {
+            Some(sem) => sem.clone().try_acquire_owned().ok().map(Some),
+            None => Some(None),
+        }
+        .and_then(|tp| {
+            // Given back by `PooledConn`'s drop.
+            self.permits.try_acquire().ok()?.forget();
+            Some(tp)
+        })
+    }
+
+    /// The rest of a checkout once its permits are held: an idle
+    /// connection, else a new one.
+    async fn checkout_with(
+        self: &Arc<Self>,
+        tenant_permit: Option<OwnedSemaphorePermit>,
+        now: Tick,
+    ) -> Result<PooledConn, PgError> {
         let counters = self.stats.counters.here();
         counters.checkouts.fetch_add(1, Ordering::Relaxed);
         counters.active.fetch_add(1, Ordering::Relaxed);

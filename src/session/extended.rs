@@ -84,16 +84,52 @@ impl Session {
                 Err(refusal) => return self.refuse_batch(refusal, ends_with_sync).await,
             },
         };
-        if !needs_backend && self.attached.is_none() {
-            return self.answer_batch_locally(batch);
-        }
         let target = match target {
             Some(t) => t,
+            // Only Parses and Closes of statements (libpq's PQprepare): the
+            // server checks the statements where their tables live, as
+            // PostgreSQL reports a bad one at Parse, on a connection free
+            // now. Queueing for one could wait on the transactions of a
+            // client that multiplexes connections in one thread behind this
+            // synchronous call (pgbench -M prepared does): then, and when
+            // the statement's source is not known before a Bind, the proxy
+            // answers, and the server checks the statement at its first Bind.
+            None if !needs_backend && self.attached.is_none() => {
+                let Some(t) = self.parse_only_target(batch).await else {
+                    return self.answer_batch_locally(batch);
+                };
+                match self.attach(&t, super::Checkout::IfFree).await {
+                    Ok(true) => t,
+                    Ok(false) => return self.answer_batch_locally(batch),
+                    Err(e) => return self.refuse_batch(e, ends_with_sync).await,
+                }
+            }
             None => self.current_target()?,
         };
         if let Err(e) = self.ensure_attached(&target).await {
             return self.refuse_batch(e, ends_with_sync).await;
         }
+
+        // Which named Parses the server checks here, in batch order: all
+        // of them without routing; with it, those whose statements belong
+        // where this batch goes (`parse_check_target`). The others are
+        // answered by the proxy and checked when first bound.
+        let mut checked = None;
+        let named = |f: &crate::protocol::FrameRef<'_>| {
+            f.tag() == tag::PARSE && f.body().first() != Some(&0)
+        };
+        if self.shared.routing_enabled() && batch.iter().any(|f| named(&f)) {
+            let mut here = Vec::new();
+            for f in batch.iter().filter(|f| f.tag() == tag::PARSE) {
+                let t = match named(&f) {
+                    true => self.parse_check_target(f.body()).await,
+                    false => None,
+                };
+                here.push(t.is_some_and(|t| t.same(&target)));
+            }
+            checked = Some(here);
+        }
+        let mut parses = 0;
 
         let mut wire = std::mem::take(&mut self.wire);
         let out = &mut self.out;
@@ -112,6 +148,8 @@ impl Session {
         for f in batch.iter() {
             match f.tag() {
                 tag::PARSE => {
+                    let check = checked.as_ref().is_none_or(|c: &Vec<bool>| c[parses]);
+                    parses += 1;
                     if self.skip_until_sync {
                         continue;
                     }
@@ -137,6 +175,17 @@ impl Session {
                             sent_extended = true;
                         }
                         Ok(_) => {
+                            if check {
+                                // Prepared on the connection now: an error
+                                // answers the Parse, and the queued
+                                // ParseComplete below is never sent.
+                                let name = fe::parse(f.body()).map_err(malformed)?.name;
+                                if let Some(stmt) = self.prepared.get(&name) {
+                                    let before = wire.len();
+                                    ensure_on_connection(a, self.id, stmt, cap, &mut wire);
+                                    sent_extended |= wire.len() > before;
+                                }
+                            }
                             let undo = || {
                                 fe::parse(f.body()).ok().map(|p| {
                                     MapUndo::Forget(p.name.into_owned(), self.next_generation - 1)
@@ -298,7 +347,29 @@ impl Session {
         Ok(())
     }
 
-    /// A batch of only Parse / Close-statement / Sync touches no backend.
+    /// The one target where the server can check every Parse of a batch
+    /// of only Parses and Closes of statements (`parse_check_target`);
+    /// `None` when there is none, or no Parse.
+    async fn parse_only_target(&self, batch: &FrameBatch) -> Option<super::Target> {
+        if self.held_begin.is_some() && self.shared.routing_enabled() {
+            // The transaction's data source is chosen by its first
+            // statement that runs, not by a statement being prepared.
+            return None;
+        }
+        let mut chosen: Option<super::Target> = None;
+        for f in batch.iter().filter(|f| f.tag() == tag::PARSE) {
+            let t = self.parse_check_target(f.body()).await?;
+            match &chosen {
+                Some(c) if !c.same(&t) => return None,
+                Some(_) => {}
+                None => chosen = Some(t),
+            }
+        }
+        chosen
+    }
+
+    /// A batch of only Parse / Close-statement / Sync whose statements no
+    /// server can check before a Bind: the proxy answers it.
     fn answer_batch_locally(&mut self, batch: &FrameBatch) -> Result<(), PgError> {
         for f in batch.iter() {
             match f.tag() {

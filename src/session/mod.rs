@@ -137,6 +137,16 @@ impl Attached {
     }
 }
 
+/// Whether `Session::attach` may wait for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checkout {
+    /// In the pool's queue (and behind a PAUSE), watching the client.
+    Wait,
+    /// Only if one is free now: for work that can as well be done later,
+    /// which must not queue behind other sessions' transactions.
+    IfFree,
+}
+
 /// A client's prepared statement, as the proxy remembers it for re-preparing
 /// on whichever connection a later transaction lands on.
 #[derive(Debug)]
@@ -634,7 +644,7 @@ impl Session {
                     self.dispatch_batch().await?;
                 }
                 let target = self.current_target()?;
-                self.attach(&target).await?;
+                self.attach(&target, Checkout::Wait).await?;
                 self.send_to_backend(f.raw(), Await::Query, false).await?;
             }
             tag::TERMINATE => {
@@ -940,11 +950,13 @@ impl Session {
     }
 
     /// Makes `target`'s connection the attached one, checking out (or
-    /// unparking) as needed and bringing its settings in line with the session.
-    async fn attach(&mut self, target: &Target) -> Result<(), PgError> {
+    /// unparking) as needed and bringing its settings in line with the
+    /// session. With `Checkout::IfFree`, `Ok(false)` when that would mean
+    /// waiting for the pool (or a PAUSE).
+    async fn attach(&mut self, target: &Target, checkout: Checkout) -> Result<bool, PgError> {
         if let Some(a) = &self.attached {
             if a.target.same(target) {
-                return Ok(());
+                return Ok(true);
             }
             // Only reachable when idle (routing refuses switches inside a transaction).
             self.switching = true;
@@ -985,7 +997,19 @@ impl Session {
                 let (mut conn, started) = match parked {
                     Some(c) => (c, None),
                     None => {
-                        let c = self.checkout_watching_client(target).await?;
+                        let c = match checkout {
+                            Checkout::Wait => self.checkout_watching_client(target).await?,
+                            Checkout::IfFree => {
+                                let tenant = target.tenant.as_deref();
+                                if crate::admin::pause_applies(tenant) {
+                                    return Ok(false);
+                                }
+                                match target.pool.try_checkout(tenant, Tick::now()).await {
+                                    Some(c) => c?,
+                                    None => return Ok(false),
+                                }
+                            }
+                        };
                         let at = c.checked_out;
                         (c, Some(at))
                     }
@@ -1040,7 +1064,7 @@ impl Session {
             )
             .await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Whether the connection of the transaction just ended may stay with

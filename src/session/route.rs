@@ -151,7 +151,7 @@ impl Session {
             self.maybe_detach().await;
             self.switching = false;
         }
-        self.attach(target).await
+        self.attach(target, super::Checkout::Wait).await.map(|_| ())
     }
 
     /// Reads and forwards backend responses until nothing is outstanding.
@@ -292,6 +292,23 @@ impl Session {
             (None, Some(d)) => Ok(Some(self.target_of(&d).await?)),
             (None, None) => Ok(None),
         }
+    }
+
+    /// Where the server should check the statement of Parse message
+    /// `body` (PostgreSQL reports a bad statement at Parse, not at its first
+    /// Bind): the target its tables decide without parameters. `None` when
+    /// that cannot be told before a Bind (the tenant is a parameter): then
+    /// the proxy answers the Parse itself, and the server checks the
+    /// statement when it is first bound. No tenant is probed as for a
+    /// Describe: a Parse must not choose where a transaction runs.
+    pub(super) async fn parse_check_target(&self, body: &[u8]) -> Option<Target> {
+        if !self.shared.routing_enabled() {
+            return Some(self.shared.app_target());
+        }
+        let p = fe::parse(body).ok()?;
+        let a = self.shared.analyze(analysis_text(p.query).ok()?).ok()??;
+        let d = self.decide(&a, &|_| None).ok()?;
+        self.target_of(&d).await.ok()
     }
 
     /// The analysis of statement `name`: parsed earlier in this batch, or
