@@ -77,12 +77,18 @@ impl Session {
             .attached
             .as_ref()
             .is_some_and(|a| a.expect.is_skipping());
-        let target = match skipping {
-            true => None,
-            false => match self.route_batch(batch).await {
-                Ok(t) => t,
-                Err(refusal) => return self.refuse_batch(refusal, ends_with_sync).await,
-            },
+        let routed = if skipping {
+            Ok(None)
+        } else if self.shared.routing_enabled() {
+            self.route_batch(batch).await
+        } else {
+            // Not through `route_batch`: an async call costs its future,
+            // and this runs for every batch.
+            self.check_passthrough_batch(batch).map(|()| None)
+        };
+        let target = match routed {
+            Ok(t) => t,
+            Err(refusal) => return self.refuse_batch(refusal, ends_with_sync).await,
         };
         let target = match target {
             Some(t) => t,

@@ -191,27 +191,30 @@ impl Session {
         }
     }
 
-    /// Routes the targets of an extended-protocol batch. `Ok(None)`: nothing
-    /// in it decides (the session's current target applies).
+    /// What pass-through asks of an extended-protocol batch: the statements
+    /// it must read because they change session state (their effects are
+    /// replayed) must be UTF-8. A message all ASCII, the common case, is
+    /// neither decoded nor scanned.
+    pub(super) fn check_passthrough_batch(&self, batch: &FrameBatch) -> Result<(), PgError> {
+        for f in batch.iter().filter(|f| f.tag() == tag::PARSE) {
+            if f.body().is_ascii() {
+                continue;
+            }
+            let p = fe::parse(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
+            if !p.query.is_ascii() && self.needs_analysis(p.query) {
+                analysis_text(p.query)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes the targets of an extended-protocol batch (routing on).
+    /// `Ok(None)`: nothing in it decides (the session's current target
+    /// applies).
     pub(super) async fn route_batch(
         &mut self,
         batch: &FrameBatch,
     ) -> Result<Option<Target>, PgError> {
-        if !self.shared.routing_enabled() {
-            // Pass-through still reads statements that change session state
-            // (their effects are replayed): those must be UTF-8. A message
-            // all ASCII, the common case, is neither decoded nor scanned.
-            for f in batch.iter().filter(|f| f.tag() == tag::PARSE) {
-                if f.body().is_ascii() {
-                    continue;
-                }
-                let p = fe::parse(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
-                if !p.query.is_ascii() && self.needs_analysis(p.query) {
-                    analysis_text(p.query)?;
-                }
-            }
-            return Ok(None);
-        }
         let mut chosen: Option<Target> = None;
         let mut weak: Option<RouteDecision> = None;
         let mut parsed: Vec<(String, Arc<Analysis>)> = Vec::new();
