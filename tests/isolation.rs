@@ -962,6 +962,35 @@ fn a_tenant_its_failed_request_undid_is_not_used() {
                 "after {what}"
             );
         }
+        // Pipelined behind the failing request: routed by its outcome.
+        let pipelined: [(&str, Vec<Vec<u8>>); 2] = [
+            (
+                "simple",
+                vec![
+                    query("SET app.tenant_id = 'globex'; SELECT 1/0"),
+                    query("SELECT name FROM accounts"),
+                ],
+            ),
+            (
+                "extended",
+                [
+                    stmt("SET app.tenant_id = 'globex'"),
+                    stmt("SELECT 1/0"),
+                    vec![sync()],
+                    stmt("SELECT name FROM accounts"),
+                    vec![sync()],
+                ]
+                .concat(),
+            ),
+        ];
+        for (what, requests) in pipelined {
+            c.send(&requests).await;
+            let r = c.read_until(0, 2).await;
+            assert!(
+                r.contains(&"D(acme-row)".to_string()),
+                "pipelined {what}: {r:?}"
+            );
+        }
         c.send(&[query("SET app.tenant_id = 'globex'; SELECT 1")])
             .await;
         c.read_until(0, 1).await;

@@ -435,6 +435,23 @@ impl Session {
         Ok(())
     }
 
+    /// Waits for the result of a request pipelined ahead that changed the
+    /// session tenant outside a block (`RequestTenant`), forwarding its
+    /// responses: if it fails, PostgreSQL undoes the change, and the request
+    /// in hand must be routed by the tenant from before. Costs nothing
+    /// unless such a request is in flight.
+    pub(super) async fn await_pending_tenant(&mut self) -> Result<(), PgError> {
+        let pending = self.shared.routing_enabled()
+            && self
+                .attached
+                .as_ref()
+                .is_some_and(|a| a.expect.tenant_change_pending());
+        if pending {
+            self.drain_attached().await?;
+        }
+        Ok(())
+    }
+
     /// Follows the transaction block through statement `txn` to undo its
     /// tenant changes as PostgreSQL undoes the setting (`TenantUndo::follow`);
     /// returns whether a block is open after it.
@@ -457,6 +474,9 @@ impl Session {
     /// `raw` is the original Query message, forwarded unchanged; `text` its
     /// SQL in the client's encoding.
     pub(super) async fn simple_query(&mut self, raw: &[u8], text: &[u8]) -> Result<(), PgError> {
+        if let Err(e) = self.await_pending_tenant().await {
+            return self.refuse_query(e).await;
+        }
         // `sql` is the text as UTF-8, read only where `analysis` is Some.
         let (analysis, sql) = if self.needs_analysis(text) {
             match analysis_text(text).and_then(|sql| Ok((self.shared.analyze(sql)?, sql))) {
