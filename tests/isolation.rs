@@ -991,6 +991,21 @@ fn a_tenant_its_failed_request_undid_is_not_used() {
                 "pipelined {what}: {r:?}"
             );
         }
+        // A block that failed: its COMMIT rolls back, whatever was still in flight.
+        let block = [
+            "BEGIN",
+            "SET app.tenant_id = 'globex'",
+            "SELECT 1/0",
+            "COMMIT",
+        ];
+        c.send(&block.iter().map(|q| query(q)).collect::<Vec<_>>())
+            .await;
+        c.send(&[query("SELECT name FROM accounts")]).await;
+        let r = c.read_until(0, 5).await;
+        assert!(
+            r.contains(&"D(acme-row)".to_string()),
+            "pipelined block: {r:?}"
+        );
         c.send(&[query("SET app.tenant_id = 'globex'; SELECT 1")])
             .await;
         c.read_until(0, 1).await;

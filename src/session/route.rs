@@ -138,11 +138,11 @@ impl Session {
             if a.target.same(target) {
                 return Ok(());
             }
-            if a.status != TxStatus::Idle {
-                return Err(cross_target(&a.target, target));
+            // Responses still in flight (a pipelined COMMIT, say): finish
+            // them before deciding, the status they end with decides.
+            if !a.expect.is_empty() {
+                self.drain_attached().await?;
             }
-            // Idle but responses still in flight: finish them before switching.
-            self.drain_attached().await?;
             if self.in_backend_transaction() {
                 let a = self.attached.as_ref().expect("still attached");
                 return Err(cross_target(&a.target, target));
@@ -435,17 +435,19 @@ impl Session {
         Ok(())
     }
 
-    /// Waits for the result of a request pipelined ahead that changed the
-    /// session tenant outside a block (`RequestTenant`), forwarding its
-    /// responses: if it fails, PostgreSQL undoes the change, and the request
-    /// in hand must be routed by the tenant from before. Costs nothing
-    /// unless such a request is in flight.
+    /// Waits for the results of requests pipelined ahead whose outcome may
+    /// undo a tenant change, forwarding their responses: one that changed
+    /// the session tenant outside a block (`RequestTenant`), or any inside
+    /// a block that changed it (a failure there turns a later COMMIT into a
+    /// rollback, `TenantUndo`). The request in hand must be routed by the
+    /// tenant PostgreSQL will have. Costs nothing unless such a request is
+    /// in flight.
     pub(super) async fn await_pending_tenant(&mut self) -> Result<(), PgError> {
         let pending = self.shared.routing_enabled()
-            && self
-                .attached
-                .as_ref()
-                .is_some_and(|a| a.expect.tenant_change_pending());
+            && self.attached.as_ref().is_some_and(|a| {
+                !a.expect.is_empty()
+                    && (self.tenant_undo.is_some() || a.expect.tenant_change_pending())
+            });
         if pending {
             self.drain_attached().await?;
         }
