@@ -691,7 +691,8 @@ fn a_set_its_transaction_undid_is_not_replayed() {
             }
             b.send(&[query("SELECT 1")]).await;
             ok(b.read_until(0, 1).await);
-            a.send(&[query("SELECT current_setting('myapp.x')")]).await;
+            a.send(&[query("SELECT current_setting('myapp.x', true)")])
+                .await;
             let r = a.read_until(0, 1).await;
             assert!(
                 r.contains(&format!("D({expected})")),
@@ -736,6 +737,21 @@ fn a_set_its_transaction_undid_is_not_replayed() {
             "kept",
         )
         .await;
+        // RESET ALL is undone with its block too: the settings it cleared
+        // are replayed again, less the block's own SETs.
+        check(&["BEGIN", "RESET ALL", "ROLLBACK"], "kept").await;
+        check(
+            &[
+                "BEGIN",
+                "SET myapp.x = 'in the block'",
+                "RESET ALL",
+                "SELECT 1/0",
+                "COMMIT",
+            ],
+            "kept",
+        )
+        .await;
+        check(&["BEGIN", "RESET ALL", "COMMIT"], "").await;
     });
 }
 

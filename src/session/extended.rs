@@ -40,7 +40,7 @@ impl Session {
         let result = self.dispatch(&batch).await;
         if result.is_err() {
             // Not sent, or the session ends: either way nothing to follow.
-            self.request_tenant.refused(&mut self.session_tenant);
+            self.request_refused();
         }
         batch.clear();
         self.pending = batch;
@@ -420,7 +420,7 @@ impl Session {
     /// Refuses a whole batch: the error now, ReadyForQuery at its Sync.
     async fn refuse_batch(&mut self, err: PgError, ends_with_sync: bool) -> Result<(), PgError> {
         // Nothing of the batch ran.
-        self.request_tenant.refused(&mut self.session_tenant);
+        self.request_refused();
         if self.in_backend_transaction() {
             // Make the backend's transaction fail exactly like PostgreSQL would.
             return self.fail_backend_transaction(&err).await;

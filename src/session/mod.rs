@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use tokio::io::AsyncWriteExt;
-use undo::{RequestTenant, TenantUndo, TxSettings};
+use undo::{RequestTenant, ResetUndo, TenantUndo, TxSettings};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -230,7 +230,7 @@ impl PreparedMap {
 
 /// Session-level settings made by the client, replayed on a connection that
 /// does not have them yet.
-#[derive(Default, Clone)]
+#[derive(Default, Clone, Debug, PartialEq)]
 struct Settings {
     stmts: Vec<String>,
     fingerprint: u64,
@@ -294,6 +294,10 @@ pub struct Session {
     /// The same outside a block, for the request in hand: its implicit
     /// transaction undoes the setting if it fails.
     request_tenant: RequestTenant,
+    /// The recorded settings a RESET ALL in the request in hand cleared:
+    /// back if the request is refused; kept with its block once sent, for
+    /// the block's rollback (`TxSettings::reset`).
+    reset_undo: Option<Box<ResetUndo>>,
     attached: Option<Attached>,
     parked: HashMap<String, PooledConn>,
     cancel_slot: Arc<CancelSlot>,
@@ -456,6 +460,7 @@ impl Session {
             local_tenant: None,
             tenant_undo: None,
             request_tenant: RequestTenant::default(),
+            reset_undo: None,
             attached: None,
             parked: HashMap::new(),
             cancel_slot,
@@ -835,7 +840,15 @@ impl Session {
                     if a.status == TxStatus::Idle {
                         a.tx_settings = None;
                     }
-                    forget_settings(&mut self.settings, a, &undone);
+                    if let Some(r) = undone.reset {
+                        // PostgreSQL brought back what the RESET ALL
+                        // cleared; the connection, retired after this use,
+                        // is not described by either list.
+                        self.settings = r.settings;
+                        self.startup_settings = r.startup;
+                        a.conn.settings_fingerprint = SETTINGS_UNKNOWN;
+                    }
+                    forget_settings(&mut self.settings, a, &undone.keys);
                 }
             }
             if !undone.is_empty() {
@@ -1199,6 +1212,27 @@ impl Session {
                 a.expect.undo_tenant_on_error(change);
             }
         }
+        if let Some(r) = self.reset_undo.take() {
+            // Inside a block its rollback undoes the RESET ALL; outside one
+            // it stands (a failing implicit transaction is not followed).
+            if let Some(a) = self
+                .attached
+                .as_mut()
+                .filter(|a| a.status != TxStatus::Idle)
+            {
+                a.tx_settings.get_or_insert_default().reset.get_or_insert(r);
+            }
+        }
+    }
+
+    /// The request in hand was refused before it ran: a RESET ALL in it
+    /// cleared nothing on the server, so the recorded settings come back.
+    fn request_refused(&mut self) {
+        self.request_tenant.refused(&mut self.session_tenant);
+        if let Some(r) = self.reset_undo.take() {
+            self.settings = r.settings;
+            self.startup_settings = r.startup;
+        }
     }
 
     /// Records a session-level SET the client ran on `target`, so it is replayed elsewhere.
@@ -1287,8 +1321,15 @@ impl Session {
         replayed
     }
 
-    /// Forgets recorded settings (RESET ALL / DISCARD ALL by the client).
+    /// Forgets recorded settings (RESET ALL / DISCARD ALL by the client),
+    /// keeping them in `reset_undo` until the request's fate is known.
     fn reset_settings(&mut self) {
+        if self.reset_undo.is_none() {
+            self.reset_undo = Some(Box::new(ResetUndo {
+                settings: std::mem::take(&mut self.settings),
+                startup: std::mem::take(&mut self.startup_settings),
+            }));
+        }
         self.settings.clear();
         self.startup_settings = Settings::default();
         if let Some(a) = self.attached.as_mut() {

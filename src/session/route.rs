@@ -601,7 +601,7 @@ impl Session {
 
     async fn refuse_query(&mut self, err: PgError) -> Result<(), PgError> {
         // Nothing of the Query ran.
-        self.request_tenant.refused(&mut self.session_tenant);
+        self.request_refused();
         if self.in_backend_transaction() {
             return self.fail_backend_transaction(&err).await;
         }

@@ -16,12 +16,15 @@
 use crate::protocol::backend::TxStatus;
 use crate::router::TxnControl;
 
-/// The client's recorded SETs that ran inside the open transaction block:
-/// they stand only if the block commits.
+/// The client's recorded SETs that ran inside the open transaction block,
+/// and the recorded settings a RESET ALL in it cleared: they stand only if
+/// the block commits.
 #[derive(Default)]
 pub(super) struct TxSettings {
     /// Their `Settings::key`s, in the order they ran.
     pub keys: Vec<u64>,
+    /// The recorded settings before the block's first RESET ALL.
+    pub reset: Option<Box<ResetUndo>>,
     /// How many of them had run at each SAVEPOINT made since the first.
     savepoints: Vec<usize>,
     /// A ROLLBACK (of the block, or to a savepoint) was answered since the
@@ -44,15 +47,19 @@ impl TxSettings {
         }
     }
 
-    /// At ReadyForQuery with `status`: the SETs PostgreSQL has just undone.
-    pub fn undone_at_ready(&mut self, status: TxStatus, session: u64) -> Vec<u64> {
+    /// At ReadyForQuery with `status`: the SETs PostgreSQL has just undone,
+    /// and the settings to restore if it undid a RESET ALL.
+    pub fn undone_at_ready(&mut self, status: TxStatus, session: u64) -> SettingsUndone {
         if !std::mem::take(&mut self.rolled_back) {
-            return Vec::new();
+            return SettingsUndone::default();
         }
         // Out of the block: it rolled back. Still in it: a ROLLBACK TO, to
-        // a savepoint made before every SET here unless one was made since.
+        // a savepoint made before every change here unless one was made since.
         if status == TxStatus::Idle || self.savepoints.is_empty() {
-            return std::mem::take(&mut self.keys);
+            return SettingsUndone {
+                keys: std::mem::take(&mut self.keys),
+                reset: self.reset.take(),
+            };
         }
         // Which savepoint it went back to, and so which SETs stand, is not
         // known without its name: they stay recorded.
@@ -61,8 +68,25 @@ impl TxSettings {
             "ROLLBACK TO a savepoint after a SET in the same transaction: \
              the SET stays recorded for replay on other connections"
         );
-        Vec::new()
+        SettingsUndone::default()
     }
+}
+
+/// What a rollback undid of the recorded settings (`TxSettings::undone_at_ready`).
+#[derive(Default, Debug, PartialEq)]
+pub(super) struct SettingsUndone {
+    /// The SETs it undid, by `Settings::key`.
+    pub keys: Vec<u64>,
+    /// The recorded settings a RESET ALL it undid had cleared.
+    pub reset: Option<Box<ResetUndo>>,
+}
+
+/// A session's recorded settings as they were before a RESET ALL (or
+/// DISCARD ALL) cleared them: what an undone one gives back.
+#[derive(Debug, PartialEq)]
+pub(super) struct ResetUndo {
+    pub settings: std::collections::HashMap<String, super::Settings>,
+    pub startup: super::Settings,
 }
 
 /// The session tenant before the open transaction block first changed it,
@@ -230,13 +254,13 @@ mod tests {
         let mut t = TxSettings::default();
         t.keys.extend([1, 2]);
         t.on_command_complete(&cc("ROLLBACK"));
-        assert_eq!(t.undone_at_ready(TxStatus::Idle, 0), [1, 2]);
+        assert_eq!(t.undone_at_ready(TxStatus::Idle, 0).keys, [1, 2]);
 
         // ROLLBACK TO a savepoint made before the SETs (not seen here).
         let mut t = TxSettings::default();
         t.keys.push(1);
         t.on_command_complete(&cc("ROLLBACK"));
-        assert_eq!(t.undone_at_ready(TxStatus::InTransaction, 0), [1]);
+        assert_eq!(t.undone_at_ready(TxStatus::InTransaction, 0).keys, [1]);
 
         // A savepoint made after a SET: undecidable, nothing undone.
         let mut t = TxSettings::default();
@@ -244,10 +268,13 @@ mod tests {
         t.on_command_complete(&cc("SAVEPOINT"));
         t.keys.push(2);
         t.on_command_complete(&cc("ROLLBACK"));
-        assert!(t.undone_at_ready(TxStatus::InTransaction, 0).is_empty());
+        assert!(t
+            .undone_at_ready(TxStatus::InTransaction, 0)
+            .keys
+            .is_empty());
         // …but the block's own rollback still undoes them all.
         t.on_command_complete(&cc("ROLLBACK"));
-        assert_eq!(t.undone_at_ready(TxStatus::Idle, 0), [1, 2]);
+        assert_eq!(t.undone_at_ready(TxStatus::Idle, 0).keys, [1, 2]);
 
         // Released, the savepoint no longer matters.
         let mut t = TxSettings::default();
@@ -255,14 +282,14 @@ mod tests {
         t.on_command_complete(&cc("SAVEPOINT"));
         t.on_command_complete(&cc("RELEASE"));
         t.on_command_complete(&cc("ROLLBACK"));
-        assert_eq!(t.undone_at_ready(TxStatus::InTransaction, 0), [1]);
+        assert_eq!(t.undone_at_ready(TxStatus::InTransaction, 0).keys, [1]);
 
         // Other tags and a ReadyForQuery without a rollback undo nothing.
         let mut t = TxSettings::default();
         t.keys.push(1);
         t.on_command_complete(&cc("SELECT 1"));
         t.on_command_complete(&cc("COMMIT"));
-        assert!(t.undone_at_ready(TxStatus::Idle, 0).is_empty());
+        assert!(t.undone_at_ready(TxStatus::Idle, 0).keys.is_empty());
     }
 
     #[test]
