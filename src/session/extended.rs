@@ -51,8 +51,10 @@ impl Session {
     /// its buffers go back whichever way this returns.
     async fn dispatch(&mut self, batch: &FrameBatch) -> Result<(), PgError> {
         let ends_with_sync = batch.last().is_some_and(|f| f.tag() == tag::SYNC);
-        if let Err(e) = self.await_pending_tenant().await {
-            return self.refuse_batch(e, ends_with_sync).await;
+        if self.tenant_outcome_pending() {
+            if let Err(e) = self.drain_attached().await {
+                return self.refuse_batch(e, ends_with_sync).await;
+            }
         }
         let entered_failed = self.attached.is_none() && self.client_failed;
         if entered_failed {

@@ -158,7 +158,7 @@ impl Session {
     /// They reach the client as they come, so a large result is never held
     /// here; a client that leaves meanwhile ends the wait, and the session
     /// (which cancels the statement), as in a checkout's wait.
-    async fn drain_attached(&mut self) -> Result<(), PgError> {
+    pub(super) async fn drain_attached(&mut self) -> Result<(), PgError> {
         loop {
             self.backend_messages()?;
             if self.flush_client().await.is_err() {
@@ -195,6 +195,7 @@ impl Session {
     /// it must read because they change session state (their effects are
     /// replayed) must be UTF-8. A message all ASCII, the common case, is
     /// neither decoded nor scanned.
+    #[inline]
     pub(super) fn check_passthrough_batch(&self, batch: &FrameBatch) -> Result<(), PgError> {
         for f in batch.iter().filter(|f| f.tag() == tag::PARSE) {
             if f.body().is_ascii() {
@@ -435,23 +436,19 @@ impl Session {
         Ok(())
     }
 
-    /// Waits for the results of requests pipelined ahead whose outcome may
-    /// undo a tenant change, forwarding their responses: one that changed
-    /// the session tenant outside a block (`RequestTenant`), or any inside
-    /// a block that changed it (a failure there turns a later COMMIT into a
-    /// rollback, `TenantUndo`). The request in hand must be routed by the
-    /// tenant PostgreSQL will have. Costs nothing unless such a request is
-    /// in flight.
-    pub(super) async fn await_pending_tenant(&mut self) -> Result<(), PgError> {
-        let pending = self.shared.routing_enabled()
+    /// Whether requests pipelined ahead are in flight whose outcome may undo
+    /// a tenant change: one that changed the session tenant outside a block
+    /// (`RequestTenant`), or any inside a block that changed it (a failure
+    /// there turns a later COMMIT into a rollback, `TenantUndo`). The
+    /// request in hand must then wait for them (`drain_attached`, which
+    /// forwards their responses): it must be routed by the tenant
+    /// PostgreSQL will have. A plain function, run for every request.
+    pub(super) fn tenant_outcome_pending(&self) -> bool {
+        self.shared.routing_enabled()
             && self.attached.as_ref().is_some_and(|a| {
                 !a.expect.is_empty()
                     && (self.tenant_undo.is_some() || a.expect.tenant_change_pending())
-            });
-        if pending {
-            self.drain_attached().await?;
-        }
-        Ok(())
+            })
     }
 
     /// Follows the transaction block through statement `txn` to undo its
@@ -476,8 +473,10 @@ impl Session {
     /// `raw` is the original Query message, forwarded unchanged; `text` its
     /// SQL in the client's encoding.
     pub(super) async fn simple_query(&mut self, raw: &[u8], text: &[u8]) -> Result<(), PgError> {
-        if let Err(e) = self.await_pending_tenant().await {
-            return self.refuse_query(e).await;
+        if self.tenant_outcome_pending() {
+            if let Err(e) = self.drain_attached().await {
+                return self.refuse_query(e).await;
+            }
         }
         // `sql` is the text as UTF-8, read only where `analysis` is Some.
         let (analysis, sql) = if self.needs_analysis(text) {
