@@ -135,8 +135,13 @@ impl Metronome {
                     Ok(())
                 }
             });
-            if let Ok(Ok(())) = read {
-                return;
+            match read {
+                Ok(Ok(())) => return,
+                // Not readable after all (another wake raced it): wait on.
+                Err(_would_block) => {}
+                // An error a timerfd read does not give: wait for the next
+                // expiry rather than retry at once, which would spin.
+                Ok(Err(_)) => ready.clear_ready(),
             }
         }
     }
