@@ -374,13 +374,7 @@ fn console_metrics_and_the_pgbouncer_exporter() {
     );
     // Extended protocol is refused, not hung.
     rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(
-            &p.conninfo(ADMIN, ADMIN_PW, "pgtenant"),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let c = p.client(ADMIN, ADMIN_PW, "pgtenant").await;
         let e = c.query("SHOW POOLS", &[]).await.unwrap_err();
         assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
         let rows = c.simple_query("SHOW VERSION").await.unwrap();
@@ -786,16 +780,7 @@ async fn kill_ends_a_tenants_sessions_and_pause_holds_new_work() {
     add_user(&f.app, "app", "svc@example.com", &scram(PW), None);
     let p = f.proxy("");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let connect = || async {
-        let (c, conn) = tokio_postgres::connect(
-            &p.conninfo("svc@example.com", PW, "app"),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
-        c
-    };
+    let connect = || p.client("svc@example.com", PW, "app");
     let initech = connect().await;
     let acme = connect().await;
     initech
@@ -870,13 +855,7 @@ async fn kill_ends_a_session_waiting_for_a_connection() {
     add_user(&f.app, "app", ADMIN, &scram(ADMIN_PW), None);
     add_user(&f.app, "app", "svc@example.com", &scram(PW), None);
     let p = f.proxy("");
-    let (c, conn) = tokio_postgres::connect(
-        &p.conninfo("svc@example.com", PW, "app"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let c = p.client("svc@example.com", PW, "app").await;
     let (ok, _, err) = console(&p, "PAUSE acme");
     assert!(ok, "{err}");
     let waiter = tokio::spawn(async move {

@@ -238,16 +238,15 @@ impl ExpectQueue {
     /// Whether a Query or batch that changed the session tenant is still
     /// waiting for its result (which may undo the change).
     pub fn tenant_change_pending(&self) -> bool {
-        !self.q.is_empty()
-            && self.q.iter().any(|e| {
-                matches!(
-                    e,
-                    Entry::Wait {
-                        tenant: Some(_),
-                        ..
-                    }
-                )
-            })
+        self.q.iter().any(|e| {
+            matches!(
+                e,
+                Entry::Wait {
+                    tenant: Some(_),
+                    ..
+                }
+            )
+        })
     }
 
     /// Queues a response the proxy answers itself; emitted at once if nothing is ahead of it.

@@ -248,6 +248,19 @@ mod tests {
         format!("{tag}\0").into_bytes()
     }
 
+    fn some(s: &str) -> Option<String> {
+        Some(s.to_string())
+    }
+
+    /// `TenantUndo::follow` for a statement inside a block that has not failed.
+    fn follow_in_block(
+        undo: &mut Option<Box<TenantUndo>>,
+        tenant: &mut Option<String>,
+        txn: &TxnControl,
+    ) {
+        TenantUndo::follow(undo, tenant, txn, true, false);
+    }
+
     #[test]
     fn recorded_sets_fall_with_their_block_or_savepoint() {
         // ROLLBACK of the block: every SET in it.
@@ -294,7 +307,6 @@ mod tests {
 
     #[test]
     fn the_tenant_comes_back_as_postgresql_brings_the_setting_back() {
-        let some = |s: &str| Some(s.to_string());
         let sp = |s: &str| s.to_string();
         // BEGIN; SET acme→globex; SAVEPOINT a; SET initech; ROLLBACK TO a.
         let mut tenant = some("acme");
@@ -308,29 +320,19 @@ mod tests {
         ));
         undo = Some(TenantUndo::new(tenant.clone()));
         tenant = some("globex");
-        TenantUndo::follow(
-            &mut undo,
-            &mut tenant,
-            &TxnControl::Savepoint(sp("a")),
-            true,
-            false,
-        );
+        follow_in_block(&mut undo, &mut tenant, &TxnControl::Savepoint(sp("a")));
         tenant = some("initech");
-        TenantUndo::follow(
+        follow_in_block(
             &mut undo,
             &mut tenant,
             &TxnControl::RollbackToSavepoint(sp("a")),
-            true,
-            false,
         );
         assert_eq!(tenant, some("globex"), "back to savepoint a");
         // ROLLBACK TO a savepoint made before the first change.
-        TenantUndo::follow(
+        follow_in_block(
             &mut undo,
             &mut tenant,
             &TxnControl::RollbackToSavepoint(sp("early")),
-            true,
-            false,
         );
         assert_eq!(tenant, some("acme"));
         // COMMIT of a failed block rolls back; of a good one keeps.
@@ -346,47 +348,28 @@ mod tests {
         assert!(undo.is_none(), "the block is over");
         let mut undo = Some(TenantUndo::new(some("acme")));
         let mut tenant = some("globex");
-        TenantUndo::follow(&mut undo, &mut tenant, &TxnControl::Commit, true, false);
+        follow_in_block(&mut undo, &mut tenant, &TxnControl::Commit);
         assert_eq!(tenant, some("globex"));
         // RELEASE drops the savepoint and those after it.
         let mut undo = Some(TenantUndo::new(some("acme")));
         let mut tenant = some("globex");
-        TenantUndo::follow(
-            &mut undo,
-            &mut tenant,
-            &TxnControl::Savepoint(sp("a")),
-            true,
-            false,
-        );
-        TenantUndo::follow(
+        follow_in_block(&mut undo, &mut tenant, &TxnControl::Savepoint(sp("a")));
+        follow_in_block(
             &mut undo,
             &mut tenant,
             &TxnControl::ReleaseSavepoint(sp("a")),
-            true,
-            false,
         );
         tenant = some("initech");
-        TenantUndo::follow(
+        follow_in_block(
             &mut undo,
             &mut tenant,
             &TxnControl::RollbackToSavepoint(sp("a")),
-            true,
-            false,
         );
         assert_eq!(
             tenant,
             some("acme"),
             "a released savepoint is one made before"
         );
-    }
-}
-
-#[cfg(test)]
-mod request_tests {
-    use super::*;
-
-    fn some(s: &str) -> Option<String> {
-        Some(s.to_string())
     }
 
     #[test]

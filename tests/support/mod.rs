@@ -308,6 +308,17 @@ impl Proxy {
         )
     }
 
+    /// A tokio-postgres client through the proxy, its connection driven
+    /// by a spawned task (call inside a runtime).
+    pub async fn client(&self, user: &str, password: &str, db: &str) -> tokio_postgres::Client {
+        let (c, conn) =
+            tokio_postgres::connect(&self.conninfo(user, password, db), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        c
+    }
+
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
         format!(
             "postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable",
