@@ -83,10 +83,13 @@ fn main() -> ExitCode {
             };
             // One thread here; `serve` starts its session workers itself
             // (src/workers.rs explains why not tokio's multi-thread runtime).
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let rt = match pgtenant::clock::event_loop() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("pgtenant: cannot start the event loop: {e}");
+                    return ExitCode::from(1);
+                }
+            };
             rt.block_on(async move {
                 match command {
                     Command::Serve => pgtenant::run::serve(config).await,

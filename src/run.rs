@@ -64,21 +64,14 @@ pub async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let sync = match secrets.map(|s| {
+    let sync = secrets.map(|s| {
         registry::spawn_registry_sync(
             config.app_db.url.clone(),
             registry.clone(),
             s,
             Duration::from_secs(30),
         )
-    }) {
-        None => None,
-        Some(Ok(handle)) => Some(handle),
-        Some(Err(e)) => {
-            eprintln!("pgtenant: cannot start the tenant registry sync: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    });
     if let Some(listen) = config.metrics.listen.clone() {
         tokio::spawn(crate::admin::http::serve(listen, shared.clone()));
     }
@@ -101,15 +94,7 @@ pub async fn serve(config: Config) -> ExitCode {
         shared.clone(),
         Duration::from_secs(config.shutdown_timeout_secs),
     );
-    // Paced by a metronome, not a tokio timer: sessions share this event
-    // loop, and a pending timer costs every one of its parks (clock.rs).
-    let upkeep = match Metronome::start(Duration::from_secs(2)) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("pgtenant: cannot start the pool upkeep timer: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let upkeep = Metronome::new(Duration::from_secs(2));
     let pruner = {
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -435,7 +435,7 @@ pub async fn serve(
                     Ok(x) => x,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        crate::clock::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
@@ -453,7 +453,7 @@ pub async fn serve(
     drop(listener);
     let drain = shutdown.borrow().unwrap_or(Duration::ZERO);
     tracing::info!(active = tracker.active(), "draining client sessions");
-    let _ = tokio::time::timeout(drain, tracker.wait_idle()).await;
+    let _ = crate::clock::timeout(drain, tracker.wait_idle()).await;
 }
 
 /// A tiny task tracker: counts live sessions and waits for zero.

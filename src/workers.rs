@@ -70,10 +70,7 @@ impl Workers {
                 .name(format!("pgtenant-worker-{k}"))
                 .spawn(move || {
                     INDEX.with(|i| i.set(k));
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
+                    let rt = match crate::clock::event_loop() {
                         Ok(rt) => rt,
                         Err(e) => {
                             let _ = tx.send(Err(e));

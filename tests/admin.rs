@@ -779,7 +779,7 @@ async fn kill_ends_a_tenants_sessions_and_pause_holds_new_work() {
     add_user(&f.app, "app", ADMIN, &scram(ADMIN_PW), None);
     add_user(&f.app, "app", "svc@example.com", &scram(PW), None);
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let connect = || p.client("svc@example.com", PW, "app");
     let initech = connect().await;
     let acme = connect().await;
@@ -794,7 +794,7 @@ async fn kill_ends_a_tenants_sessions_and_pause_holds_new_work() {
     // Idle past the pool's upkeep tick (2 s), which asks every session
     // for the connection it kept: that wake must not use up the one a
     // KILL needs.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(2500)).await;
     let (ok, out, err) = console(&p, "KILL initech");
     assert!(ok, "{err}");
     assert!(err.is_empty() || !err.contains("ERROR"), "{err}");
@@ -803,7 +803,7 @@ async fn kill_ends_a_tenants_sessions_and_pause_holds_new_work() {
     // client sends nothing.
     let killed = std::time::Instant::now();
     while !initech.is_closed() && killed.elapsed() < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        pgtenant::clock::sleep(Duration::from_millis(50)).await;
     }
     assert!(
         initech.is_closed(),
@@ -834,11 +834,11 @@ async fn kill_ends_a_tenants_sessions_and_pause_holds_new_work() {
         .query("SELECT 1 FROM accounts WHERE tenant_id = 'initech'", &[])
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    pgtenant::clock::sleep(Duration::from_millis(800)).await;
     assert!(!waiter.is_finished(), "paused tenant's statement must wait");
     let (ok, _, err) = console(&p, "RESUME acme");
     assert!(ok, "{err}");
-    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+    let waited = pgtenant::clock::timeout(Duration::from_secs(5), waiter)
         .await
         .unwrap()
         .unwrap();
@@ -862,11 +862,11 @@ async fn kill_ends_a_session_waiting_for_a_connection() {
         c.query("SELECT 1 FROM accounts WHERE tenant_id = 'acme'", &[])
             .await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     assert!(!waiter.is_finished(), "a paused tenant's statement waits");
     let (ok, _, err) = console(&p, "KILL acme");
     assert!(ok, "{err}");
-    let ended = tokio::time::timeout(Duration::from_secs(3), waiter).await;
+    let ended = pgtenant::clock::timeout(Duration::from_secs(3), waiter).await;
     let (ok, _, err) = console(&p, "RESUME acme");
     assert!(ok, "{err}");
     let e = ended

@@ -216,9 +216,9 @@ async fn tokio_postgres_prepared_pipelined_copy_listen_cancel() {
         let r = c.simple_query("SELECT pg_sleep(30)").await;
         (r, c)
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let (r, c) = tokio::time::timeout(Duration::from_secs(10), sleeper)
+    let (r, c) = pgtenant::clock::timeout(Duration::from_secs(10), sleeper)
         .await
         .expect("cancel took effect")
         .unwrap();
@@ -252,7 +252,7 @@ async fn listen_notify_reaches_the_listening_client() {
     listener.batch_execute("LISTEN jobs").await.unwrap();
     let other = client(&s.proxy, "alice@example.com", PW).await;
     other.batch_execute("NOTIFY jobs, 'hello'").await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+    let got = pgtenant::clock::timeout(Duration::from_secs(10), rx.recv())
         .await
         .unwrap()
         .unwrap();
@@ -846,7 +846,7 @@ async fn an_idle_connection_the_server_closed_is_replaced_at_checkout() {
         .get(0);
     let killed = app.psql("app", &format!("SELECT pg_terminate_backend({first})"));
     assert_eq!(killed, "t");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    pgtenant::clock::sleep(std::time::Duration::from_millis(300)).await;
     let second: i32 = c
         .query_one("SELECT pg_backend_pid()", &[])
         .await

@@ -130,7 +130,7 @@ fn an_unknown_statement_name_never_reaches_another_sessions_statement() {
         let r = a.read_until(0, 1).await;
         assert!(r.contains(&"D(A-named)".to_string()), "{r:?}");
         drop(a);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        pgtenant::clock::sleep(Duration::from_millis(200)).await;
 
         let pgt = pgt_name(b"SELECT 'A-named'");
         let mut b = alice(&p).await;
@@ -227,7 +227,7 @@ fn untracked_session_state_never_reaches_the_next_session() {
             let r = a.read_until(0, 1).await;
             assert!(!r.iter().any(|m| m.starts_with("E(")), "{set}: {r:?}");
             drop(a);
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            pgtenant::clock::sleep(Duration::from_millis(200)).await;
             let mut b = alice(&p).await;
             b.send(&[query(probe)]).await;
             let r = b.read_until(0, 1).await;

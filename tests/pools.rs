@@ -47,7 +47,7 @@ async fn tenants_on_one_shared_source_share_one_pool_and_exhaustion_gives_53300(
         r#"{"pool_size": 1, "checkout_timeout_ms": 500, "max_connections_per_tenant": 1}"#,
     );
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let c = connect(&p).await;
     for t in ["acme", "globex", "acme", "globex"] {
         c.query(
@@ -101,7 +101,7 @@ async fn a_client_leaving_while_queued_never_runs_its_statement() {
     let f = fleet_with_pool(r#"{"pool_size": 1, "checkout_timeout_ms": 60000}"#);
     let mport = free_port();
     let p = f.proxy(&format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let holder = connect(&p).await;
     holder
         .batch_execute("BEGIN; SELECT * FROM accounts WHERE tenant_id = 'acme'")
@@ -152,7 +152,7 @@ async fn a_client_leaving_while_queued_never_runs_its_statement() {
     next.query("SELECT * FROM accounts WHERE tenant_id = 'globex'", &[])
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pgtenant::clock::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         f.shared.psql(
             "shared",
@@ -168,7 +168,7 @@ async fn a_client_leaving_while_queued_never_runs_its_statement() {
 async fn a_dead_data_source_fails_only_its_tenants_and_heals() {
     let f = fleet_with_pool(r#"{"pool_size": 4}"#);
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let c = connect(&p).await;
     let initech = "SELECT count(*) FROM accounts WHERE tenant_id = 'initech'";
     let acme = "SELECT count(*) FROM accounts WHERE tenant_id = 'acme'";
@@ -186,7 +186,7 @@ async fn a_dead_data_source_fails_only_its_tenants_and_heals() {
             healed = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        pgtenant::clock::sleep(Duration::from_millis(250)).await;
     }
     assert!(healed, "{}", p.log_text());
     c.query(acme, &[]).await.unwrap();
@@ -200,7 +200,7 @@ async fn clients_vanishing_mid_transaction_leave_nothing_behind() {
         "INSERT INTO accounts (tenant_id, name) VALUES ('initech', 'locked-row')",
     );
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let port = p.port;
     let mut tasks = Vec::new();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(24));
@@ -221,7 +221,7 @@ async fn clients_vanishing_mid_transaction_leave_nothing_behind() {
             .unwrap();
             if i % 2 == 0 {
                 // Vanish while a statement is running.
-                let _ = tokio::time::timeout(
+                let _ = pgtenant::clock::timeout(
                     Duration::from_millis(20),
                     c.batch_execute("SELECT pg_sleep(0.5)"),
                 )
@@ -242,7 +242,7 @@ async fn clients_vanishing_mid_transaction_leave_nothing_behind() {
             panic!("{e}\n{}", tail[tail.len().saturating_sub(40)..].join("\n"));
         }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    pgtenant::clock::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         f.dedicated.psql(
             "dedicated",
@@ -264,7 +264,7 @@ async fn clients_vanishing_mid_transaction_leave_nothing_behind() {
 async fn session_state_never_leaks_between_clients() {
     let f = fleet_with_pool(r#"{"pool_size": 1}"#);
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let a = connect(&p).await;
     let b = connect(&p).await;
     let q = "/* tenant_id='initech' */ SELECT current_setting('statement_timeout')";
@@ -330,7 +330,7 @@ async fn a_flooding_tenant_cannot_starve_its_neighbour() {
         r#"{"pool_size": 4, "max_connections_per_tenant": 2, "checkout_timeout_ms": 30000}"#,
     );
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut flood = Vec::new();
     for _ in 0..16 {
@@ -347,7 +347,7 @@ async fn a_flooding_tenant_cannot_starve_its_neighbour() {
             n
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let victim = connect(&p).await;
     let mut worst = Duration::ZERO;
     for _ in 0..10 {
@@ -378,14 +378,14 @@ async fn a_flooding_tenant_cannot_starve_its_neighbour() {
 async fn suspending_closes_idle_connections_and_a_wrong_key_fails_only_that_tenant() {
     let f = fleet_with_pool(r#"{"pool_size": 4}"#);
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let c = connect(&p).await;
     c.query("SELECT 1 FROM accounts WHERE tenant_id = 'initech'", &[])
         .await
         .unwrap();
     assert_eq!(backend_conns(&f.dedicated, "dedicated"), 1);
     f.tenant_cli(&["suspend", "initech"]);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pgtenant::clock::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
         backend_conns(&f.dedicated, "dedicated"),
         0,
@@ -429,7 +429,7 @@ async fn suspending_closes_idle_connections_and_a_wrong_key_fails_only_that_tena
         "app",
         &format!("UPDATE tenants SET data_source_password = '{wrong}' WHERE id = 'globex'"),
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pgtenant::clock::sleep(Duration::from_millis(1000)).await;
     let e = c
         .query("SELECT 1 FROM accounts WHERE tenant_id = 'globex'", &[])
         .await
@@ -445,7 +445,7 @@ async fn suspending_closes_idle_connections_and_a_wrong_key_fails_only_that_tena
 async fn min_idle_connections_are_opened_ahead_of_demand() {
     let f = fleet_with_pool(r#"{"pool_size": 5, "min_idle": 2}"#);
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     // The pool exists once a statement used it; then it keeps two idle connections.
     let c = connect(&p).await;
     c.query("SELECT 1 FROM accounts WHERE tenant_id = 'initech'", &[])
@@ -457,7 +457,7 @@ async fn min_idle_connections_are_opened_ahead_of_demand() {
         if n >= 2 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        pgtenant::clock::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(n, 2);
 }
@@ -470,7 +470,7 @@ async fn min_idle_connections_are_opened_ahead_of_demand() {
 async fn min_idle_never_opens_past_the_pool_size() {
     let f = fleet_with_pool(r#"{"pool_size": 3, "min_idle": 3}"#);
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let clients = [connect(&p).await, connect(&p).await, connect(&p).await];
     let pids = || {
         f.dedicated.psql(
@@ -487,13 +487,13 @@ async fn min_idle_never_opens_past_the_pool_size() {
     // Two upkeep ticks (2 s each) to settle.
     for _ in 0..25 {
         work().await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        pgtenant::clock::sleep(Duration::from_millis(200)).await;
     }
     let settled = pids();
     assert_eq!(settled.split(',').count(), 3, "{settled}");
     for _ in 0..25 {
         work().await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        pgtenant::clock::sleep(Duration::from_millis(200)).await;
         assert_eq!(pids(), settled, "connections were closed and reopened");
     }
 }
@@ -516,7 +516,7 @@ async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
 async fn kept_connections_come_back_when_another_client_needs_one() {
     let f = fleet_with_pool(r#"{"pool_size": 2, "checkout_timeout_ms": 5000}"#);
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let c = connect(&p).await;
     // The pool's upkeep tick (every 2 s) also asks for kept connections;
     // one landing inside the scene below makes A's connection idle, and
@@ -529,7 +529,7 @@ async fn kept_connections_come_back_when_another_client_needs_one() {
         assert!(attempt <= 3, "the scene never set up\n{}", p.log_text());
         if attempt > 1 {
             // The last attempt's sessions end and give their connections back.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            pgtenant::clock::sleep(Duration::from_millis(300)).await;
         }
         let (a, b, holder) = (connect(&p).await, connect(&p).await, connect(&p).await);
         let pid_a = backend_pid(&a).await;
@@ -569,7 +569,7 @@ async fn kept_connections_come_back_when_another_client_needs_one() {
         .dedicated
         .psql("dedicated", &format!("SELECT pg_terminate_backend({pid})"));
     assert_eq!(killed, "t");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pgtenant::clock::sleep(Duration::from_millis(300)).await;
     let replaced = a
         .query_one(
             "SELECT pg_backend_pid(), count(*) FROM accounts WHERE tenant_id = 'initech'",

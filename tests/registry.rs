@@ -392,8 +392,7 @@ async fn notify_updates_registry_quickly_and_survives_reconnect() {
         reg.clone(),
         s.clone(),
         Duration::from_secs(3600),
-    )
-    .unwrap();
+    );
     wait_until("initial load", Duration::from_secs(10), || reg.is_loaded()).await;
     assert_eq!(reg.len(), 2);
     assert_eq!(reg.by_subdomain("ACME").unwrap().id, "acme");
@@ -426,7 +425,7 @@ async fn notify_updates_registry_quickly_and_survives_reconnect() {
         "password kept"
     );
     assert_eq!(
-        tokio::time::timeout(Duration::from_secs(1), changes.recv())
+        pgtenant::clock::timeout(Duration::from_secs(1), changes.recv())
             .await
             .unwrap()
             .unwrap(),

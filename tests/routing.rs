@@ -47,7 +47,7 @@ async fn rows_land_only_in_the_right_database() {
     users(&f);
     let p = f.proxy("");
     // Registry loads asynchronously at start.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let svc = connect(&p, "svc@example.com", "app").await;
 
     svc.batch_execute("INSERT INTO accounts (tenant_id, name) VALUES ('acme', 'Acme Rockets')")
@@ -166,7 +166,7 @@ async fn a_tenant_scoped_user_never_sees_another_tenant() {
     users(&f);
     f.shared.psql("shared", "INSERT INTO accounts (tenant_id, name) VALUES ('acme','a1'),('acme','a2'),('globex','g1'); INSERT INTO contacts (tenant_id, email) VALUES ('acme','x@acme'),('globex','y@globex')");
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let ann = connect(&p, "ann@example.com", "app").await;
 
     // Her only tenant applies by default, and RLS on the shared DB limits the rows.
@@ -233,7 +233,7 @@ async fn one_prepared_statement_rebound_for_different_tenants() {
         "INSERT INTO accounts (tenant_id, name) VALUES ('initech','initech-1')",
     );
     let p = f.proxy("[pool]\nsize = 2\n");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let svc = connect(&p, "svc@example.com", "app").await;
     let stmt = svc
         .prepare("SELECT name FROM accounts WHERE tenant_id = $1")
@@ -271,7 +271,7 @@ async fn transactions_are_pinned_and_fail_like_postgres() {
     let f = Fleet::start();
     users(&f);
     let p = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let svc = connect(&p, "svc@example.com", "app").await;
     svc.batch_execute("BEGIN").await.unwrap();
     svc.batch_execute("INSERT INTO accounts (tenant_id, name) VALUES ('acme', 'in-tx')")
@@ -354,7 +354,7 @@ async fn registry_changes_apply_live() {
     let p = f.proxy("");
     // A second replica sharing the same app DB.
     let p2 = f.proxy("");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pgtenant::clock::sleep(Duration::from_millis(500)).await;
     let svc = connect(&p, "svc@example.com", "app").await;
     let svc2 = connect(&p2, "svc@example.com", "app").await;
     let q = "SELECT count(*) FROM accounts WHERE tenant_id = 'initech' AND name = 'moved-row'";
@@ -365,7 +365,7 @@ async fn registry_changes_apply_live() {
         "app",
         "UPDATE tenants SET data_source_url = replace(data_source_url, '/dedicated', '/moved') WHERE id = 'initech'",
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pgtenant::clock::sleep(Duration::from_millis(1000)).await;
     assert_eq!(svc.query_one(q, &[]).await.unwrap().get::<_, i64>(0), 1);
     assert_eq!(
         svc2.query_one(q, &[]).await.unwrap().get::<_, i64>(0),
@@ -375,11 +375,11 @@ async fn registry_changes_apply_live() {
 
     // Suspend and resume through the CLI.
     f.tenant_cli(&["suspend", "initech"]);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pgtenant::clock::sleep(Duration::from_millis(1000)).await;
     let e = svc.query_one(q, &[]).await.unwrap_err();
     assert_eq!(code(&e), "08004");
     f.tenant_cli(&["resume", "initech"]);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pgtenant::clock::sleep(Duration::from_millis(1000)).await;
     assert_eq!(svc.query_one(q, &[]).await.unwrap().get::<_, i64>(0), 1);
     // The tenant list never shows a secret.
     let list = f.tenant_cli(&["list"]);
@@ -426,7 +426,7 @@ async fn a_switch_waiting_for_responses_forwards_them_and_watches_the_client() {
         if n == "0" {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        pgtenant::clock::sleep(Duration::from_millis(250)).await;
         n = sleeping();
     }
     assert_eq!(n, "0", "the statement of a client that left still runs");

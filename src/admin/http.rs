@@ -40,7 +40,7 @@ pub async fn serve_on(listener: TcpListener, shared: Arc<Shared>) {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                crate::clock::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -80,7 +80,7 @@ async fn read_request(tcp: &mut TcpStream) -> Option<Request> {
         if buf.len() > MAX_REQUEST_HEAD {
             return None;
         }
-        let n = tokio::time::timeout(READ_TIMEOUT, tcp.read(&mut chunk))
+        let n = crate::clock::timeout(READ_TIMEOUT, tcp.read(&mut chunk))
             .await
             .ok()?
             .ok()?;
@@ -150,7 +150,7 @@ pub async fn readiness(shared: &Shared) -> (bool, String) {
         ok = false;
         text.push_str("draining: shutting down\n");
     }
-    let app = tokio::time::timeout(READY_TIMEOUT, async {
+    let app = crate::clock::timeout(READY_TIMEOUT, async {
         let client = shared.app_db.client().await.map_err(|e| e.to_string())?;
         client
             .simple_query("SELECT 1")

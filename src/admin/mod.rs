@@ -237,10 +237,10 @@ mod tests {
         assert!(is_paused(Some("t-gate")));
         assert!(!is_paused(Some("other")));
         let h = tokio::spawn(async { wait_while_paused(Some("t-gate")).await });
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        crate::clock::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!h.is_finished());
         resume(Some("t-gate"));
-        tokio::time::timeout(std::time::Duration::from_secs(1), h)
+        crate::clock::timeout(std::time::Duration::from_secs(1), h)
             .await
             .unwrap()
             .unwrap();

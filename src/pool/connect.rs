@@ -320,7 +320,7 @@ const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sends a CancelRequest for `key` to the backend at `url` on a new connection.
 pub async fn send_cancel(url: &BackendUrl, key: (i32, i32)) -> std::io::Result<()> {
-    tokio::time::timeout(CANCEL_TIMEOUT, send_cancel_now(url, key))
+    crate::clock::timeout(CANCEL_TIMEOUT, send_cancel_now(url, key))
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }

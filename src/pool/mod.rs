@@ -650,7 +650,7 @@ impl DataSourcePool {
         queued: Counted<&AtomicUsize>,
     ) -> Result<Option<OwnedSemaphorePermit>, PgError> {
         let started = Tick::now();
-        let waited = tokio::time::timeout(self.settings.checkout_timeout, async {
+        let waited = crate::clock::timeout(self.settings.checkout_timeout, async {
             let tenant_permit = match tenant_sem {
                 Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
                 None => None,

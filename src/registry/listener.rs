@@ -28,18 +28,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Starts the background task that loads and then continuously syncs the
 /// registry. It never gives up: if the app DB goes away the cached tenants
 /// keep serving and the task reconnects with exponential backoff. Abort the
-/// returned handle to stop it. Fails only if the timer that paces the
-/// full reloads cannot be made.
+/// returned handle to stop it.
 pub fn spawn_registry_sync(
     app_db_url: String,
     registry: Arc<TenantRegistry>,
     secrets: Arc<SecretBox>,
     refresh_every: Duration,
-) -> std::io::Result<JoinHandle<()>> {
-    // A metronome, not a tokio interval: see `Metronome` for why the event
-    // loop that runs sessions keeps no long-lived timers.
-    let refresh = Metronome::start(refresh_every.max(Duration::from_millis(100)))?;
-    Ok(tokio::spawn(async move {
+) -> JoinHandle<()> {
+    let refresh = Metronome::new(refresh_every.max(Duration::from_millis(100)));
+    tokio::spawn(async move {
         let target = describe_target(&app_db_url);
         let mut backoff = MIN_BACKOFF;
         loop {
@@ -59,10 +56,10 @@ pub fn spawn_registry_sync(
                 backoff = MIN_BACKOFF;
             }
             tracing::info!(%target, retry_in_ms = backoff.as_millis() as u64, "reconnecting tenant registry sync");
-            tokio::time::sleep(backoff).await;
+            crate::clock::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-    }))
+    })
 }
 
 /// A loggable description of the app DB (user@host:port/db), never the

@@ -526,7 +526,7 @@ pub async fn test_spec(spec: &DataSourceSpec) -> Result<TestReport> {
         drop(client);
         Ok::<_, RegistryError>(row?.get::<_, String>(0))
     };
-    let server_version = tokio::time::timeout(TEST_TIMEOUT, work)
+    let server_version = crate::clock::timeout(TEST_TIMEOUT, work)
         .await
         .map_err(|_| RegistryError::Timeout(format!("connecting to {}", spec.pool_key())))??;
     Ok(TestReport {

@@ -103,7 +103,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         k.fire();
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        crate::clock::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("woken")
             .unwrap();

@@ -145,7 +145,7 @@ pub async fn handshake(
     let keys = [user.as_str(), ip.as_str()];
     let delay = shared.throttle.delay_for(&keys);
     if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+        crate::clock::sleep(delay).await;
     }
     let record = match shared.auth_query.lookup(&user).await {
         Ok(r) => r,

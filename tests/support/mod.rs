@@ -546,7 +546,7 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
         if start.elapsed() >= limit {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        pgtenant::clock::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -116,7 +116,8 @@ impl Raw {
     pub async fn send_then_read_all(mut self, bytes: &[u8]) -> String {
         self.s.write_all(bytes).await.unwrap();
         let mut buf = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.s.read_to_end(&mut buf)).await;
+        let _ =
+            pgtenant::clock::timeout(Duration::from_secs(5), self.s.read_to_end(&mut buf)).await;
         String::from_utf8_lossy(&buf).to_string()
     }
 
@@ -131,7 +132,9 @@ impl Raw {
         let mut seen = 0;
         loop {
             let mut head = [0u8; 5];
-            match tokio::time::timeout(Duration::from_secs(3), self.s.read_exact(&mut head)).await {
+            match pgtenant::clock::timeout(Duration::from_secs(3), self.s.read_exact(&mut head))
+                .await
+            {
                 Ok(Ok(_)) => {}
                 _ => {
                     out.push("<timeout/eof>".into());
