@@ -978,6 +978,75 @@ fn a_tenant_its_failed_request_undid_is_not_used() {
                 "after {what}"
             );
         }
+        // A batch ended by Flush: the implicit transaction runs on to the
+        // Sync, and an error anywhere before it undoes the SET, whether the
+        // rest of the request comes pipelined or after the error.
+        let flushed = [
+            (
+                "an error after the Flush",
+                [stmt("SET app.tenant_id = 'globex'"), vec![flush()]].concat(),
+                [stmt("SELECT 1/0"), vec![sync()]].concat(),
+            ),
+            (
+                "an error before the Flush",
+                [
+                    stmt("SET app.tenant_id = 'globex'"),
+                    stmt("SELECT 1/0"),
+                    vec![flush()],
+                ]
+                .concat(),
+                vec![sync()],
+            ),
+        ];
+        for (what, first, rest) in &flushed {
+            for pause in [false, true] {
+                c.send(first).await;
+                if pause {
+                    pgtenant::clock::sleep(Duration::from_millis(300)).await;
+                }
+                c.send(rest).await;
+                let r = c.read_until(0, 1).await;
+                assert!(r.iter().any(|m| m.starts_with("E(22012")), "{what}: {r:?}");
+                assert_eq!(
+                    tenant_rows(&mut c).await,
+                    ["T", "D(acme-row)", "C(SELECT 1)", "Z(I)"],
+                    "after {what} (pause: {pause})"
+                );
+            }
+        }
+        // With transaction control in the failed request, where the error
+        // came decides whether the SET stands: the proxy refuses to guess
+        // until the tenant is set again.
+        for (request, then) in [
+            ("SET app.tenant_id = 'globex'; COMMIT; SELECT 1/0", None),
+            (
+                "SET app.tenant_id = 'globex'; BEGIN; SELECT 1/0",
+                Some("ROLLBACK"),
+            ),
+        ] {
+            c.send(&[query(request)]).await;
+            let r = c.read_until(0, 1).await;
+            assert!(
+                r.iter().any(|m| m.starts_with("E(22012")),
+                "{request}: {r:?}"
+            );
+            if let Some(then) = then {
+                c.send(&[query(then)]).await;
+                c.read_until(0, 1).await;
+            }
+            let r = tenant_rows(&mut c).await;
+            assert!(
+                r[0].starts_with("E(55000:the session's tenant is unknown"),
+                "after {request}: {r:?}"
+            );
+            c.send(&[query("SET app.tenant_id = 'acme'")]).await;
+            c.read_until(0, 1).await;
+            assert_eq!(
+                tenant_rows(&mut c).await,
+                ["T", "D(acme-row)", "C(SELECT 1)", "Z(I)"],
+                "set again after {request}"
+            );
+        }
         // Pipelined behind the failing request: routed by its outcome.
         let pipelined: [(&str, Vec<Vec<u8>>); 2] = [
             (

@@ -12,11 +12,23 @@ a comment hint /* tenant_id='<id>' */; a tenant_id = '<id>' filter (or the tenan
 SET app.tenant_id = '<id>', the startup option options=-c app.tenant_id=<id>, or connecting to the database named after the tenant's subdomain; \
 or use a user that is allowed exactly one tenant";
 
+/// The refusal of a statement that needs the session's tenant while it is
+/// unknown (`SessionRouting::session_tenant_unknown`).
+pub fn tenant_unknown() -> RouteError {
+    RouteError::new(
+        "55000",
+        "the session's tenant is unknown: a failed request changed it and also held transaction control, so it cannot be told whether PostgreSQL kept the change",
+    )
+    .with_hint("SET app.tenant_id (or RESET it) again before the next statement")
+}
+
 /// Routing state simulated across the statements of one query string, so
 /// `SET app.tenant_id='a'; SELECT ...` routes the SELECT to tenant a.
 struct Sim {
     session: Option<String>,
     local: Option<String>,
+    /// `SessionRouting::session_tenant_unknown`, until a SET or RESET.
+    unknown: bool,
 }
 
 struct Ctx<'a, 'b> {
@@ -43,6 +55,7 @@ pub fn decide(
     let mut sim = Sim {
         session: session.session_tenant.map(str::to_string),
         local: session.local_tenant.map(str::to_string),
+        unknown: session.session_tenant_unknown,
     };
     let mut chosen: Option<(Target, Option<(String, ResolvedBy)>)> = None;
     let mut rls: Vec<TableRef> = Vec::new();
@@ -150,6 +163,16 @@ pub fn decide(
                 ));
             }
             let hint = tableless_hints.pop();
+            if hint.is_none() && sim.unknown && sim.local.is_none() {
+                // Where the session points is not known: the session
+                // decides (the connection of its open transaction, which a
+                // ROLLBACK must reach, or else a refusal).
+                return Ok(RouteDecision {
+                    target: Target::Current,
+                    tenant: None,
+                    rls_required: rls,
+                });
+            }
             match resolve_sources(hint, None, &[], &sim, &ctx)? {
                 Some((id, by)) => {
                     let place = placement(&ctx, &id)?;
@@ -289,6 +312,11 @@ fn resolve_sources(
             ));
         }
     }
+    if sim.unknown && sim.local.is_none() {
+        // Not even a tenant the statement names: it cannot be checked
+        // against the session's.
+        return Err(tenant_unknown());
+    }
     let s = ctx.session;
     if let (Some(a), Some(b)) = (s.startup_tenant, s.database_tenant) {
         if a != b && sim.local.is_none() && sim.session.is_none() {
@@ -358,11 +386,13 @@ fn apply_effects(st: &StatementInfo, sim: &mut Sim, ctx: &Ctx) -> Result<(), Rou
                 } else {
                     sim.session = Some(id);
                     sim.local = None;
+                    sim.unknown = false;
                 }
             }
             SessionEffect::ResetTenant | SessionEffect::ResetAll => {
                 sim.session = None;
                 sim.local = None;
+                sim.unknown = false;
             }
             SessionEffect::Deallocate(_)
             | SessionEffect::Other

@@ -24,7 +24,7 @@ use std::fmt;
 pub use analysis::analyze;
 pub use cache::{CacheStats, ParseCache};
 pub use classify::classify_table;
-pub use decision::decide;
+pub use decision::{decide, tenant_unknown};
 pub use explain::explain;
 
 /// Routing configuration; kept separate from the proxy config so the router
@@ -266,6 +266,12 @@ pub struct SessionRouting<'a> {
     pub database_tenant: Option<&'a str>,
     /// Tenants the user may access; None means all.
     pub allowed_tenants: Option<&'a [String]>,
+    /// A failed request left the session tenant unknown (it changed the
+    /// tenant and held transaction control, so where the error came
+    /// decided whether PostgreSQL kept the change): a statement that needs
+    /// the session's tenant is refused ([`tenant_unknown`]) until the
+    /// tenant is set or reset again.
+    pub session_tenant_unknown: bool,
 }
 
 /// Where a tenant's data lives; provided by the caller's catalog.

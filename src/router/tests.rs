@@ -49,6 +49,9 @@ enum Ctx {
     AcmeSessionGlobexUser,
     StartupAcme,
     DbGlobex,
+    /// A failed request left the session tenant unknown; acme is still the
+    /// startup tenant, which must not stand in for it.
+    UnknownStartupAcme,
     Params(&'static [(u16, &'static str)]),
 }
 
@@ -66,6 +69,10 @@ fn session_of(ctx: Ctx, allowed: &[String]) -> SessionRouting<'_> {
             s.allowed_tenants = Some(allowed);
         }
         Ctx::StartupAcme => s.startup_tenant = Some("acme"),
+        Ctx::UnknownStartupAcme => {
+            s.session_tenant_unknown = true;
+            s.startup_tenant = Some("acme");
+        }
         Ctx::DbGlobex => s.database_tenant = Some("globex"),
     }
     s
@@ -113,6 +120,7 @@ fn outcome(r: Result<RouteDecision, RouteError>) -> String {
                 };
                 format!("{t}/{by}")
             }
+            (Target::Current, None) => "current".into(),
             other => panic!("unexpected decision {other:?}"),
         },
     }
@@ -382,6 +390,17 @@ const CASES: &[(&str, Ctx, &str)] = &[
     ("SELECT * FROM accounts", AcmeGlobexUser, "err 55000"),
     ("SELECT * FROM accounts WHERE tenant_id = 'globex'", AcmeGlobexUser, "globex/stmt"),
     ("SELECT 1", AcmeSessionGlobexUser, "err 42501"),
+    // The session tenant unknown: whatever needs it is refused until a SET or RESET.
+    ("SELECT * FROM accounts", UnknownStartupAcme, "err 55000"),
+    ("SELECT * FROM accounts WHERE tenant_id = 'acme'", UnknownStartupAcme, "err 55000"),
+    ("/* tenant_id='acme' */ SELECT * FROM accounts", UnknownStartupAcme, "err 55000"),
+    ("SELECT 1", UnknownStartupAcme, "current"),
+    ("ROLLBACK", UnknownStartupAcme, "current"),
+    ("/* tenant_id='acme' */ SELECT 1", UnknownStartupAcme, "err 55000"),
+    ("SELECT * FROM users", UnknownStartupAcme, "app"),
+    ("SET app.tenant_id = 'globex'; SELECT * FROM accounts", UnknownStartupAcme, "globex/session"),
+    ("RESET app.tenant_id; SELECT * FROM accounts", UnknownStartupAcme, "acme/startup"),
+    ("SET LOCAL app.tenant_id = 'globex'; SELECT * FROM accounts", UnknownStartupAcme, "globex/session"),
     ("SELECT * FROM accounts", Hooli, "err 08004"),
 ];
 

@@ -336,7 +336,7 @@ impl Session {
         }
         wire.clear();
         self.wire = wire;
-        self.request_sent();
+        self.request_sent(ends_with_sync);
         // The batch's settings are recorded as one, so that they are
         // forgotten together when the batch fails (`on_error_of_last`
         // holds one): PostgreSQL undoes them together.

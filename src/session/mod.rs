@@ -284,7 +284,8 @@ pub struct Session {
     pub allowed_tenants: Option<Vec<String>>,
     pub startup_tenant: Option<String>,
     pub database_tenant: Option<String>,
-    /// `SET app.tenant_id` at session level.
+    /// `SET app.tenant_id` at session level; `undo::UNKNOWN_TENANT` while
+    /// a failed request left it unknown.
     pub session_tenant: Option<String>,
     /// `SET LOCAL app.tenant_id` inside the current transaction.
     pub local_tenant: Option<String>,
@@ -820,6 +821,9 @@ impl Session {
                 // The backend skips to a Sync the client has yet to send:
                 // so does the session (no Parse recorded, nothing sent).
                 self.skip_until_sync = true;
+                // The request's implicit transaction failed, and with it
+                // the tenant changes of its batches sent so far.
+                self.request_tenant.failed(&mut self.session_tenant);
             }
             if forward {
                 forwarded += len as u64;
@@ -1204,10 +1208,11 @@ impl Session {
         }
     }
 
-    /// Ends the request in hand (sent, its Query or Sync queued last): a
-    /// tenant change it made outside a block is undone if it fails.
-    fn request_sent(&mut self) {
-        if let Some(change) = self.request_tenant.sent(&self.session_tenant) {
+    /// Notes that the request in hand was sent, up to its end (its Query
+    /// or Sync queued last) when `ends_request`: a tenant change it made
+    /// outside a block is undone if it fails.
+    fn request_sent(&mut self, ends_request: bool) {
+        if let Some(change) = self.request_tenant.sent(&self.session_tenant, ends_request) {
             if let Some(a) = self.attached.as_mut() {
                 a.expect.undo_tenant_on_error(change);
             }

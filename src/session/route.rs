@@ -32,12 +32,15 @@ impl Session {
     }
 
     pub(super) fn routing(&self) -> router::SessionRouting<'_> {
+        let tenant = self.session_tenant.as_deref();
+        let unknown = tenant == Some(super::undo::UNKNOWN_TENANT);
         router::SessionRouting {
-            session_tenant: self.session_tenant.as_deref(),
+            session_tenant: tenant.filter(|_| !unknown),
             local_tenant: self.local_tenant.as_deref(),
             startup_tenant: self.startup_tenant.as_deref(),
             database_tenant: self.database_tenant.as_deref(),
             allowed_tenants: self.allowed_tenants.as_deref(),
+            session_tenant_unknown: unknown,
         }
     }
 
@@ -51,6 +54,9 @@ impl Session {
             return Ok(self.shared.app_target());
         }
         let r = self.routing();
+        if r.session_tenant_unknown && r.local_tenant.is_none() {
+            return Err(router::tenant_unknown().into());
+        }
         let tenant = r
             .local_tenant
             .or(r.session_tenant)
@@ -558,7 +564,7 @@ impl Session {
             return self.refuse_query(e).await;
         }
         self.send_to_backend(raw, Await::Query, false).await?;
-        self.request_sent();
+        self.request_sent(true);
         if let Some(a) = analysis.as_deref() {
             if self.note_session_effects(a, sql) {
                 self.record_setting(&target, sql);

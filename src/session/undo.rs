@@ -9,9 +9,12 @@
 //! the statements that end blocks are not parsed), the tenant from the
 //! parsed statements before they are sent (routing parses every one).
 //!
-//! Outside a block, a request (a simple Query, or an extended batch up to
-//! its Sync) runs as one implicit transaction: an error anywhere in it
-//! undoes a tenant SET made earlier in it (`RequestTenant`).
+//! Outside a block, a request (a simple Query, or the extended batches up
+//! to a Sync) runs as one implicit transaction: an error anywhere in it
+//! undoes a tenant SET made earlier in it (`RequestTenant`). When the
+//! request also holds transaction control, where the error came decides,
+//! and the proxy, which does not follow the request statement by
+//! statement, makes the tenant unknown instead of guessing.
 
 use crate::protocol::backend::TxStatus;
 use crate::router::TxnControl;
@@ -174,14 +177,17 @@ impl TenantUndo {
 }
 
 /// The tenant changes of the request in hand made outside a transaction
-/// block: what its failure undoes.
+/// block: what its failure undoes. A request ends at its Sync (or is a
+/// simple Query): an extended batch ended by Flush leaves its record open
+/// for the batches that follow, since PostgreSQL's implicit transaction
+/// runs on to the Sync.
 #[derive(Default)]
 pub(super) struct RequestTenant {
     /// The session tenant before the request first changed it.
     before: Option<Option<String>>,
     /// The request holds transaction control (BEGIN, COMMIT…): its
     /// implicit transaction is not the whole request, so an error no
-    /// longer tells what was undone.
+    /// longer tells whether the change stands.
     txn_control: bool,
 }
 
@@ -203,16 +209,38 @@ impl RequestTenant {
         }
     }
 
-    /// The request went out: the change an error in it must undo, if it
-    /// made one that an error undoes whole. Clears the record for the next
-    /// request either way.
-    pub fn sent(&mut self, tenant: &Option<String>) -> Option<Box<TenantChange>> {
+    /// The request failed before its end was sent (an error in a batch
+    /// ended by Flush): its change is undone, as `TenantChange::undo` does.
+    pub fn failed(&mut self, tenant: &mut Option<String>) {
+        let txn_control = self.txn_control;
+        if let Some(before) = self.take() {
+            TenantChange {
+                after: tenant.clone(),
+                before,
+                unknown_if_failed: txn_control,
+            }
+            .undo(tenant);
+        }
+    }
+
+    /// The request went out, up to its end when `ends_request`: the change
+    /// an error in it must undo, if it made one. Clears the record for the
+    /// next request once the request has ended.
+    pub fn sent(
+        &mut self,
+        tenant: &Option<String>,
+        ends_request: bool,
+    ) -> Option<Box<TenantChange>> {
+        if !ends_request {
+            return None;
+        }
         let txn_control = self.txn_control;
         let before = self.take()?;
-        (!txn_control && before != *tenant).then(|| {
+        (before != *tenant).then(|| {
             Box::new(TenantChange {
                 before,
                 after: tenant.clone(),
+                unknown_if_failed: txn_control,
             })
         })
     }
@@ -228,6 +256,11 @@ impl RequestTenant {
 pub struct TenantChange {
     before: Option<String>,
     after: Option<String>,
+    /// The request also held transaction control: whether its failure
+    /// undid the change depends on where, relative to the COMMIT or BEGIN,
+    /// the error came. The proxy does not guess: the tenant becomes
+    /// [`UNKNOWN_TENANT`].
+    unknown_if_failed: bool,
 }
 
 impl TenantChange {
@@ -235,10 +268,21 @@ impl TenantChange {
     /// (pipelined behind it) changed the tenant again.
     pub fn undo(self, tenant: &mut Option<String>) {
         if *tenant == self.after {
-            *tenant = self.before;
+            *tenant = match self.unknown_if_failed {
+                true => Some(UNKNOWN_TENANT.to_string()),
+                false => self.before,
+            };
         }
     }
 }
+
+/// The session tenant while it is unknown (see `TenantChange`): routing
+/// refuses every statement that needs it until the client sets or resets
+/// the tenant again. Kept as a value of the session tenant, not a flag
+/// beside it, so that whatever saves and restores the tenant (a block's
+/// rollback, a refused or failed request) carries it too. No SET can name
+/// it: PostgreSQL text never holds a NUL.
+pub(super) const UNKNOWN_TENANT: &str = "\0unknown";
 
 #[cfg(test)]
 mod tests {
@@ -380,7 +424,7 @@ mod tests {
         r.note(&TxnControl::None, true, &tenant);
         tenant = some("globex");
         r.note(&TxnControl::None, false, &tenant);
-        let change = r.sent(&tenant).expect("a change to undo");
+        let change = r.sent(&tenant, true).expect("a change to undo");
         change.undo(&mut tenant);
         assert_eq!(tenant, some("acme"));
 
@@ -389,7 +433,7 @@ mod tests {
         let mut tenant = some("acme");
         r.note(&TxnControl::None, true, &tenant);
         tenant = some("globex");
-        let change = r.sent(&tenant).unwrap();
+        let change = r.sent(&tenant, true).unwrap();
         tenant = some("initech");
         change.undo(&mut tenant);
         assert_eq!(tenant, some("initech"));
@@ -401,19 +445,69 @@ mod tests {
         tenant = None;
         r.refused(&mut tenant);
         assert_eq!(tenant, some("acme"));
-        assert!(r.sent(&tenant).is_none());
+        assert!(r.sent(&tenant, true).is_none());
 
-        // Transaction control in the request, or no change in the end:
-        // nothing for an error to undo.
-        let mut r = RequestTenant::default();
+        // No change in the end: nothing for an error to undo.
         r.note(&TxnControl::None, true, &some("acme"));
-        r.note(&TxnControl::Commit, false, &some("globex"));
-        assert!(r.sent(&some("globex")).is_none());
-        r.note(&TxnControl::None, true, &some("acme"));
-        assert!(r.sent(&some("acme")).is_none());
+        assert!(r.sent(&some("acme"), true).is_none());
         assert!(
-            r.sent(&some("globex")).is_none(),
+            r.sent(&some("globex"), true).is_none(),
             "cleared by the last request"
         );
+    }
+
+    #[test]
+    fn a_failed_request_with_transaction_control_leaves_the_tenant_unknown() {
+        // SET …; COMMIT; SELECT 1/0: the COMMIT kept the SET, but an error
+        // before it would not have. Not guessed.
+        let mut r = RequestTenant::default();
+        let mut tenant = some("acme");
+        r.note(&TxnControl::None, true, &tenant);
+        tenant = some("globex");
+        r.note(&TxnControl::Commit, false, &tenant);
+        let change = r.sent(&tenant, true).expect("a change to report");
+        change.undo(&mut tenant);
+        assert_eq!(tenant, some(UNKNOWN_TENANT));
+
+        // Changed again by a later request: that one stands, known.
+        let mut r = RequestTenant::default();
+        r.note(&TxnControl::Begin, true, &some("acme"));
+        let change = r.sent(&some("globex"), true).unwrap();
+        let mut tenant = some("initech");
+        change.undo(&mut tenant);
+        assert_eq!(tenant, some("initech"));
+    }
+
+    #[test]
+    fn a_batch_ended_by_flush_leaves_its_tenant_change_to_the_sync() {
+        // SET globex, Flush; then SELECT 1/0, Sync: one implicit transaction.
+        let mut r = RequestTenant::default();
+        let mut tenant = some("acme");
+        r.note(&TxnControl::None, true, &tenant);
+        tenant = some("globex");
+        assert!(r.sent(&tenant, false).is_none(), "not ended at the Flush");
+        r.note(&TxnControl::None, false, &tenant);
+        let change = r.sent(&tenant, true).expect("carried to the Sync");
+        change.undo(&mut tenant);
+        assert_eq!(tenant, some("acme"));
+
+        // The error came before the Sync was sent: undone then.
+        let mut r = RequestTenant::default();
+        let mut tenant = some("acme");
+        r.note(&TxnControl::None, true, &tenant);
+        tenant = some("globex");
+        assert!(r.sent(&tenant, false).is_none());
+        r.failed(&mut tenant);
+        assert_eq!(tenant, some("acme"));
+        assert!(r.sent(&tenant, true).is_none(), "nothing left for the Sync");
+
+        // With transaction control: unknown.
+        let mut r = RequestTenant::default();
+        let mut tenant = some("acme");
+        r.note(&TxnControl::Commit, true, &tenant);
+        tenant = some("globex");
+        assert!(r.sent(&tenant, false).is_none());
+        r.failed(&mut tenant);
+        assert_eq!(tenant, some(UNKNOWN_TENANT));
     }
 }
