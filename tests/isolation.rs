@@ -752,6 +752,11 @@ fn a_set_its_transaction_undid_is_not_replayed() {
         )
         .await;
         check(&["BEGIN", "RESET ALL", "COMMIT"], "").await;
+        // Outside a block, with the request that fails (its implicit
+        // transaction), as one Query or two pipelined.
+        check(&["SET myapp.x = 'again'"], "again").await;
+        check(&["RESET ALL; SELECT 1/0"], "again").await;
+        check(&["RESET ALL; SELECT 1"], "").await;
     });
 }
 
@@ -1166,6 +1171,29 @@ fn extended_protocol_sets_are_forgotten_when_refused_or_undone() {
             "c1/c2",
         )
         .await;
+        // RESET ALL clears them, unless its batch fails (PostgreSQL undoes
+        // it with the implicit transaction).
+        let mut msgs = set(b"RESET ALL");
+        msgs.extend(set(b"SELECT 1/0"));
+        check(&[batch(msgs)], "c1/c2").await;
+        // The same across a Flush: the implicit transaction runs on to the
+        // Sync, whether the error comes after the Flush or before it, and
+        // whether the Sync follows at once or after the error.
+        let mut flushed = set(b"RESET ALL");
+        flushed.push(flush());
+        check(
+            &[[flushed.clone(), batch(set(b"SELECT 1/0"))].concat()],
+            "c1/c2",
+        )
+        .await;
+        let mut failing = set(b"RESET ALL");
+        failing.extend(set(b"SELECT 1/0"));
+        failing.push(flush());
+        check(&[[failing.clone(), vec![sync()]].concat()], "c1/c2").await;
+        // (The first read waits out its 3 s for a ReadyForQuery that only
+        // the Sync brings: the error is in before the Sync is sent.)
+        check(&[failing, vec![sync()]], "c1/c2").await;
+        check(&[batch(set(b"RESET ALL"))], "/").await;
         // No replayed setting fails: transactions run.
         a.send(&[query("SELECT 1")]).await;
         assert_eq!(

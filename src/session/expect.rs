@@ -7,7 +7,7 @@
 //! (c) when to emit responses the proxy answers itself (a client's Parse or
 //! Close that never reached this backend), in the position the client expects.
 
-use super::undo::TenantChange;
+use super::undo::RequestUndo;
 use crate::protocol::backend::tag;
 use crate::protocol::FrameRef;
 use bytes::{Bytes, BytesMut};
@@ -35,9 +35,9 @@ pub enum Undone {
     /// The client's SET recorded for replay (by its `Settings::key`) ran
     /// inside a transaction block: it stands only if the block commits.
     SettingInTransaction(u64),
-    /// The Query or batch that changed the session tenant failed, which
-    /// undid the setting on the server.
-    Tenant(Box<TenantChange>),
+    /// The Query or batch that changed the session tenant, or ran a RESET
+    /// ALL, outside a block failed: PostgreSQL undid those with it.
+    Request(Box<RequestUndo>),
 }
 
 /// What an error in answer to a simple Query means for the session's
@@ -104,8 +104,9 @@ enum Entry {
         swallow: bool,
         stmt: Option<Arc<str>>,
         on_error: Option<OnError>,
-        /// The tenant change a failure of this Query or batch undoes.
-        tenant: Option<Box<TenantChange>>,
+        /// What a failure of this Query or batch undoes of the session's
+        /// records (its tenant change, a RESET ALL).
+        undo: Option<Box<RequestUndo>>,
     },
     /// A response the proxy sends itself when its turn comes; `true` when
     /// a change to undo if it never comes waits in `ExpectQueue::undos`.
@@ -154,7 +155,7 @@ impl ExpectQueue {
             swallow,
             stmt: None,
             on_error: None,
-            tenant: None,
+            undo: None,
         });
     }
 
@@ -165,7 +166,7 @@ impl ExpectQueue {
             swallow: false,
             stmt: Some(name),
             on_error: None,
-            tenant: None,
+            undo: None,
         });
     }
 
@@ -180,7 +181,7 @@ impl ExpectQueue {
             swallow: false,
             stmt: Some(unnamed),
             on_error: None,
-            tenant: None,
+            undo: None,
         });
     }
 
@@ -191,7 +192,7 @@ impl ExpectQueue {
             swallow: true,
             stmt: Some(stmt),
             on_error: None,
-            tenant: None,
+            undo: None,
         });
     }
 
@@ -203,7 +204,7 @@ impl ExpectQueue {
             swallow: true,
             stmt: None,
             on_error: Some(OnError::SettingsUnknown),
-            tenant: None,
+            undo: None,
         });
     }
 
@@ -221,17 +222,17 @@ impl ExpectQueue {
         }
     }
 
-    /// Gives the Query or batch recorded last the session-tenant change
-    /// that an error anywhere in it undoes (`RequestTenant`); as with
+    /// Gives the Query or batch recorded last what an error anywhere in it
+    /// undoes of the session's records (`RequestUndo`); as with
     /// `on_error_of_last`, nothing when the last entry is not a Query or Sync.
-    pub fn undo_tenant_on_error(&mut self, change: Box<TenantChange>) {
+    pub fn undo_on_error(&mut self, request: Box<RequestUndo>) {
         if let Some(Entry::Wait {
             awaits: Await::Query | Await::Sync,
-            tenant,
+            undo,
             ..
         }) = self.q.back_mut()
         {
-            *tenant = Some(change);
+            *undo = Some(request);
         }
     }
 
@@ -242,9 +243,9 @@ impl ExpectQueue {
             matches!(
                 e,
                 Entry::Wait {
-                    tenant: Some(_),
+                    undo: Some(u),
                     ..
-                }
+                } if u.tenant.is_some()
             )
         })
     }
@@ -410,15 +411,12 @@ impl ExpectQueue {
     /// The Query or batch in front failed: what that means for the session
     /// (`on_error`) is reported once.
     fn report_failure_of_front(&mut self, undone: &mut Vec<Undone>) {
-        if let Some(Entry::Wait {
-            on_error, tenant, ..
-        }) = self.q.front_mut()
-        {
+        if let Some(Entry::Wait { on_error, undo, .. }) = self.q.front_mut() {
             match on_error.take() {
                 Some(OnError::Expected) | None => {}
                 Some(e) => undone.push(Undone::Failed(e)),
             }
-            undone.extend(tenant.take().map(Undone::Tenant));
+            undone.extend(undo.take().map(Undone::Request));
         }
     }
 

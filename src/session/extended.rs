@@ -336,7 +336,6 @@ impl Session {
         }
         wire.clear();
         self.wire = wire;
-        self.request_sent(ends_with_sync);
         // The batch's settings are recorded as one, so that they are
         // forgotten together when the batch fails (`on_error_of_last`
         // holds one): PostgreSQL undoes them together.
@@ -349,12 +348,16 @@ impl Session {
             if let Ok(Some(analysis)) = self.shared.analyze(sql) {
                 if self.note_session_effects(&analysis, sql) {
                     super::push_statement(&mut settings, sql);
+                } else if super::route::resets_all(&analysis) {
+                    // Its SETs before it in the batch are cleared too.
+                    settings.clear();
                 }
             }
         }
         if !settings.is_empty() {
             self.record_setting(&target, &settings);
         }
+        self.request_sent(ends_with_sync);
         Ok(())
     }
 

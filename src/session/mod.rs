@@ -822,7 +822,13 @@ impl Session {
                 // so does the session (no Parse recorded, nothing sent).
                 self.skip_until_sync = true;
                 // The request's implicit transaction failed, and with it
-                // the tenant changes of its batches sent so far.
+                // the changes of its batches sent so far.
+                if let Some(r) = self.reset_undo.take() {
+                    if !self.request_tenant.holds_txn_control() {
+                        r.restore(&mut self.settings, &mut self.startup_settings);
+                        a.conn.settings_fingerprint = SETTINGS_UNKNOWN;
+                    }
+                }
                 self.request_tenant.failed(&mut self.session_tenant);
             }
             if forward {
@@ -848,8 +854,7 @@ impl Session {
                         // PostgreSQL brought back what the RESET ALL
                         // cleared; the connection, retired after this use,
                         // is not described by either list.
-                        self.settings = r.settings;
-                        self.startup_settings = r.startup;
+                        r.restore(&mut self.settings, &mut self.startup_settings);
                         a.conn.settings_fingerprint = SETTINGS_UNKNOWN;
                     }
                     forget_settings(&mut self.settings, a, &undone.keys);
@@ -899,7 +904,16 @@ impl Session {
                         expect::Undone::SettingInTransaction(key) => {
                             a.tx_settings.get_or_insert_default().keys.push(key);
                         }
-                        expect::Undone::Tenant(change) => change.undo(&mut self.session_tenant),
+                        expect::Undone::Request(u) => {
+                            if let Some(change) = u.tenant {
+                                change.undo(&mut self.session_tenant);
+                            }
+                            if let Some(r) = u.reset {
+                                // As for a block's rollback, above.
+                                r.restore(&mut self.settings, &mut self.startup_settings);
+                                a.conn.settings_fingerprint = SETTINGS_UNKNOWN;
+                            }
+                        }
                     }
                 }
             }
@@ -1209,23 +1223,33 @@ impl Session {
     }
 
     /// Notes that the request in hand was sent, up to its end (its Query
-    /// or Sync queued last) when `ends_request`: a tenant change it made
-    /// outside a block is undone if it fails.
+    /// or Sync queued last) when `ends_request`: what it changed of the
+    /// session's records outside a block (the tenant, a RESET ALL) is
+    /// undone if it fails, as PostgreSQL undoes the implicit transaction.
+    /// Call it after `note_session_effects`, which may clear the settings.
     fn request_sent(&mut self, ends_request: bool) {
-        if let Some(change) = self.request_tenant.sent(&self.session_tenant, ends_request) {
-            if let Some(a) = self.attached.as_mut() {
-                a.expect.undo_tenant_on_error(change);
+        let txn_control = self.request_tenant.holds_txn_control();
+        let mut undo = undo::RequestUndo {
+            tenant: self.request_tenant.sent(&self.session_tenant, ends_request),
+            reset: None,
+        };
+        if let Some(r) = self.reset_undo.take() {
+            match self.attached.as_mut() {
+                // Inside a block, its rollback undoes the RESET ALL.
+                Some(a) if a.status != TxStatus::Idle => {
+                    a.tx_settings.get_or_insert_default().reset.get_or_insert(r);
+                }
+                // Outside one, the implicit transaction runs on to the Sync.
+                _ if !ends_request => self.reset_undo = Some(r),
+                // With transaction control in the request, where the error
+                // came decides: the RESET ALL is taken to stand.
+                _ if txn_control => {}
+                _ => undo.reset = Some(r),
             }
         }
-        if let Some(r) = self.reset_undo.take() {
-            // Inside a block its rollback undoes the RESET ALL; outside one
-            // it stands (a failing implicit transaction is not followed).
-            if let Some(a) = self
-                .attached
-                .as_mut()
-                .filter(|a| a.status != TxStatus::Idle)
-            {
-                a.tx_settings.get_or_insert_default().reset.get_or_insert(r);
+        if undo.tenant.is_some() || undo.reset.is_some() {
+            if let Some(a) = self.attached.as_mut() {
+                a.expect.undo_on_error(Box::new(undo));
             }
         }
     }
@@ -1235,8 +1259,7 @@ impl Session {
     fn request_refused(&mut self) {
         self.request_tenant.refused(&mut self.session_tenant);
         if let Some(r) = self.reset_undo.take() {
-            self.settings = r.settings;
-            self.startup_settings = r.startup;
+            r.restore(&mut self.settings, &mut self.startup_settings);
         }
     }
 
@@ -1299,6 +1322,11 @@ impl Session {
         if deallocate_all {
             // PostgreSQL forgets the client's statements (not the unnamed one).
             self.prepared.clear_named();
+        }
+        if reset_all {
+            // Done already when routing read it before sending; an extended
+            // statement in pass-through is read only now.
+            self.reset_settings();
         }
         if let Some(att) = self.attached.as_mut() {
             if tenant_touched || reset_all {

@@ -564,12 +564,12 @@ impl Session {
             return self.refuse_query(e).await;
         }
         self.send_to_backend(raw, Await::Query, false).await?;
-        self.request_sent(true);
         if let Some(a) = analysis.as_deref() {
             if self.note_session_effects(a, sql) {
                 self.record_setting(&target, sql);
             }
         }
+        self.request_sent(true);
         Ok(())
     }
 
@@ -634,6 +634,13 @@ pub(super) fn replayable_settings(a: &Analysis) -> bool {
         .statements
         .iter()
         .any(|s| s.effects.contains(&SessionEffect::Other))
+}
+
+/// Whether a statement of `a` clears every setting (RESET ALL, DISCARD ALL).
+pub(super) fn resets_all(a: &Analysis) -> bool {
+    a.statements
+        .iter()
+        .any(|s| s.effects.contains(&SessionEffect::ResetAll))
 }
 
 /// PostgreSQL's error for a statement in a failed transaction.

@@ -11,10 +11,11 @@
 //!
 //! Outside a block, a request (a simple Query, or the extended batches up
 //! to a Sync) runs as one implicit transaction: an error anywhere in it
-//! undoes a tenant SET made earlier in it (`RequestTenant`). When the
-//! request also holds transaction control, where the error came decides,
-//! and the proxy, which does not follow the request statement by
-//! statement, makes the tenant unknown instead of guessing.
+//! undoes a tenant SET or a RESET ALL made earlier in it (`RequestTenant`,
+//! `RequestUndo`). When the request also holds transaction control, where
+//! the error came decides, and the proxy does not follow the request
+//! statement by statement: it makes the tenant unknown instead of
+//! guessing, and takes the RESET ALL to stand.
 
 use crate::protocol::backend::TxStatus;
 use crate::router::TxnControl;
@@ -90,6 +91,18 @@ pub(super) struct SettingsUndone {
 pub(super) struct ResetUndo {
     pub settings: std::collections::HashMap<String, super::Settings>,
     pub startup: super::Settings,
+}
+
+impl ResetUndo {
+    /// Gives the session back the recorded settings the RESET ALL cleared.
+    pub fn restore(
+        self,
+        settings: &mut std::collections::HashMap<String, super::Settings>,
+        startup: &mut super::Settings,
+    ) {
+        *settings = self.settings;
+        *startup = self.startup;
+    }
 }
 
 /// The session tenant before the open transaction block first changed it,
@@ -226,29 +239,37 @@ impl RequestTenant {
     /// The request went out, up to its end when `ends_request`: the change
     /// an error in it must undo, if it made one. Clears the record for the
     /// next request once the request has ended.
-    pub fn sent(
-        &mut self,
-        tenant: &Option<String>,
-        ends_request: bool,
-    ) -> Option<Box<TenantChange>> {
+    pub fn sent(&mut self, tenant: &Option<String>, ends_request: bool) -> Option<TenantChange> {
         if !ends_request {
             return None;
         }
         let txn_control = self.txn_control;
         let before = self.take()?;
-        (before != *tenant).then(|| {
-            Box::new(TenantChange {
-                before,
-                after: tenant.clone(),
-                unknown_if_failed: txn_control,
-            })
+        (before != *tenant).then(|| TenantChange {
+            before,
+            after: tenant.clone(),
+            unknown_if_failed: txn_control,
         })
+    }
+
+    /// Whether a statement of the request so far controls transactions.
+    pub fn holds_txn_control(&self) -> bool {
+        self.txn_control
     }
 
     fn take(&mut self) -> Option<Option<String>> {
         self.txn_control = false;
         self.before.take()
     }
+}
+
+/// What a request outside a transaction block changed of the session's
+/// own records, and its failure undoes with the implicit transaction.
+#[derive(Debug, Default, PartialEq)]
+pub struct RequestUndo {
+    pub tenant: Option<TenantChange>,
+    /// The recorded settings before its RESET ALL.
+    pub reset: Option<Box<ResetUndo>>,
 }
 
 /// A request's change of the session tenant, undone if the request fails.
