@@ -4,18 +4,22 @@
 //! Why: tokio's time driver, once enabled, reads the clock and walks its
 //! timer wheel on every park of the event loop, whether or not any timer
 //! is pending. A session's event loop parks about once per transaction,
-//! so that is paid per transaction: about 250 instructions, 4% of a
-//! pass-through transaction (`bench/instructions.sh`). pgtenant's runtimes
+//! so that is paid per transaction: about 220 instructions, 4% of a
+//! pass-through transaction (callgrind, `bench/instructions.sh`). pgtenant's runtimes
 //! are built without it ([`event_loop`]), and the few waits that need a
 //! deadline (a checkout queued behind a full pool, the delay after failed
 //! logins, reconnect backoffs, the shutdown drain, the control plane's
-//! periodic work) register in this thread's [`Wheel`]: the event loop pays
+//! periodic work) register in this thread's `Wheel`: the event loop pays
 //! for a timer only when one fires. A sleeping thread would not do: a
 //! second thread makes glibc wrap every `send`, `recv` and `epoll_wait`
 //! in cancellation bookkeeping, which costs as much.
 //!
 //! `tokio::time` must therefore not be used on these event loops (it
-//! panics without the driver): `clippy.toml` forbids it outside tests.
+//! panics without the driver): `clippy.toml` forbids it everywhere, tests
+//! included (they use these functions, which fall back to tokio's timers
+//! on a test's own runtime). Dependencies must not use it either:
+//! tokio-postgres does only for `connect_timeout`, which
+//! `pool::control::pg_config` leaves unset.
 //! Elsewhere than Linux these functions are tokio's own timers, and the
 //! runtimes keep tokio's time driver.
 
@@ -137,7 +141,7 @@ mod wheel {
     use std::cell::RefCell;
     use std::collections::BTreeMap;
     use std::future::Future;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::pin::Pin;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::task::{Context, Poll, Waker};
@@ -154,8 +158,10 @@ mod wheel {
     /// One thread's pending sleeps.
     struct Wheel {
         id: u64,
-        /// The timerfd, owned by the driver task (`install`).
-        fd: RawFd,
+        /// A duplicate of the driver's timerfd (one timer, two
+        /// descriptors): valid for as long as the wheel is installed,
+        /// whatever became of the driver.
+        fd: OwnedFd,
         /// Pending sleeps by deadline, then registration order (the key
         /// each `Sleep` keeps to find its entry again).
         pending: BTreeMap<(Tick, u64), Waker>,
@@ -178,11 +184,10 @@ mod wheel {
                     tv_nsec: (ns % 1_000_000_000) as libc::c_long,
                 },
             };
-            // SAFETY: `fd` is the wheel's open timerfd (the driver owns it
-            // and uninstalls the wheel before closing it); `spec` is valid.
+            // SAFETY: `fd` is the wheel's own open timerfd; `spec` is valid.
             let r = unsafe {
                 libc::timerfd_settime(
-                    self.fd,
+                    self.fd.as_raw_fd(),
                     libc::TFD_TIMER_ABSTIME,
                     &spec,
                     std::ptr::null_mut(),
@@ -223,7 +228,7 @@ mod wheel {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let raw = fd.as_raw_fd();
+        let own = fd.try_clone()?;
         // SAFETY: an `OwnedFd` stays open, and is the same descriptor, for
         // as long as the `AsyncFd` owns it.
         let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
@@ -232,17 +237,19 @@ mod wheel {
         WHEEL.with(|w| {
             *w.borrow_mut() = Some(Wheel {
                 id,
-                fd: raw,
+                fd: own,
                 pending: BTreeMap::new(),
                 next_key: 0,
                 armed: None,
             })
         });
-        Ok(drive(fd, id))
+        // Made here, not in `drive`: a driver dropped before it ever ran
+        // (its runtime shut down first) still uninstalls the wheel.
+        Ok(drive(fd, Uninstall(id)))
     }
 
     /// Uninstalls the wheel when its driver goes (the event loop shuts
-    /// down), before the timerfd closes.
+    /// down): later sleeps on the thread fall back to tokio's timers.
     struct Uninstall(u64);
 
     impl Drop for Uninstall {
@@ -258,8 +265,7 @@ mod wheel {
     }
 
     /// Waits for the timerfd and wakes the sleeps that are due.
-    async fn drive(fd: AsyncFd<OwnedFd>, id: u64) {
-        let _uninstall = Uninstall(id);
+    async fn drive(fd: AsyncFd<OwnedFd>, _uninstall: Uninstall) {
         let mut due = Vec::new();
         loop {
             let Ok(mut ready) = fd.readable().await else {
@@ -299,8 +305,16 @@ mod wheel {
         }
     }
 
+    /// How many sleeps this thread's wheel holds.
+    #[cfg(test)]
+    pub(super) fn pending() -> usize {
+        WHEEL.with(|w| w.borrow().as_ref().map_or(0, |w| w.pending.len()))
+    }
+
     /// A sleep until a deadline: registered in the wheel of the thread that
-    /// polls it, or tokio's timer where the thread has none.
+    /// polls it, or tokio's timer where the thread has none. Current-thread
+    /// runtimes poll a task on one thread only; a sleep moved to another
+    /// would register there and leave its first entry to fire for nothing.
     pub(super) struct Sleep {
         deadline: Tick,
         /// (wheel id, key) of the registration, once polled.
@@ -420,8 +434,11 @@ mod tests {
         rt.block_on(async {
             let slow = timeout(Duration::from_millis(30), sleep(Duration::from_secs(60)));
             assert_eq!(slow.await, Err(Elapsed));
-            // A cancelled sleep is gone from the wheel: a later, shorter
-            // one still fires on time.
+            // Both sleeps are gone from the wheel: the one that fired, and
+            // the one dropped with its work.
+            assert_eq!(super::wheel::pending(), 0);
+            // A later, shorter sleep still fires on time (the timer was
+            // left armed for the dropped one).
             let t0 = Instant::now();
             let fast = timeout(Duration::from_secs(60), async {
                 sleep(Duration::from_millis(20)).await;

@@ -24,7 +24,9 @@ pub fn spawn_driver(mut conn: ControlConnection) {
     });
 }
 
-/// tokio-postgres settings for `url` (no secrets in errors).
+/// tokio-postgres settings for `url` (no secrets in errors). No
+/// `connect_timeout`: tokio-postgres implements it with tokio's timers,
+/// which pgtenant's event loops do not have (`clock::timers`).
 pub fn pg_config(url: &BackendUrl) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
     if url.is_unix_socket() {

@@ -27,8 +27,12 @@ pub fn tenant_unknown() -> RouteError {
 struct Sim {
     session: Option<String>,
     local: Option<String>,
-    /// `SessionRouting::session_tenant_unknown`, until a SET or RESET.
+    /// `SessionRouting::session_tenant_unknown`, until a SET or RESET; and
+    /// after a ROLLBACK that may undo a SET of the string (which one it
+    /// undoes depends on blocks and COMMITs not followed here).
     unknown: bool,
+    /// The string set or reset the session tenant.
+    changed: bool,
 }
 
 struct Ctx<'a, 'b> {
@@ -56,6 +60,7 @@ pub fn decide(
         session: session.session_tenant.map(str::to_string),
         local: session.local_tenant.map(str::to_string),
         unknown: session.session_tenant_unknown,
+        changed: false,
     };
     let mut chosen: Option<(Target, Option<(String, ResolvedBy)>)> = None;
     let mut rls: Vec<TableRef> = Vec::new();
@@ -387,12 +392,14 @@ fn apply_effects(st: &StatementInfo, sim: &mut Sim, ctx: &Ctx) -> Result<(), Rou
                     sim.session = Some(id);
                     sim.local = None;
                     sim.unknown = false;
+                    sim.changed = true;
                 }
             }
             SessionEffect::ResetTenant | SessionEffect::ResetAll => {
                 sim.session = None;
                 sim.local = None;
                 sim.unknown = false;
+                sim.changed = true;
             }
             SessionEffect::Deallocate(_)
             | SessionEffect::Other
@@ -405,6 +412,14 @@ fn apply_effects(st: &StatementInfo, sim: &mut Sim, ctx: &Ctx) -> Result<(), Rou
         TxnControl::Commit | TxnControl::Rollback | TxnControl::PrepareTransaction(_)
     ) {
         sim.local = None;
+    }
+    if sim.changed
+        && matches!(
+            st.txn,
+            TxnControl::Rollback | TxnControl::RollbackToSavepoint(_)
+        )
+    {
+        sim.unknown = true;
     }
     Ok(())
 }

@@ -401,6 +401,11 @@ const CASES: &[(&str, Ctx, &str)] = &[
     ("SET app.tenant_id = 'globex'; SELECT * FROM accounts", UnknownStartupAcme, "globex/session"),
     ("RESET app.tenant_id; SELECT * FROM accounts", UnknownStartupAcme, "acme/startup"),
     ("SET LOCAL app.tenant_id = 'globex'; SELECT * FROM accounts", UnknownStartupAcme, "globex/session"),
+    // A ROLLBACK that may undo the string's own SET: what follows is not routed by a guess.
+    ("BEGIN; SET app.tenant_id = 'globex'; ROLLBACK; SELECT * FROM accounts", Acme, "err 55000"),
+    ("SET app.tenant_id = 'globex'; ROLLBACK; SELECT * FROM accounts", Acme, "err 55000"),
+    ("SET app.tenant_id = 'globex'; ROLLBACK", Acme, "current"),
+    ("BEGIN; ROLLBACK; SELECT * FROM accounts", Acme, "acme/session"),
     ("SELECT * FROM accounts", Hooli, "err 08004"),
 ];
 

@@ -123,7 +123,15 @@ pub struct ExpectQueue {
     /// The changes behind `Entry::Local(_, true)` entries, in queue order:
     /// kept apart so that entries stay cheap to move and to drop.
     undos: VecDeque<MapUndo>,
+    /// What the Syncs a COPY made the backend ignore carried (`on_error`,
+    /// `undo`): the request's implicit transaction now ends at the Sync
+    /// the client sends after the copy, which takes them over.
+    after_copy: Option<Box<Failure>>,
 }
+
+/// What the failure of a Query or batch means: a Query or Sync entry's
+/// `on_error` and `undo`.
+type Failure = (Option<OnError>, Option<Box<RequestUndo>>);
 
 impl ExpectQueue {
     /// See `skipping`: the session skips its own work up to Sync too.
@@ -131,7 +139,7 @@ impl ExpectQueue {
         self.skipping
     }
 
-    fn queue(&mut self, e: Entry) {
+    fn queue(&mut self, mut e: Entry) {
         if self.skipping {
             match e {
                 Entry::Wait {
@@ -139,6 +147,19 @@ impl ExpectQueue {
                     ..
                 } => self.skipping = false,
                 _ => return,
+            }
+        }
+        if let Entry::Wait {
+            awaits: Await::Sync,
+            on_error,
+            undo,
+            ..
+        } = &mut e
+        {
+            if let Some(carried) = self.after_copy.take() {
+                let (carried_error, carried_undo) = *carried;
+                *on_error = on_error.take().or(carried_error);
+                *undo = carried_undo;
             }
         }
         self.q.push_back(e);
@@ -232,7 +253,11 @@ impl ExpectQueue {
             ..
         }) = self.q.back_mut()
         {
-            *undo = Some(request);
+            match undo {
+                // Taken over from before a COPY: the same implicit transaction.
+                Some(earlier) => earlier.merge(*request),
+                None => *undo = Some(request),
+            }
         }
     }
 
@@ -379,8 +404,16 @@ impl ExpectQueue {
                         }
                     }
                     // The batch failed: what its failure means applies now
-                    // (its Sync only ends the skipping).
+                    // (its Sync only ends the skipping), and so does what a
+                    // COPY's ignored Syncs carried (a failed COPY ends here).
                     self.report_failure_of_front(undone);
+                    if let Some(carried) = self.after_copy.take() {
+                        let (on_error, undo) = *carried;
+                        undone.extend(undo.map(Undone::Request));
+                        if let Some(e) = on_error.filter(|e| !matches!(e, OnError::Expected)) {
+                            undone.push(Undone::Failed(e));
+                        }
+                    }
                     return true;
                 }
             }
@@ -412,11 +445,14 @@ impl ExpectQueue {
     /// (`on_error`) is reported once.
     fn report_failure_of_front(&mut self, undone: &mut Vec<Undone>) {
         if let Some(Entry::Wait { on_error, undo, .. }) = self.q.front_mut() {
+            // The caller undoes in reverse: a SET the request recorded after
+            // its RESET ALL is forgotten before the RESET ALL's settings
+            // come back, not among them.
+            undone.extend(undo.take().map(Undone::Request));
             match on_error.take() {
                 Some(OnError::Expected) | None => {}
                 Some(e) => undone.push(Undone::Failed(e)),
             }
-            undone.extend(undo.take().map(Undone::Request));
         }
     }
 
@@ -457,7 +493,8 @@ impl ExpectQueue {
     /// (drivers pipeline Bind/Execute/Sync) will never be answered.
     pub fn on_copy_in(&mut self) {
         let mut first = true;
-        self.q.retain(|e| {
+        let mut carried: Option<Failure> = None;
+        self.q.retain_mut(|e| {
             let keep = first
                 || !matches!(
                     e,
@@ -467,8 +504,20 @@ impl ExpectQueue {
                     }
                 );
             first = false;
+            if let (false, Entry::Wait { on_error, undo, .. }) = (keep, e) {
+                let (e0, u0) = carried.get_or_insert((None, None));
+                *e0 = e0.take().or(on_error.take());
+                match (u0.as_mut(), undo.take()) {
+                    (Some(earlier), Some(later)) => earlier.merge(*later),
+                    (None, later) => *u0 = later,
+                    (Some(_), None) => {}
+                }
+            }
             keep
         });
+        if let Some(c) = carried.filter(|(e, u)| e.is_some() || u.is_some()) {
+            self.after_copy = Some(Box::new(c));
+        }
     }
 
     /// Whether the proxy's own answers are next in line (after the message
@@ -521,6 +570,54 @@ mod tests {
         q.push(Await::Execute, false);
         q.push(Await::Sync, false);
         q
+    }
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// Bind, Execute of a COPY FROM STDIN, Sync, the request's RESET ALL
+    /// to undo if it fails; then the backend enters copy-in.
+    fn copy_batch() -> ExpectQueue {
+        let mut q = ExpectQueue::default();
+        q.push(Await::BindComplete, false);
+        q.push(Await::Execute, false);
+        q.push(Await::Sync, false);
+        q.undo_on_error(Box::new(RequestUndo {
+            tenant: None,
+            reset: Some(Box::new(super::super::undo::ResetUndo {
+                settings: Default::default(),
+                startup: Default::default(),
+            })),
+        }));
+        let mut undone = Vec::new();
+        q.on_backend_message(FrameRef::from_raw(&message(b'2', b"")), &mut undone);
+        q.on_copy_in();
+        q
+    }
+
+    #[test]
+    fn what_a_sync_ignored_during_copy_carried_goes_with_the_copy() {
+        let error = message(b'E', b"SERROR\0C57014\0Mcopy failed\0\0");
+        let failed = |undone: &[Undone]| undone.iter().any(|u| matches!(u, Undone::Request(_)));
+        // CopyFail: the error fails the request's implicit transaction.
+        let mut q = copy_batch();
+        let mut undone = Vec::new();
+        q.on_backend_message(FrameRef::from_raw(&error), &mut undone);
+        assert!(failed(&undone));
+
+        // CopyDone, then the client's Sync: it ends the implicit
+        // transaction and takes the undo over; an error there undoes.
+        let mut q = copy_batch();
+        let mut undone = Vec::new();
+        q.on_backend_message(FrameRef::from_raw(&message(b'C', b"COPY 1\0")), &mut undone);
+        q.push(Await::Sync, false);
+        assert!(undone.is_empty());
+        q.on_backend_message(FrameRef::from_raw(&error), &mut undone);
+        assert!(failed(&undone));
     }
 
     #[test]

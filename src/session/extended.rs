@@ -346,6 +346,13 @@ impl Session {
                 continue;
             };
             if let Ok(Some(analysis)) = self.shared.analyze(sql) {
+                if !routing {
+                    // Routing noted them at Bind (`apply_effects`).
+                    for st in &analysis.statements {
+                        self.request_tenant
+                            .note(&st.txn, false, &self.session_tenant);
+                    }
+                }
                 if self.note_session_effects(&analysis, sql) {
                     super::push_statement(&mut settings, sql);
                 } else if super::route::resets_all(&analysis) {

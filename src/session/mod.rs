@@ -1235,15 +1235,16 @@ impl Session {
         };
         if let Some(r) = self.reset_undo.take() {
             match self.attached.as_mut() {
-                // Inside a block, its rollback undoes the RESET ALL.
-                Some(a) if a.status != TxStatus::Idle => {
+                // Inside a block, or with transaction control in the request
+                // (its BEGIN, or a COMMIT ending its implicit block), what
+                // undoes the RESET ALL is a ROLLBACK the backend reports
+                // (`TxSettings`): a COMMIT keeps it.
+                Some(a) if a.status != TxStatus::Idle || txn_control => {
                     a.tx_settings.get_or_insert_default().reset.get_or_insert(r);
                 }
-                // Outside one, the implicit transaction runs on to the Sync.
+                // Outside one, the implicit transaction runs on to the Sync
+                // and an error anywhere in it undoes the RESET ALL.
                 _ if !ends_request => self.reset_undo = Some(r),
-                // With transaction control in the request, where the error
-                // came decides: the RESET ALL is taken to stand.
-                _ if txn_control => {}
                 _ => undo.reset = Some(r),
             }
         }

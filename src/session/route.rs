@@ -45,7 +45,8 @@ impl Session {
     }
 
     /// The target of table-less statements: the session's tenant if one is
-    /// set (by any session-level means), else the app DB.
+    /// set (by any session-level means), else (or while it is unknown) the
+    /// app DB.
     pub(super) fn current_target(&self) -> Result<Target, PgError> {
         if let Some(a) = &self.attached {
             return Ok(a.target.clone());
@@ -55,7 +56,9 @@ impl Session {
         }
         let r = self.routing();
         if r.session_tenant_unknown && r.local_tenant.is_none() {
-            return Err(router::tenant_unknown().into());
+            // As for a session without a tenant: table-less statements (a
+            // driver's ROLLBACK after an error, say) reach no tenant's data.
+            return Ok(self.shared.app_target());
         }
         let tenant = r
             .local_tenant
@@ -379,6 +382,9 @@ impl Session {
             });
             if in_block && changes_tenant && self.tenant_undo.is_none() {
                 self.tenant_undo = Some(TenantUndo::new(self.session_tenant.clone()));
+            }
+            if self.request_tenant.rolls_back_change(&st.txn) {
+                self.session_tenant = Some(super::undo::UNKNOWN_TENANT.to_string());
             }
             self.request_tenant
                 .note(&st.txn, changes_tenant && !in_block, &self.session_tenant);

@@ -215,6 +215,19 @@ impl RequestTenant {
         }
     }
 
+    /// Whether statement `txn` may roll back a tenant change this request
+    /// made outside a block: a ROLLBACK ends the implicit block the change
+    /// ran in (or the block a later BEGIN of the request folded it into),
+    /// unless a COMMIT came between, which the proxy does not follow. The
+    /// caller makes the tenant unknown.
+    pub fn rolls_back_change(&self, txn: &TxnControl) -> bool {
+        self.before.is_some()
+            && matches!(
+                txn,
+                TxnControl::Rollback | TxnControl::RollbackToSavepoint(_)
+            )
+    }
+
     /// The request was refused before any of it ran: its changes go.
     pub fn refused(&mut self, tenant: &mut Option<String>) {
         if let Some(before) = self.take() {
@@ -270,6 +283,24 @@ pub struct RequestUndo {
     pub tenant: Option<TenantChange>,
     /// The recorded settings before its RESET ALL.
     pub reset: Option<Box<ResetUndo>>,
+}
+
+impl RequestUndo {
+    /// Adds what a later part of the same implicit transaction changed:
+    /// the earlier record of each kind is the state to go back to.
+    pub fn merge(&mut self, later: RequestUndo) {
+        self.tenant = match (self.tenant.take(), later.tenant) {
+            (Some(earlier), Some(later)) => Some(TenantChange {
+                before: earlier.before,
+                after: later.after,
+                unknown_if_failed: earlier.unknown_if_failed || later.unknown_if_failed,
+            }),
+            (earlier, later) => earlier.or(later),
+        };
+        if self.reset.is_none() {
+            self.reset = later.reset;
+        }
+    }
 }
 
 /// A request's change of the session tenant, undone if the request fails.
@@ -497,6 +528,38 @@ mod tests {
         let mut tenant = some("initech");
         change.undo(&mut tenant);
         assert_eq!(tenant, some("initech"));
+    }
+
+    #[test]
+    fn a_rollback_after_the_requests_tenant_change_may_undo_it() {
+        let mut r = RequestTenant::default();
+        assert!(!r.rolls_back_change(&TxnControl::Rollback), "no change yet");
+        r.note(&TxnControl::None, true, &some("acme"));
+        assert!(r.rolls_back_change(&TxnControl::Rollback));
+        assert!(r.rolls_back_change(&TxnControl::RollbackToSavepoint("s".into())));
+        assert!(!r.rolls_back_change(&TxnControl::Commit));
+    }
+
+    #[test]
+    fn parts_of_one_implicit_transaction_undo_to_its_start() {
+        // acme→globex before a COPY, globex→initech after it: a failure
+        // brings acme back.
+        let change = |before: &str, after: &str| TenantChange {
+            before: some(before),
+            after: some(after),
+            unknown_if_failed: false,
+        };
+        let mut earlier = RequestUndo {
+            tenant: Some(change("acme", "globex")),
+            reset: None,
+        };
+        earlier.merge(RequestUndo {
+            tenant: Some(change("globex", "initech")),
+            reset: None,
+        });
+        let mut tenant = some("initech");
+        earlier.tenant.unwrap().undo(&mut tenant);
+        assert_eq!(tenant, some("acme"));
     }
 
     #[test]
