@@ -1215,6 +1215,46 @@ fn extended_protocol_sets_are_forgotten_when_refused_or_undone() {
     });
 }
 
+/// A batch the proxy refuses after batches ended by Flush fails the
+/// request's implicit transaction on the server too, as PostgreSQL's own
+/// error would: what those batches ran is rolled back, not committed by a
+/// later Sync.
+#[test]
+fn a_refusal_after_a_flush_rolls_back_what_ran_before_it() {
+    let (app, p) = passthrough("");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        let stmt = |sql: &[u8]| vec![parse(b"", sql), bind(b"", b""), execute(b"")];
+        let mut first = stmt(b"INSERT INTO items VALUES (3, 'three')");
+        first.push(flush());
+        a.send(&first).await;
+        let r = a.read_until(b'C', 0).await;
+        assert_eq!(r.last().map(String::as_str), Some("C(INSERT 0 1)"), "{r:?}");
+        // Not UTF-8, so pass-through cannot read it: refused (22021).
+        let mut refused = stmt(b"SET myapp.x = '\xff'");
+        refused.push(sync());
+        a.send(&refused).await;
+        let r = a.read_until(0, 1).await;
+        assert!(r.iter().any(|m| m.starts_with("E(22021")), "{r:?}");
+        assert_eq!(r.last().map(String::as_str), Some("Z(I)"), "{r:?}");
+        a.send(&[query("SELECT count(*) FROM items")]).await;
+        let r = a.read_until(0, 1).await;
+        assert!(r.contains(&"D(2)".to_string()), "{r:?}");
+        // The refused batch ended by Flush too: the error now, then only
+        // the client's Sync answers, with ReadyForQuery.
+        a.send(&first).await;
+        a.read_until(b'C', 0).await;
+        let mut refused = stmt(b"SET myapp.x = '\xff'");
+        refused.push(flush());
+        a.send(&refused).await;
+        let r = a.read_until(b'E', 0).await;
+        assert!(r.last().is_some_and(|m| m.starts_with("E(22021")), "{r:?}");
+        a.send(&[sync()]).await;
+        assert_eq!(a.read_until(0, 1).await, ["Z(I)"]);
+    });
+    assert_eq!(app.psql("app", "SELECT count(*) FROM items").trim(), "2");
+}
+
 /// A Parse in a failed transaction fails as on PostgreSQL (25P02), and its
 /// statement does not exist afterwards, unless it ends the transaction; a
 /// Bind of a name never prepared gets 26000 there too. Whether the server

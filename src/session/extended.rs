@@ -437,6 +437,12 @@ impl Session {
             // Make the backend's transaction fail exactly like PostgreSQL would.
             return self.fail_backend_transaction(&err).await;
         }
+        if self.attached.as_ref().is_some_and(|a| a.since_sync) {
+            // Batches of this request ended by Flush ran in an implicit
+            // transaction the backend holds open: it must fail there too,
+            // or the request's Sync would commit them.
+            return self.raise_in_request(&err, ends_with_sync).await;
+        }
         if self.held_begin.is_some() {
             self.client_failed = true;
         }
@@ -445,6 +451,37 @@ impl Session {
             self.skip_until_sync = true;
         }
         Ok(())
+    }
+}
+
+impl Session {
+    /// Raises `err` on the attached backend, in the extended-protocol
+    /// request it is in the middle of (`raise_in_batch`), and sends the
+    /// request's Sync if the refused batch ended with it: the backend
+    /// fails the implicit transaction, and the client gets the error and,
+    /// at its Sync, ReadyForQuery, as from PostgreSQL.
+    async fn raise_in_request(
+        &mut self,
+        err: &PgError,
+        ends_with_sync: bool,
+    ) -> Result<(), PgError> {
+        crate::metrics::refused(err.code);
+        tracing::info!(session = self.id, user = %self.user, code = err.code, message = %err.message, "statement refused inside a request");
+        let mut wire = std::mem::take(&mut self.wire);
+        let a = self.attached.as_mut().expect("checked by the caller");
+        raise_in_batch(a, &mut wire, &mut self.out, err, false);
+        if ends_with_sync {
+            wire.extend_from_slice(&fe::encode_sync());
+            a.expect.push(Await::Sync, false);
+        } else {
+            // The server skips to the client's Sync: so does the session.
+            self.skip_until_sync = true;
+        }
+        a.note_request(wire.len());
+        let sent = a.conn.stream.send_all(&wire).await;
+        wire.clear();
+        self.wire = wire;
+        sent.map_err(|_| super::backend_lost())
     }
 }
 
