@@ -452,9 +452,7 @@ impl Session {
         }
         Ok(())
     }
-}
 
-impl Session {
     /// Raises `err` on the attached backend, in the extended-protocol
     /// request it is in the middle of (`raise_in_batch`), and sends the
     /// request's Sync if the refused batch ended with it: the backend
