@@ -542,8 +542,8 @@ impl Session {
             if !self.out.is_empty() {
                 self.flush_client().await.map_err(|_| closed())?;
             }
-            if self.detach_due() {
-                self.maybe_detach().await;
+            if self.detach_due() && !self.keep_attached() {
+                self.release_attached().await;
             }
 
             // 3. Wait for more bytes from either side, or a KILL. One
@@ -949,14 +949,21 @@ impl Session {
 
     /// Gives the connection back once the backend is idle and nothing is in flight.
     async fn maybe_detach(&mut self) {
-        if !self.detach_due() {
-            return;
+        if self.detach_due() && !self.keep_attached() {
+            self.release_attached().await;
         }
-        let a = self.attached.as_ref().expect("checked");
+    }
+
+    /// The part of `maybe_detach` that needs no waiting, so that the relay
+    /// loop, which detaches every transaction, runs it without a future:
+    /// whether the connection stays the session's (session pooling), or
+    /// was kept (`kept`). `false`: `release_attached` must give it back.
+    fn keep_attached(&mut self) -> bool {
+        let a = self.attached.as_ref().expect("checked by detach_due");
         // Session pooling: the connection is the client's until it leaves or
         // switches target (LISTEN, temp tables and session state stay put).
         if a.conn.pool().settings.mode == PoolMode::Session && !self.switching {
-            return;
+            return true;
         }
         self.client_failed = false;
         if !self.switching && self.may_keep() && self.register_keeper() {
@@ -964,8 +971,14 @@ impl Session {
             // in: `Attached` is large and this runs every transaction.
             debug_assert!(self.kept.is_none());
             std::mem::swap(&mut self.kept, &mut self.attached);
-            return;
+            return true;
         }
+        false
+    }
+
+    /// Gives the attached connection back (`maybe_detach`, once
+    /// `keep_attached` declined).
+    async fn release_attached(&mut self) {
         self.cancel_slot.clear().await;
         let a = self.attached.as_mut().expect("checked");
         // Empty here; its buffer serves the next transaction.
