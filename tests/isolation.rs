@@ -50,6 +50,19 @@ fn pgt_name(sql: &[u8]) -> String {
     format!("pgt_{}", hex::encode(&h.finalize()[..16]))
 }
 
+/// A fleet whose shared source holds one `accounts` row for acme and one
+/// for globex, a service account that may use every tenant, and a proxy.
+fn two_tenants_one_row_each() -> (Fleet, Proxy) {
+    let f = Fleet::start();
+    add_user(&f.app, "app", "svc@example.com", &scram(FPW), None);
+    f.shared.psql(
+        "shared",
+        "INSERT INTO accounts (tenant_id, name) VALUES ('acme', 'acme-row'), ('globex', 'globex-row')",
+    );
+    let p = f.proxy("");
+    (f, p)
+}
+
 async fn alice(p: &Proxy) -> Raw {
     Raw::connect(p.port, "alice@example.com", PW, "app").await
 }
@@ -767,13 +780,7 @@ fn a_set_its_transaction_undid_is_not_replayed() {
 /// rolled back. A tenant SET in a committed block stays.
 #[test]
 fn a_tenant_its_transaction_undid_is_not_used() {
-    let f = Fleet::start();
-    add_user(&f.app, "app", "svc@example.com", &scram(FPW), None);
-    f.shared.psql(
-        "shared",
-        "INSERT INTO accounts (tenant_id, name) VALUES ('acme', 'acme-row'), ('globex', 'globex-row')",
-    );
-    let p = f.proxy("");
+    let (_f, p) = two_tenants_one_row_each();
     rt().block_on(async {
         let mut c = Raw::connect(p.port, "svc@example.com", FPW, "app").await;
         let mut run = async |steps: &[&str]| {
@@ -932,13 +939,7 @@ fn a_statement_prepared_alone_is_checked_by_the_server() {
 /// a Query the proxy refuses, which never ran. One that succeeds stands.
 #[test]
 fn a_tenant_its_failed_request_undid_is_not_used() {
-    let f = Fleet::start();
-    add_user(&f.app, "app", "svc@example.com", &scram(FPW), None);
-    f.shared.psql(
-        "shared",
-        "INSERT INTO accounts (tenant_id, name) VALUES ('acme', 'acme-row'), ('globex', 'globex-row')",
-    );
-    let p = f.proxy("");
+    let (_f, p) = two_tenants_one_row_each();
     rt().block_on(async {
         let mut c = Raw::connect(p.port, "svc@example.com", FPW, "app").await;
         c.send(&[query("SET app.tenant_id = 'acme'")]).await;

@@ -825,8 +825,12 @@ impl Session {
                 // the changes of its batches sent so far.
                 if let Some(r) = self.reset_undo.take() {
                     if !self.request_tenant.holds_txn_control() {
-                        r.restore(&mut self.settings, &mut self.startup_settings);
-                        a.conn.settings_fingerprint = SETTINGS_UNKNOWN;
+                        reset_undone(
+                            *r,
+                            &mut self.settings,
+                            &mut self.startup_settings,
+                            &mut a.conn.settings_fingerprint,
+                        );
                     }
                 }
                 self.request_tenant.failed(&mut self.session_tenant);
@@ -851,11 +855,12 @@ impl Session {
                         a.tx_settings = None;
                     }
                     if let Some(r) = undone.reset {
-                        // PostgreSQL brought back what the RESET ALL
-                        // cleared; the connection, retired after this use,
-                        // is not described by either list.
-                        r.restore(&mut self.settings, &mut self.startup_settings);
-                        a.conn.settings_fingerprint = SETTINGS_UNKNOWN;
+                        reset_undone(
+                            *r,
+                            &mut self.settings,
+                            &mut self.startup_settings,
+                            &mut a.conn.settings_fingerprint,
+                        );
                     }
                     forget_settings(&mut self.settings, a, &undone.keys);
                 }
@@ -909,9 +914,12 @@ impl Session {
                                 change.undo(&mut self.session_tenant);
                             }
                             if let Some(r) = u.reset {
-                                // As for a block's rollback, above.
-                                r.restore(&mut self.settings, &mut self.startup_settings);
-                                a.conn.settings_fingerprint = SETTINGS_UNKNOWN;
+                                reset_undone(
+                                    *r,
+                                    &mut self.settings,
+                                    &mut self.startup_settings,
+                                    &mut a.conn.settings_fingerprint,
+                                );
                             }
                         }
                     }
@@ -1546,6 +1554,19 @@ fn copy_run(out: &mut BytesMut, reader: &FrameReader, run: &mut std::ops::Range<
 
 /// The settings a session replays on `target`'s connections: those recorded
 /// for its pool, else the startup ones.
+/// PostgreSQL undid a RESET ALL on the attached connection: the session's
+/// recorded settings come back, and the connection, retired after this
+/// use, is described by neither list.
+fn reset_undone(
+    r: ResetUndo,
+    settings: &mut HashMap<String, Settings>,
+    startup: &mut Settings,
+    connection_fingerprint: &mut u64,
+) {
+    r.restore(settings, startup);
+    *connection_fingerprint = SETTINGS_UNKNOWN;
+}
+
 fn settings_for<'a>(
     recorded: &'a HashMap<String, Settings>,
     startup: &'a Settings,

@@ -468,23 +468,24 @@ mod tests {
         );
     }
 
+    /// A request that set the tenant from acme to globex outside a block.
+    fn acme_to_globex() -> (RequestTenant, Option<String>) {
+        let mut r = RequestTenant::default();
+        r.note(&TxnControl::None, true, &some("acme"));
+        (r, some("globex"))
+    }
+
     #[test]
     fn a_failed_request_undoes_its_tenant_change_unless_a_later_one_changed_it() {
         // SET acme→globex; SELECT 1/0 as one Query: the error undoes it.
-        let mut r = RequestTenant::default();
-        let mut tenant = some("acme");
-        r.note(&TxnControl::None, true, &tenant);
-        tenant = some("globex");
+        let (mut r, mut tenant) = acme_to_globex();
         r.note(&TxnControl::None, false, &tenant);
         let change = r.sent(&tenant, true).expect("a change to undo");
         change.undo(&mut tenant);
         assert_eq!(tenant, some("acme"));
 
         // A request pipelined behind it set the tenant again: that one stands.
-        let mut r = RequestTenant::default();
-        let mut tenant = some("acme");
-        r.note(&TxnControl::None, true, &tenant);
-        tenant = some("globex");
+        let (mut r, mut tenant) = acme_to_globex();
         let change = r.sent(&tenant, true).unwrap();
         tenant = some("initech");
         change.undo(&mut tenant);
@@ -512,10 +513,7 @@ mod tests {
     fn a_failed_request_with_transaction_control_leaves_the_tenant_unknown() {
         // SET …; COMMIT; SELECT 1/0: the COMMIT kept the SET, but an error
         // before it would not have. Not guessed.
-        let mut r = RequestTenant::default();
-        let mut tenant = some("acme");
-        r.note(&TxnControl::None, true, &tenant);
-        tenant = some("globex");
+        let (mut r, mut tenant) = acme_to_globex();
         r.note(&TxnControl::Commit, false, &tenant);
         let change = r.sent(&tenant, true).expect("a change to report");
         change.undo(&mut tenant);
@@ -565,10 +563,7 @@ mod tests {
     #[test]
     fn a_batch_ended_by_flush_leaves_its_tenant_change_to_the_sync() {
         // SET globex, Flush; then SELECT 1/0, Sync: one implicit transaction.
-        let mut r = RequestTenant::default();
-        let mut tenant = some("acme");
-        r.note(&TxnControl::None, true, &tenant);
-        tenant = some("globex");
+        let (mut r, mut tenant) = acme_to_globex();
         assert!(r.sent(&tenant, false).is_none(), "not ended at the Flush");
         r.note(&TxnControl::None, false, &tenant);
         let change = r.sent(&tenant, true).expect("carried to the Sync");
@@ -576,10 +571,7 @@ mod tests {
         assert_eq!(tenant, some("acme"));
 
         // The error came before the Sync was sent: undone then.
-        let mut r = RequestTenant::default();
-        let mut tenant = some("acme");
-        r.note(&TxnControl::None, true, &tenant);
-        tenant = some("globex");
+        let (mut r, mut tenant) = acme_to_globex();
         assert!(r.sent(&tenant, false).is_none());
         r.failed(&mut tenant);
         assert_eq!(tenant, some("acme"));
