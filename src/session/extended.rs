@@ -9,7 +9,7 @@
 //! different clients share one server-side statement per connection.
 
 use super::expect::{Await, MapUndo};
-use super::{Prepared, Session};
+use super::{Prepared, Resumed, Session};
 use crate::protocol::backend::{self as be, PgError, TxStatus};
 use crate::protocol::frontend::{self as fe, tag};
 use crate::protocol::FrameBatch;
@@ -117,7 +117,12 @@ impl Session {
             }
             None => self.current_target()?,
         };
-        if let Err(e) = self.ensure_attached(&target).await {
+        // `resume` first: the common case costs no future.
+        let attached = match self.resume(&target) {
+            Resumed::Ready => Ok(()),
+            resumed => self.ensure_attached(&target, resumed).await,
+        };
+        if let Err(e) = attached {
             return self.refuse_batch(e, ends_with_sync).await;
         }
 

@@ -299,7 +299,9 @@ pub struct Session {
     /// back if the request is refused; kept with its block once sent, for
     /// the block's rollback (`TxSettings::reset`).
     reset_undo: Option<Box<ResetUndo>>,
-    attached: Option<Attached>,
+    /// Boxed, as is `kept`: moving the connection between the two slots
+    /// every transaction is then a pointer's swap, not `Attached`'s.
+    attached: Option<Box<Attached>>,
     parked: HashMap<String, PooledConn>,
     cancel_slot: Arc<CancelSlot>,
     /// Extended-protocol messages waiting for Sync/Flush.
@@ -344,7 +346,7 @@ pub struct Session {
     /// (`attached` is `None`); only `attach` looks here. Given back when the
     /// pool asks (`Keeper`), when the next transaction goes elsewhere, or
     /// when the connection is no longer fit for reuse.
-    kept: Option<Attached>,
+    kept: Option<Box<Attached>>,
     /// The pool this session is registered with as a `Keeper`.
     keeper_of: Option<Arc<DataSourcePool>>,
 }
@@ -1021,18 +1023,10 @@ impl Session {
                 ));
             }
         }
-        let setup = match self.kept_fits(target).await {
-            Some(now) => {
-                // Swapped with the empty attached slot (see `maybe_detach`).
-                std::mem::swap(&mut self.attached, &mut self.kept);
-                let a = self.attached.as_mut().expect("kept");
-                // The request's timers start now, as after a checkout.
-                a.query_started = Some(now);
-                a.xact_started = Some(now);
-                let wanted = settings_for(&self.settings, &self.startup_settings, target);
-                setup_sql(wanted, self.id, &self.shared, &mut a.conn, target)
-            }
+        let setup = match self.resume_kept(target) {
+            Some(setup) => setup,
             None => {
+                self.let_go_of_kept().await;
                 // Only session pooling parks connections: no key to build otherwise.
                 let parked = if self.parked.is_empty() {
                     None
@@ -1072,9 +1066,9 @@ impl Session {
                 });
                 let wanted = settings_for(&self.settings, &self.startup_settings, target);
                 let setup = setup_sql(wanted, self.id, &self.shared, &mut conn, target);
-                // Built in its place: `Attached` is large, and moving it twice per
-                // transaction (in here, out in `maybe_detach`) showed in profiles.
-                self.attached = Some(Attached {
+                // One allocation per checkout; a kept connection's
+                // transactions reuse it (`kept`).
+                self.attached = Some(Box::new(Attached {
                     target: target.clone(),
                     conn,
                     expect: std::mem::take(&mut self.spare_expect),
@@ -1085,11 +1079,18 @@ impl Session {
                     xact_started: started,
                     last_ready: started.unwrap_or_else(Tick::now),
                     tx_settings: None,
-                });
+                }));
                 setup
             }
         };
-        let a = self.attached.as_mut().expect("attached above");
+        self.send_setup(setup).await?;
+        Ok(true)
+    }
+
+    /// Sends what `setup_sql` found the attached connection needs, and a
+    /// BEGIN the session held back, ahead of the client's request.
+    async fn send_setup(&mut self, setup: Setup) -> Result<(), PgError> {
+        let a = self.attached.as_mut().expect("attached by the caller");
         if !setup.is_empty() {
             // Two Queries: a failing setting (the implicit transaction rolls
             // back the whole Query) never keeps the tenant setting and the
@@ -1116,7 +1117,7 @@ impl Session {
             )
             .await?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Whether the connection of the transaction just ended may stay with
@@ -1168,43 +1169,85 @@ impl Session {
         self.may_keep()
     }
 
-    /// Whether the kept connection can serve `target` now (`Some`: the
-    /// clock reading that checked it); one that cannot is given back, or closed
-    /// when no connection should reuse it (`ServerConn::reusable`).
-    async fn kept_fits(&mut self, target: &Target) -> Option<Tick> {
+    /// `ensure_attached` without a future for what needs no waiting, which
+    /// is every transaction's case once warm: the session is attached to
+    /// `target` already, or its kept connection serves `target` again.
+    /// The hot paths call it first, and `ensure_attached` with what it
+    /// found unless `Resumed::Ready`.
+    pub(super) fn resume(&mut self, target: &Target) -> Resumed {
+        if let Some(a) = &self.attached {
+            return match a.target.same(target) {
+                true => Resumed::Ready,
+                false => Resumed::Wait,
+            };
+        }
+        match self.resume_kept(target) {
+            Some(setup) if setup.is_empty() && self.held_begin.is_none() => Resumed::Ready,
+            Some(setup) => Resumed::Setup(setup),
+            None => Resumed::Wait,
+        }
+    }
+
+    /// Attaches the kept connection again if it can serve `target` now,
+    /// returning what it needs set up (`setup_sql`); `None`: it cannot (or
+    /// there is none), and `let_go_of_kept` decides what becomes of it.
+    fn resume_kept(&mut self, target: &Target) -> Option<Setup> {
         let k = self.kept.as_mut()?;
         let now = Tick::now();
         let pool = &k.target.pool;
-        let usable = k
-            .conn
-            .reusable(now, k.last_ready, pool.settings.idle_timeout);
+        // A give-back request the pool made is taken by `let_go_of_kept`.
+        let fits = k.target.same(target)
+            && !self.signal.give_back_asked()
+            && !pool.is_retired()
+            && !crate::admin::pause_applies(target.tenant.as_deref())
+            && k.conn
+                .reusable(now, k.last_ready, pool.settings.idle_timeout);
+        if !fits {
+            return None;
+        }
+        // Swapped with the empty attached slot (see `keep_attached`).
+        std::mem::swap(&mut self.attached, &mut self.kept);
+        let a = self.attached.as_mut().expect("kept");
+        // The request's timers start now, as after a checkout.
+        a.query_started = Some(now);
+        a.xact_started = Some(now);
+        let wanted = settings_for(&self.settings, &self.startup_settings, target);
+        Some(setup_sql(
+            wanted,
+            self.id,
+            &self.shared,
+            &mut a.conn,
+            target,
+        ))
+    }
+
+    /// Ends the session's hold on a kept connection that cannot serve the
+    /// next request (`resume_kept`): given back, or closed when no
+    /// connection should reuse it (`ServerConn::reusable`).
+    async fn let_go_of_kept(&mut self) {
+        let Some(mut k) = self.kept.take() else {
+            return;
+        };
         // A give-back request that arrived with the client's next request
         // (the relay loop saw the client first) is honoured here. The pool
         // dropped the registration when it asked.
-        let asked = self.signal.take_give_back();
-        if asked {
+        if self.signal.take_give_back() {
             self.keeper_of = None;
         }
-        let fit = k.target.same(target)
-            && !pool.is_retired()
-            && !crate::admin::pause_applies(target.tenant.as_deref())
-            && !asked;
-        if usable && fit {
-            return Some(now);
-        }
-        let k = self.kept.take().expect("checked");
-        if usable {
+        let pool = &k.target.pool;
+        if k.conn
+            .reusable(Tick::now(), k.last_ready, pool.settings.idle_timeout)
+        {
             self.give_back_kept(k).await;
         } else {
             // Closed, as an idle list would close it.
             self.cancel_slot.clear().await;
             drop(k);
         }
-        None
     }
 
     /// Returns a kept connection to its pool, as `maybe_detach` would have.
-    async fn give_back_kept(&mut self, mut k: Attached) {
+    async fn give_back_kept(&mut self, mut k: Box<Attached>) {
         self.cancel_slot.clear().await;
         std::mem::swap(&mut self.spare_expect, &mut k.expect);
         k.conn.give_back(k.last_ready);
@@ -1582,13 +1625,24 @@ fn settings_for<'a>(
 /// The statements that bring a connection in line with a session, as two
 /// simple Queries (see `setup_sql`).
 #[derive(Default)]
-struct Setup {
+pub(super) struct Setup {
     /// RESET ALL and the session's settings: may fail (a setting the
     /// server refuses), and then the whole Query is rolled back.
     settings: String,
     /// The advisory-lock release and the tenant setting: cannot fail on an
     /// idle connection, and must hold whatever became of `settings`.
     session: String,
+}
+
+/// What `Session::resume` made of the session's connections for a target.
+pub(super) enum Resumed {
+    /// Attached to the target, nothing to send first.
+    Ready,
+    /// Attached to the target again; `Session::send_setup` must send this
+    /// (or a held BEGIN) before the request.
+    Setup(Setup),
+    /// Not without waiting: `Session::ensure_attached`.
+    Wait,
 }
 
 impl Setup {

@@ -7,7 +7,7 @@
 
 use super::expect::Await;
 use super::undo::TenantUndo;
-use super::{Session, Target};
+use super::{Resumed, Session, Target};
 use crate::protocol::backend::{self as be, PgError, TxStatus};
 use crate::protocol::frontend::{self as fe, tag};
 use crate::protocol::FrameBatch;
@@ -130,7 +130,8 @@ impl Session {
     /// error already), gives exactly those answers.
     pub(super) async fn enter_failed_transaction(&mut self) -> Result<(), PgError> {
         let target = self.current_target()?;
-        self.ensure_attached(&target).await?;
+        let resumed = self.resume(&target);
+        self.ensure_attached(&target, resumed).await?;
         self.client_failed = false;
         let sql = raise_sql(&transaction_aborted()).expect("the proxy's own message");
         self.send_to_backend(&fe::encode_query(&sql), Await::Query, true)
@@ -141,12 +142,19 @@ impl Session {
         Ok(())
     }
 
-    /// Attaches `target`, refusing a switch inside a transaction.
-    pub(super) async fn ensure_attached(&mut self, target: &Target) -> Result<(), PgError> {
+    /// Attaches `target`, refusing a switch inside a transaction; `resumed`
+    /// is what `Session::resume` made of `target` just before.
+    pub(super) async fn ensure_attached(
+        &mut self,
+        target: &Target,
+        resumed: Resumed,
+    ) -> Result<(), PgError> {
+        match resumed {
+            Resumed::Ready => return Ok(()),
+            Resumed::Setup(setup) => return self.send_setup(setup).await,
+            Resumed::Wait => {}
+        }
         if let Some(a) = &self.attached {
-            if a.target.same(target) {
-                return Ok(());
-            }
             // Responses still in flight (a pipelined COMMIT, say): finish
             // them before deciding, the status they end with decides.
             if !a.expect.is_empty() {
@@ -566,7 +574,12 @@ impl Session {
                 return self.refuse_query(e).await;
             }
         }
-        if let Err(e) = self.ensure_attached(&target).await {
+        // `resume` first: the common case costs no future.
+        let attached = match self.resume(&target) {
+            Resumed::Ready => Ok(()),
+            resumed => self.ensure_attached(&target, resumed).await,
+        };
+        if let Err(e) = attached {
             return self.refuse_query(e).await;
         }
         self.send_to_backend(raw, Await::Query, false).await?;

@@ -41,6 +41,12 @@ impl SessionSignal {
         self.waker.wake();
     }
 
+    /// Whether a [`SessionSignal::ask_give_back`] waits to be taken, without
+    /// taking it.
+    pub fn give_back_asked(&self) -> bool {
+        self.give_back.load(Ordering::Acquire)
+    }
+
     /// Consumes a [`SessionSignal::ask_give_back`]. A load first: the relay
     /// loop calls this at every wait, and the flag is almost never set.
     pub fn take_give_back(&self) -> bool {
