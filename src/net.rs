@@ -44,6 +44,22 @@ impl Stream {
         Ok(())
     }
 
+    /// Whether tokio knows the socket is not readable (no bytes, no EOF,
+    /// no error since the last read found it empty), without a syscall or
+    /// a waker registration: a read now would return `Pending`. Always
+    /// `false` for TLS, whose own buffers may hold plaintext.
+    pub fn known_unreadable(&self) -> bool {
+        let unready =
+            |r: io::Result<()>| matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        match self {
+            // `try_io` runs the closure only when tokio holds the socket
+            // readable; the closure does no I/O, so nothing is cleared.
+            Stream::Tcp(s) => unready(s.try_io(tokio::io::Interest::READABLE, || Ok(()))),
+            Stream::Unix(s) => unready(s.try_io(tokio::io::Interest::READABLE, || Ok(()))),
+            _ => false,
+        }
+    }
+
     /// Whether the peer sent anything (bytes, EOF or an error) nobody has
     /// read: an idle backend connection must have nothing to say. Plain
     /// sockets use `try_read`, which costs no syscall while tokio knows the

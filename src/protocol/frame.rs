@@ -156,6 +156,8 @@ impl FrameBatch {
 pub struct FrameReader {
     buf: BytesMut,
     max_len: usize,
+    /// The last `poll_fill` returned `Pending` (see `FrameReader::waiting`).
+    waiting: bool,
 }
 
 impl FrameReader {
@@ -163,6 +165,7 @@ impl FrameReader {
         FrameReader {
             buf: BytesMut::with_capacity(16 * 1024),
             max_len,
+            waiting: false,
         }
     }
 
@@ -253,7 +256,21 @@ impl FrameReader {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(16 * 1024);
         }
-        tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut self.buf).map_ok(|n| n > 0)
+        let read = tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut self.buf);
+        // A `Pending` for want of coop budget registered no waker with the
+        // stream (tokio re-polls the task instead): not waiting on it. A
+        // `Pending` of the stream gave its unit of budget back.
+        self.waiting = read.is_pending() && tokio::task::coop::has_budget_remaining();
+        read.map_ok(|n| n > 0)
+    }
+
+    /// Whether the last `poll_fill` returned `Pending`, so that the stream
+    /// holds the waker of the task that polled it until its readiness
+    /// changes: a task that always reads its stream through this reader,
+    /// and finds the stream still not readable (`Stream::known_unreadable`),
+    /// need not poll it again to be woken.
+    pub fn waiting(&self) -> bool {
+        self.waiting
     }
 
     /// Reads until one frame is complete; `Ok(None)` on EOF between messages.
@@ -374,6 +391,40 @@ mod tests {
         r.consume(n);
         assert_eq!(r.next_len().unwrap(), None);
         assert_eq!(r.buffered(), 2);
+    }
+
+    /// `waiting` means the stream holds the task's waker: after a
+    /// `Pending` of the stream, not after one of tokio's coop budget.
+    #[tokio::test]
+    async fn waiting_only_when_the_stream_itself_is_pending() {
+        use tokio::io::AsyncWriteExt;
+        // More than tokio's budget of reads (128) of at most 16 KiB each.
+        const READY: usize = 4 << 20;
+        let (mut tx, mut rx) = tokio::io::duplex(READY);
+        let mut r = FrameReader::new(1 << 20);
+        std::future::poll_fn(|cx| {
+            assert!(r.poll_fill(cx, &mut rx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        assert!(r.waiting());
+        // Data always ready: one poll of this task reads until its budget
+        // runs out, and that `Pending` is not the stream's.
+        tx.write_all(&vec![0u8; READY]).await.unwrap();
+        let mut reads = 0;
+        std::future::poll_fn(|cx| {
+            while r.poll_fill(cx, &mut rx).is_ready() {
+                r.buf.clear();
+                reads += 1;
+            }
+            Poll::Ready(())
+        })
+        .await;
+        assert!(
+            reads < READY / (16 << 10),
+            "stopped by the budget, not the data"
+        );
+        assert!(!r.waiting(), "a coop budget's Pending is not the stream's");
     }
 
     #[test]

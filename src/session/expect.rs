@@ -111,6 +111,14 @@ enum Entry {
     /// A response the proxy sends itself when its turn comes; `true` when
     /// a change to undo if it never comes waits in `ExpectQueue::undos`.
     Local(Bytes, bool),
+    /// Consecutive client messages forwarded unchanged (Bind, Describe or
+    /// Close of a portal, Execute, the unnamed Parse) whose responses are
+    /// the client's and record nothing: one entry counts their
+    /// completions, rather than one entry per message (a driver's batch
+    /// is mostly these). `unnamed_parse`: the first of them is the
+    /// client's unnamed Parse, still unanswered, which an error would
+    /// make the backend skip (`Undone::Parse`).
+    Forwarded { count: u32, unnamed_parse: bool },
 }
 
 #[derive(Default)]
@@ -191,18 +199,33 @@ impl ExpectQueue {
         });
     }
 
+    /// Records a client message forwarded unchanged whose response is
+    /// simply the client's: a Bind, a Describe or Close of a portal, an
+    /// Execute (`Entry::Forwarded`).
+    pub fn push_forwarded(&mut self) {
+        if self.skipping {
+            return;
+        }
+        match self.q.back_mut() {
+            Some(Entry::Forwarded { count, .. }) => *count += 1,
+            _ => self.q.push_back(Entry::Forwarded {
+                count: 1,
+                unnamed_parse: false,
+            }),
+        }
+    }
+
     /// Records the client's own unnamed Parse, forwarded as is: if an error
     /// skips it, the connection's unnamed statement is not the client's.
-    /// `unnamed` is the statement's (empty) server name, shared rather than
-    /// allocated per Parse.
-    pub fn push_unnamed_parse(&mut self, unnamed: Arc<str>) {
-        debug_assert!(unnamed.is_empty());
-        self.queue(Entry::Wait {
-            awaits: Await::ParseComplete,
-            swallow: false,
-            stmt: Some(unnamed),
-            on_error: None,
-            undo: None,
+    pub fn push_unnamed_parse(&mut self) {
+        if self.skipping {
+            return;
+        }
+        // First of its entry: whether it was answered is then whether the
+        // entry counted a completion.
+        self.q.push_back(Entry::Forwarded {
+            count: 1,
+            unnamed_parse: true,
         });
     }
 
@@ -305,15 +328,19 @@ impl ExpectQueue {
     /// Answers of the proxy's own that become due after it are emitted by
     /// the caller, after the message (`local_answer_due`, `drain_locals`).
     pub fn on_backend_message(&mut self, f: FrameRef<'_>, undone: &mut Vec<Undone>) -> bool {
+        let t = f.tag();
         let (awaits, swallow) = match self.q.front() {
             Some(Entry::Wait {
                 awaits, swallow, ..
             }) => (*awaits, *swallow),
+            // An error answering a forwarded message: the skip to Sync
+            // below, as for any message but a Query or Sync.
+            Some(Entry::Forwarded { .. }) if t == tag::ERROR_RESPONSE => (Await::Execute, false),
             // Asynchronous messages (notices, notifications, parameter changes)
-            // can arrive while idle: always the client's.
+            // can arrive while idle: always the client's. Whatever else
+            // reaches here with forwarded messages in front is theirs.
             _ => return true,
         };
-        let t = f.tag();
         let expected_error = t == tag::ERROR_RESPONSE
             && matches!(
                 self.q.front(),
@@ -400,6 +427,10 @@ impl ExpectQueue {
                                 stmt: Some(s),
                                 ..
                             }) => undone.push(Undone::Close(s)),
+                            Some(Entry::Forwarded {
+                                unnamed_parse: true,
+                                ..
+                            }) => undone.push(Undone::Parse(Arc::from(""))),
                             _ => {}
                         }
                     }
@@ -466,7 +497,26 @@ impl ExpectQueue {
     /// report (`on_error` belongs to Query and Sync entries, which only
     /// ReadyForQuery completes, and `stmt` matters only on errors).
     pub fn take_plain(&mut self, t: u8) -> Plain {
-        let awaits = match self.q.front() {
+        let awaits = match self.q.front_mut() {
+            Some(Entry::Forwarded {
+                count,
+                unnamed_parse,
+            }) if !matches!(
+                t,
+                tag::ERROR_RESPONSE | tag::READY_FOR_QUERY | tag::PARAMETER_DESCRIPTION
+            ) =>
+            {
+                if !is_completion(t) {
+                    return Plain::PassedThrough;
+                }
+                *unnamed_parse = false;
+                *count -= 1;
+                if *count > 0 {
+                    return Plain::PassedThrough;
+                }
+                self.q.pop_front();
+                return Plain::Completed;
+            }
             Some(Entry::Wait {
                 awaits,
                 swallow: false,
@@ -540,6 +590,22 @@ impl ExpectQueue {
     }
 }
 
+/// Whether a backend message tagged `t` completes an extended-protocol
+/// message other than Sync (errors aside): what `Entry::Forwarded` counts.
+fn is_completion(t: u8) -> bool {
+    matches!(
+        t,
+        tag::PARSE_COMPLETE
+            | tag::BIND_COMPLETE
+            | tag::CLOSE_COMPLETE
+            | tag::ROW_DESCRIPTION
+            | tag::NO_DATA
+            | tag::COMMAND_COMPLETE
+            | tag::EMPTY_QUERY
+            | tag::PORTAL_SUSPENDED
+    )
+}
+
 /// Whether a backend message tagged `t` is the response that completes a
 /// message awaiting `awaits` (errors aside).
 fn completes(awaits: Await, t: u8) -> bool {
@@ -564,10 +630,10 @@ mod tests {
     /// portal, Execute, Sync (pgbench -M extended, most drivers).
     fn unnamed_batch() -> ExpectQueue {
         let mut q = ExpectQueue::default();
-        q.push_unnamed_parse(Arc::from(""));
-        q.push(Await::BindComplete, false);
-        q.push(Await::Describe, false);
-        q.push(Await::Execute, false);
+        q.push_unnamed_parse();
+        q.push_forwarded();
+        q.push_forwarded();
+        q.push_forwarded();
         q.push(Await::Sync, false);
         q
     }
@@ -583,8 +649,8 @@ mod tests {
     /// to undo if it fails; then the backend enters copy-in.
     fn copy_batch() -> ExpectQueue {
         let mut q = ExpectQueue::default();
-        q.push(Await::BindComplete, false);
-        q.push(Await::Execute, false);
+        q.push_forwarded();
+        q.push_forwarded();
         q.push(Await::Sync, false);
         q.undo_on_error(Box::new(RequestUndo {
             tenant: None,
@@ -628,12 +694,14 @@ mod tests {
             .map(|&t| q.take_plain(t))
             .collect();
         use Plain::*;
+        // One entry for the four forwarded messages: gone with the last
+        // completion, the Execute's CommandComplete.
         assert_eq!(
             taken,
             [
-                Completed,
-                Completed,
-                Completed,
+                PassedThrough,
+                PassedThrough,
+                PassedThrough,
                 PassedThrough,
                 PassedThrough,
                 Completed
@@ -655,6 +723,17 @@ mod tests {
         assert!(q.on_backend_message(FrameRef::from_raw(error), &mut undone));
         // The Parse never ran: the connection's unnamed statement is not the client's.
         assert!(matches!(&undone[..], [Undone::Parse(s)] if s.is_empty()));
+
+        // An error after the ParseComplete (at Bind, say): the statement
+        // is the client's.
+        let mut q = unnamed_batch();
+        assert_eq!(q.take_plain(b'1'), Plain::PassedThrough);
+        let mut undone = Vec::new();
+        assert!(q.on_backend_message(FrameRef::from_raw(error), &mut undone));
+        assert!(undone.is_empty());
+        // The backend skipped to the Sync: only its ReadyForQuery is due.
+        assert!(q.on_backend_message(FrameRef::from_raw(b"Z\0\0\0\x05I"), &mut undone));
+        assert!(q.is_empty());
 
         let mut q = ExpectQueue::default();
         q.push_statement_op(Await::ParseComplete, Arc::from("pgt_x"));

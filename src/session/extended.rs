@@ -20,6 +20,24 @@ fn malformed(e: crate::protocol::ProtocolError) -> PgError {
     PgError::fatal("08P01", e.to_string())
 }
 
+/// Whether anything in `batch` needs a server connection: anything but
+/// Parses, Closes of statements, Sync and Flush (libpq's PQprepare sends
+/// only those).
+fn needs_backend(batch: &FrameBatch) -> Result<bool, PgError> {
+    for f in batch.iter() {
+        match f.tag() {
+            tag::PARSE | tag::SYNC | tag::FLUSH => {}
+            tag::CLOSE => {
+                if fe::describe_or_close(f.body()).map_err(malformed)?.kind == b'P' {
+                    return Ok(true);
+                }
+            }
+            _ => return Ok(true),
+        }
+    }
+    Ok(false)
+}
+
 /// `pgt_` + 128 bits of SHA-256 over the text and declared types.
 fn server_name(query: &[u8], param_types: &[u8]) -> Arc<str> {
     use sha2::{Digest, Sha256};
@@ -63,18 +81,6 @@ impl Session {
             }
         }
 
-        // Parses first: later Binds in the same batch refer to them.
-        let mut needs_backend = false;
-        for f in batch.iter() {
-            match f.tag() {
-                tag::PARSE | tag::SYNC | tag::FLUSH => {}
-                tag::CLOSE => {
-                    let t = fe::describe_or_close(f.body()).map_err(malformed)?;
-                    needs_backend |= t.kind == b'P';
-                }
-                _ => needs_backend = true,
-            }
-        }
         // The server skips to this batch's Sync (an error before a Flush):
         // nothing in it runs, so nothing is routed or refused, and only its
         // Sync goes out (`skip_until_sync`).
@@ -105,7 +111,7 @@ impl Session {
             // synchronous call (pgbench -M prepared does): then, and when
             // the statement's source is not known before a Bind, the proxy
             // answers, and the server checks the statement at its first Bind.
-            None if !needs_backend && self.attached.is_none() => {
+            None if self.attached.is_none() && !needs_backend(batch)? => {
                 let Some(t) = self.parse_only_target(batch).await else {
                     return self.answer_batch_locally(batch);
                 };
@@ -186,7 +192,7 @@ impl Session {
                             // The unnamed statement needs no renaming: forward the
                             // client's own Parse (its ParseComplete is the client's).
                             wire.extend_from_slice(f.raw());
-                            a.expect.push_unnamed_parse(server_name);
+                            a.expect.push_unnamed_parse();
                             a.conn.unnamed_owner = Some((self.id, self.next_generation - 1));
                             sent_extended = true;
                         }
@@ -252,7 +258,7 @@ impl Session {
                             continue;
                         }
                     }
-                    a.expect.push(Await::BindComplete, false);
+                    a.expect.push_forwarded();
                     sent_extended = true;
                 }
                 tag::DESCRIBE => {
@@ -282,7 +288,7 @@ impl Session {
                         }
                         None => {
                             wire.extend_from_slice(f.raw());
-                            a.expect.push(Await::Describe, false);
+                            a.expect.push_forwarded();
                         }
                     }
                     sent_extended = true;
@@ -294,7 +300,7 @@ impl Session {
                     // It may end the transaction: the server decides from here.
                     aborted = false;
                     wire.extend_from_slice(f.raw());
-                    a.expect.push(Await::Execute, false);
+                    a.expect.push_forwarded();
                     sent_extended = true;
                 }
                 tag::CLOSE => {
@@ -312,7 +318,7 @@ impl Session {
                             .push_local_undoable(be::close_complete(), undo, out);
                     } else {
                         wire.extend_from_slice(f.raw());
-                        a.expect.push(Await::CloseComplete, false);
+                        a.expect.push_forwarded();
                         sent_extended = true;
                     }
                 }

@@ -566,8 +566,15 @@ impl Session {
                         return Poll::Ready(Woke::Backend(matches!(r, Ok(true))));
                     }
                 }
-                if let Poll::Ready(r) = creader.poll_fill(cx, client) {
-                    return Poll::Ready(Woke::Client(matches!(r, Ok(true))));
+                // Not polled again while it still holds our waker from the
+                // last wait and has nothing to read: once per transaction,
+                // after the response went out, the poll would only find that.
+                // (The client is read only through `creader`, by this task.)
+                let quiet = creader.waiting() && client.known_unreadable();
+                if !quiet {
+                    if let Poll::Ready(r) = creader.poll_fill(cx, client) {
+                        return Poll::Ready(Woke::Client(matches!(r, Ok(true))));
+                    }
                 }
                 // Polling `fired` registers the waker that a give-back wakes.
                 if Pin::new(&mut kill_signal).poll(cx).is_ready() {
