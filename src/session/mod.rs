@@ -343,7 +343,7 @@ pub struct Session {
     /// transaction, idle, kept while its pool has room, so that the next
     /// transaction to the same target skips a checkout, a release and the
     /// cancel slot's updates. Every decision sees the session as detached
-    /// (`attached` is `None`); only `attach` looks here. Given back when the
+    /// (`attached` is `None`); only `resume_kept` reuses it. Given back when the
     /// pool asks (`Keeper`), when the next transaction goes elsewhere, or
     /// when the connection is no longer fit for reuse.
     kept: Option<Box<Attached>>,
@@ -1242,6 +1242,9 @@ impl Session {
             self.keeper_of = None;
         }
         let pool = &k.target.pool;
+        // Probed again if `resume_kept` found it unusable: its probe took
+        // at most one byte of what the server sent, a message (5 bytes or
+        // more) or the EOF, so this one finds the rest.
         if k.conn
             .reusable(Tick::now(), k.last_ready, pool.settings.idle_timeout)
         {

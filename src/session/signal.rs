@@ -155,7 +155,7 @@ mod tests {
         let w = waker(count.clone());
         let s = SessionSignal::default();
         let mut fired = s.fired();
-        let mut poll = |fired: &mut Fired<'_>| {
+        let poll = |fired: &mut Fired<'_>| {
             Pin::new(fired)
                 .poll(&mut Context::from_waker(&w))
                 .is_pending()
