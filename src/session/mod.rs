@@ -1605,8 +1605,6 @@ fn copy_run(out: &mut BytesMut, reader: &FrameReader, run: &mut std::ops::Range<
     }
 }
 
-/// The settings a session replays on `target`'s connections: those recorded
-/// for its pool, else the startup ones.
 /// PostgreSQL undid a RESET ALL on the attached connection: the session's
 /// recorded settings come back, and the connection, retired after this
 /// use, is described by neither list.
@@ -1620,6 +1618,8 @@ fn reset_undone(
     *connection_fingerprint = SETTINGS_UNKNOWN;
 }
 
+/// The settings a session replays on `target`'s connections: those recorded
+/// for its pool, else the startup ones.
 fn settings_for<'a>(
     recorded: &'a HashMap<String, Settings>,
     startup: &'a Settings,
