@@ -5,7 +5,7 @@
 
 use crate::workers::PerWorker;
 use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::LazyLock;
 
 /// Everything pgtenant exports, registered once.
@@ -88,16 +88,12 @@ struct ClientBytes {
 static CLIENT_BYTES: LazyLock<PerWorker<ClientBytes>> = LazyLock::new(PerWorker::default);
 
 pub fn bytes_received(n: usize) {
-    CLIENT_BYTES
-        .here()
-        .received
-        .fetch_add(n as u64, Ordering::Relaxed);
+    let bytes = CLIENT_BYTES.here();
+    bytes.add(&bytes.received, n as u64);
 }
 pub fn bytes_sent(n: usize) {
-    CLIENT_BYTES
-        .here()
-        .sent
-        .fetch_add(n as u64, Ordering::Relaxed);
+    let bytes = CLIENT_BYTES.here();
+    bytes.add(&bytes.sent, n as u64);
 }
 
 /// Counts a client connection for as long as it lives.

@@ -564,7 +564,7 @@ impl DataSourcePool {
         now: Tick,
     ) -> Result<PooledConn, PgError> {
         let counters = self.stats.counters.here();
-        counters.checkouts.fetch_add(1, Ordering::Relaxed);
+        counters.add(&counters.checkouts, 1);
         counters.active.fetch_add(1, Ordering::Relaxed);
         // Holds the permits from here: a failed or abandoned open gives them back.
         let mut pooled = PooledConn {
@@ -662,11 +662,8 @@ impl DataSourcePool {
         .await;
         drop(queued);
         let wait_us = Tick::now().micros_since(started);
-        self.stats
-            .counters
-            .here()
-            .wait_us_total
-            .fetch_add(wait_us, Ordering::Relaxed);
+        let counters = self.stats.counters.here();
+        counters.add(&counters.wait_us_total, wait_us);
         self.stats.max_wait_us.fetch_max(wait_us, Ordering::Relaxed);
         waited.map_err(|_| {
             PgError::error(

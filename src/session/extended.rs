@@ -188,7 +188,7 @@ impl Session {
                         continue;
                     }
                     match record_parse(&mut self.prepared, &mut self.next_generation, f.body())? {
-                        Ok(server_name) if server_name.is_empty() => {
+                        Ok(()) if !named(&f) => {
                             // The unnamed statement needs no renaming: forward the
                             // client's own Parse (its ParseComplete is the client's).
                             wire.extend_from_slice(f.raw());
@@ -410,7 +410,7 @@ impl Session {
                         continue;
                     }
                     match record_parse(&mut self.prepared, &mut self.next_generation, f.body())? {
-                        Ok(_) => self.out.extend_from_slice(PARSE_COMPLETE),
+                        Ok(()) => self.out.extend_from_slice(PARSE_COMPLETE),
                         Err(err) => {
                             self.out.extend_from_slice(&err.encode());
                             self.skip_until_sync = true;
@@ -567,15 +567,14 @@ fn ends_transaction(shared: &crate::server::Shared, body: &[u8]) -> bool {
     ))
 }
 
-/// Records a client's Parse (`body`, the message's body): `Ok` with the
-/// statement's server-side name (empty for the unnamed statement), or the
+/// Records a client's Parse (`body`, the message's body): `Ok`, or the
 /// error PostgreSQL would report (42P05) for the client; `Err` when the
 /// message is malformed.
 fn record_parse(
     prepared: &mut super::PreparedMap,
     next_generation: &mut u64,
     body: &[u8],
-) -> Result<Result<Arc<str>, PgError>, PgError> {
+) -> Result<Result<(), PgError>, PgError> {
     let generation = *next_generation;
     if let Some(old) = prepared.unnamed_parsed_from(body) {
         // Drivers re-send the same unnamed statement on every execution:
@@ -584,20 +583,19 @@ fn record_parse(
         *next_generation += 1;
         old.generation = generation;
         set_declared_oids(&mut old.param_oids, &old.param_types);
-        return Ok(Ok(old.server_name.clone()));
+        return Ok(Ok(()));
     }
     let p = fe::parse(body).map_err(malformed)?;
     Ok(register_parse(prepared, next_generation, &p))
 }
 
 /// Records a decoded Parse; a named statement that already exists is 42P05,
-/// as in PostgreSQL (the unnamed one is simply replaced). Returns the
-/// statement's server-side name (empty for the unnamed statement).
+/// as in PostgreSQL (the unnamed one is simply replaced).
 fn register_parse(
     prepared: &mut super::PreparedMap,
     next_generation: &mut u64,
     p: &fe::Parse<'_>,
-) -> Result<Arc<str>, PgError> {
+) -> Result<(), PgError> {
     if !p.name.is_empty() && prepared.contains_key(&p.name) {
         return Err(PgError::error(
             "42P05",
@@ -619,7 +617,7 @@ fn register_parse(
         Prepared {
             query: p.query.into(),
             param_types: Bytes::copy_from_slice(p.param_types),
-            server_name: name.clone(),
+            server_name: name,
             generation,
             param_oids: {
                 let mut oids = Vec::new();
@@ -629,7 +627,7 @@ fn register_parse(
             changes_session_state: super::may_change_session_state(p.query),
         },
     );
-    Ok(name)
+    Ok(())
 }
 
 /// Sets `oids` to the OIDs a Parse declared (0 = let the server infer),
@@ -700,7 +698,7 @@ mod tests {
         wire[5..].to_vec()
     }
 
-    fn record(map: &mut PreparedMap, generation: &mut u64, body: &[u8]) -> Arc<str> {
+    fn record(map: &mut PreparedMap, generation: &mut u64, body: &[u8]) {
         record_parse(map, generation, body)
             .expect("well-formed")
             .expect("recorded")
@@ -711,7 +709,8 @@ mod tests {
         let int4: &[u8] = &[0, 1, 0, 0, 0, 23];
         let (mut map, mut generation) = (PreparedMap::default(), 1);
         let first = parse_body("", "SELECT $1", int4);
-        assert_eq!(&*record(&mut map, &mut generation, &first), "");
+        record(&mut map, &mut generation, &first);
+        assert_eq!(&*map.get("").unwrap().server_name, "");
         let original = Arc::as_ptr(&map.get("").unwrap().query);
         assert_eq!(map.get("").unwrap().param_oids, [23]);
 
@@ -734,14 +733,13 @@ mod tests {
             assert_eq!(&*p.query, query.as_bytes());
             assert_eq!(&p.param_types[..], types);
         }
-        let named = record(
+        record(
             &mut map,
             &mut generation,
             &parse_body("s1", "SELECT $1", int4),
         );
-        assert!(named.starts_with("pgt_"));
+        assert!(map.get("s1").unwrap().server_name.starts_with("pgt_"));
         assert_eq!(&*map.get("").unwrap().query, b"SELECT $1");
-        assert!(map.get("s1").is_some());
 
         // Malformed: an error for the connection, not a recorded statement.
         assert!(record_parse(&mut map, &mut generation, b"\0SELECT 1").is_err());

@@ -105,13 +105,8 @@ impl Attached {
             self.query_started = Some(now);
             self.xact_started.get_or_insert(now);
         }
-        self.conn
-            .pool()
-            .stats
-            .counters
-            .here()
-            .bytes_received
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        let stats = self.conn.pool().stats.counters.here();
+        stats.add(&stats.bytes_received, bytes as u64);
     }
 
     /// Accounts a ReadyForQuery: one request done, maybe one transaction.
@@ -121,17 +116,13 @@ impl Attached {
         let now = Tick::now();
         self.last_ready = now;
         if let Some(t) = self.query_started.take() {
-            stats.queries.fetch_add(1, Ordering::Relaxed);
-            stats
-                .query_us_total
-                .fetch_add(now.micros_since(t), Ordering::Relaxed);
+            stats.add(&stats.queries, 1);
+            stats.add(&stats.query_us_total, now.micros_since(t));
         }
         if self.status == TxStatus::Idle {
             if let Some(t) = self.xact_started.take() {
-                stats.xacts.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .xact_us_total
-                    .fetch_add(now.micros_since(t), Ordering::Relaxed);
+                stats.add(&stats.xacts, 1);
+                stats.add(&stats.xact_us_total, now.micros_since(t));
             }
         }
     }
@@ -946,7 +937,7 @@ impl Session {
         a.conn.reader.consume(pos);
         if forwarded > 0 {
             let stats = a.conn.pool().stats.counters.here();
-            stats.bytes_sent.fetch_add(forwarded, Ordering::Relaxed);
+            stats.add(&stats.bytes_sent, forwarded);
         }
         Ok(())
     }
