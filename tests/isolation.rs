@@ -1256,6 +1256,36 @@ fn a_refusal_after_a_flush_rolls_back_what_ran_before_it() {
     assert_eq!(app.psql("app", "SELECT count(*) FROM items").trim(), "2");
 }
 
+/// Inside a transaction block too, a refused batch ended by Flush gets its
+/// error at once and no ReadyForQuery before the client's Sync, which gets
+/// the only one, in the failed block: one answer per Sync, as from
+/// PostgreSQL (a driver that pipelines reads each answer as its own).
+#[test]
+fn a_refused_batch_ended_by_flush_in_a_block_waits_for_its_sync() {
+    let (app, p) = passthrough("");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        a.send(&[query("BEGIN; INSERT INTO items VALUES (3, 'three')")])
+            .await;
+        assert_eq!(a.read_until(0, 1).await.last().unwrap(), "Z(T)");
+        // Not UTF-8, so pass-through cannot read it: refused (22021).
+        let mut refused = vec![
+            parse(b"", b"SET myapp.x = '\xff'"),
+            bind(b"", b""),
+            execute(b""),
+        ];
+        refused.push(flush());
+        a.send(&refused).await;
+        let r = a.read_until(b'E', 0).await;
+        assert!(r.last().is_some_and(|m| m.starts_with("E(22021")), "{r:?}");
+        a.send(&[sync()]).await;
+        assert_eq!(a.read_until(0, 1).await, ["Z(E)"]);
+        a.send(&[query("COMMIT")]).await;
+        assert_eq!(a.read_until(0, 1).await, ["C(ROLLBACK)", "Z(I)"]);
+    });
+    assert_eq!(app.psql("app", "SELECT count(*) FROM items").trim(), "2");
+}
+
 /// A Parse in a failed transaction fails as on PostgreSQL (25P02), and its
 /// statement does not exist afterwards, unless it ends the transaction; a
 /// Bind of a name never prepared gets 26000 there too. Whether the server

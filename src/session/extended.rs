@@ -444,14 +444,17 @@ impl Session {
     async fn refuse_batch(&mut self, err: PgError, ends_with_sync: bool) -> Result<(), PgError> {
         // Nothing of the batch ran.
         self.request_refused();
-        if self.in_backend_transaction() {
+        if self.in_backend_transaction() && ends_with_sync {
             // Make the backend's transaction fail exactly like PostgreSQL would.
             return self.fail_backend_transaction(&err).await;
         }
-        if self.attached.as_ref().is_some_and(|a| a.since_sync) {
-            // Batches of this request ended by Flush ran in an implicit
-            // transaction the backend holds open: it must fail there too,
-            // or the request's Sync would commit them.
+        if self.in_backend_transaction() || self.attached.as_ref().is_some_and(|a| a.since_sync) {
+            // Failed where it runs, the extended way: a batch ended by
+            // Flush in a block gets no ReadyForQuery before the client's
+            // Sync (a Query's would be one too many). And batches of this
+            // request ended by Flush ran in an implicit transaction the
+            // backend holds open: it must fail there too, or the request's
+            // Sync would commit them.
             return self.raise_in_request(&err, ends_with_sync).await;
         }
         if self.held_begin.is_some() {
