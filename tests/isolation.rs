@@ -682,6 +682,67 @@ fn a_batch_after_an_error_before_a_flush_is_not_routed() {
     });
 }
 
+/// A SET in a batch ended by Flush runs in its request's implicit
+/// transaction: an error anywhere in the request before its Sync undoes
+/// it, and the session does not replay it elsewhere (whether the error
+/// came before the client sent the Sync or after). Without an error, it
+/// stands and is replayed.
+#[test]
+fn a_set_in_a_batch_ended_by_flush_is_forgotten_when_its_request_fails() {
+    let (_app, p) = passthrough("[pool]\nsize = 1\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        let mut b = alice(&p).await;
+        let stmt = |sql: &str, end: Vec<u8>| {
+            vec![
+                parse(b"", sql.as_bytes()),
+                bind(b"", b""),
+                execute(b""),
+                end,
+            ]
+        };
+        a.send(&[query("SET myapp.x = 'before'")]).await;
+        a.read_until(0, 1).await;
+        // B takes the pool's only connection, so that A's next
+        // transaction replays A's settings on it.
+        let mut check = async |a: &mut Raw, expected: &str, case: &str| {
+            b.send(&[query("SELECT 1")]).await;
+            b.read_until(0, 1).await;
+            a.send(&[query("SELECT current_setting('myapp.x', true)")])
+                .await;
+            let r = a.read_until(0, 1).await;
+            assert!(r.contains(&format!("D({expected})")), "{case}: {r:?}");
+        };
+
+        // The error before the Sync is sent: the server skips to it.
+        a.send(&stmt("SET myapp.x = 'skipped to sync'", flush()))
+            .await;
+        a.read_until(b'C', 0).await;
+        a.send(&stmt("SELECT 1/0", flush())).await;
+        let r = a.read_until(b'E', 0).await;
+        assert!(r.last().is_some_and(|m| m.starts_with("E(22012")), "{r:?}");
+        a.send(&[sync()]).await;
+        assert_eq!(a.read_until(0, 1).await, ["Z(I)"]);
+        check(&mut a, "before", "error before the Sync").await;
+
+        // The error after it: the SET's batch and the failing one pipelined.
+        let mut both = stmt("SET myapp.x = 'failed with sync'", flush());
+        both.extend(stmt("SELECT 1/0", sync()));
+        a.send(&both).await;
+        let r = a.read_until(0, 1).await;
+        assert!(r.iter().any(|m| m.starts_with("E(22012")), "{r:?}");
+        check(&mut a, "before", "error after the Sync").await;
+
+        // No error: the SET stands, and is replayed.
+        let mut fine = stmt("SET myapp.x = 'stands'", flush());
+        fine.extend(stmt("SELECT 1", sync()));
+        a.send(&fine).await;
+        let r = a.read_until(0, 1).await;
+        assert_eq!(r.last().map(String::as_str), Some("Z(I)"), "{r:?}");
+        check(&mut a, "stands", "no error").await;
+    });
+}
+
 /// A SET that PostgreSQL undid is not replayed on the session's next
 /// connection: its transaction rolled back (ROLLBACK, or COMMIT of a
 /// failed transaction), or a ROLLBACK TO went back to a savepoint made

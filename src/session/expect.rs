@@ -255,7 +255,7 @@ impl ExpectQueue {
     /// Gives the simple Query, or the extended-protocol batch (its Sync),
     /// recorded last what its failure means: an error anywhere in it. No
     /// effect when the last entry is anything else (a batch ended by Flush).
-    pub fn on_error_of_last(&mut self, e: OnError) {
+    pub fn on_error_of_last(&mut self, e: OnError) -> bool {
         if let Some(Entry::Wait {
             awaits: Await::Query | Await::Sync,
             on_error,
@@ -263,7 +263,9 @@ impl ExpectQueue {
         }) = self.q.back_mut()
         {
             *on_error = Some(e);
+            return true;
         }
+        false
     }
 
     /// Gives the Query or batch recorded last what an error anywhere in it
@@ -458,14 +460,19 @@ impl ExpectQueue {
             !swallow
         };
         if done {
-            if let Some(Entry::Wait {
-                on_error: Some(OnError::ForgetSetting(key)),
-                ..
-            }) = self.q.pop_front()
-            {
-                // Popped by its ReadyForQuery (an error takes `on_error`).
+            if let Some(Entry::Wait { on_error, undo, .. }) = self.q.pop_front() {
+                // Popped by its ReadyForQuery (an error takes `on_error`
+                // and `undo`): inside a block, the request's SETs stand
+                // only if the block commits. Reported last first, as the
+                // caller applies them in reverse.
                 if f.body().first() != Some(&b'I') {
-                    undone.push(Undone::SettingInTransaction(key));
+                    if let Some(OnError::ForgetSetting(key)) = on_error {
+                        undone.push(Undone::SettingInTransaction(key));
+                    }
+                    let flushed = undo.map(|u| u.settings).unwrap_or_default();
+                    for key in flushed.into_iter().rev() {
+                        undone.push(Undone::SettingInTransaction(key));
+                    }
                 }
             }
         }
@@ -653,11 +660,11 @@ mod tests {
         q.push_forwarded();
         q.push(Await::Sync, false);
         q.undo_on_error(Box::new(RequestUndo {
-            tenant: None,
             reset: Some(Box::new(super::super::undo::ResetUndo {
                 settings: Default::default(),
                 startup: Default::default(),
             })),
+            ..Default::default()
         }));
         let mut undone = Vec::new();
         q.on_backend_message(FrameRef::from_raw(&message(b'2', b"")), &mut undone);
@@ -739,5 +746,42 @@ mod tests {
         q.push_statement_op(Await::ParseComplete, Arc::from("pgt_x"));
         assert_eq!(q.take_plain(b'1'), Plain::No);
         assert_eq!(q.take_plain(b'D'), Plain::No);
+    }
+
+    /// A request that ends inside a transaction block: its SETs, those of
+    /// its batches ended by Flush (carried by the Sync's undo) before the
+    /// Sync-ended batch's own, stand only if the block commits. Reported
+    /// last first (the session applies them in reverse); at an idle
+    /// ReadyForQuery, not at all.
+    #[test]
+    fn a_request_ending_in_a_block_reports_its_sets_in_reverse() {
+        let request = || {
+            let mut q = ExpectQueue::default();
+            q.push(Await::Sync, false);
+            assert!(q.on_error_of_last(OnError::ForgetSetting(3)));
+            q.undo_on_error(Box::new(RequestUndo {
+                settings: vec![1, 2],
+                ..Default::default()
+            }));
+            q
+        };
+        let mut undone = Vec::new();
+        request().on_backend_message(FrameRef::from_raw(b"Z\0\0\0\x05T"), &mut undone);
+        let keys: Vec<u64> = undone
+            .iter()
+            .map(|u| match u {
+                Undone::SettingInTransaction(k) => *k,
+                _ => panic!("only SETs to keep with the block"),
+            })
+            .collect();
+        assert_eq!(keys, [3, 2, 1]);
+
+        let mut undone = Vec::new();
+        request().on_backend_message(FrameRef::from_raw(b"Z\0\0\0\x05I"), &mut undone);
+        assert!(undone.is_empty());
+        // Nothing to carry on a Flush-ended batch's entries.
+        let mut q = ExpectQueue::default();
+        q.push_forwarded();
+        assert!(!q.on_error_of_last(OnError::ForgetSetting(4)));
     }
 }

@@ -290,6 +290,12 @@ pub struct Session {
     /// back if the request is refused; kept with its block once sent, for
     /// the block's rollback (`TxSettings::reset`).
     reset_undo: Option<Box<ResetUndo>>,
+    /// The SETs recorded from the request in hand's batches ended by Flush
+    /// (`Settings::key`s): its implicit transaction undoes them if it fails,
+    /// and its Sync, not sent yet, has no entry to carry them. Given to
+    /// that entry by `request_sent`, forgotten at once when an error makes
+    /// the backend skip to the Sync.
+    request_settings: Vec<u64>,
     /// Boxed, as is `kept`: moving the connection between the two slots
     /// every transaction is then a pointer's swap, not `Attached`'s.
     attached: Option<Box<Attached>>,
@@ -455,6 +461,7 @@ impl Session {
             tenant_undo: None,
             request_tenant: RequestTenant::default(),
             reset_undo: None,
+            request_settings: Vec::new(),
             attached: None,
             parked: HashMap::new(),
             cancel_slot,
@@ -834,6 +841,8 @@ impl Session {
                     }
                 }
                 self.request_tenant.failed(&mut self.session_tenant);
+                let keys = std::mem::take(&mut self.request_settings);
+                forget_settings(&mut self.settings, a, &keys);
             }
             if forward {
                 forwarded += len as u64;
@@ -913,6 +922,9 @@ impl Session {
                             if let Some(change) = u.tenant {
                                 change.undo(&mut self.session_tenant);
                             }
+                            // Recorded after its RESET ALL (`reset_settings`):
+                            // forgotten before the settings it cleared return.
+                            forget_settings(&mut self.settings, a, &u.settings);
                             if let Some(r) = u.reset {
                                 reset_undone(
                                     *r,
@@ -1297,6 +1309,10 @@ impl Session {
         let mut undo = undo::RequestUndo {
             tenant: self.request_tenant.sent(&self.session_tenant, ends_request),
             reset: None,
+            settings: match ends_request {
+                true => std::mem::take(&mut self.request_settings),
+                false => Vec::new(),
+            },
         };
         if let Some(r) = self.reset_undo.take() {
             match self.attached.as_mut() {
@@ -1313,7 +1329,7 @@ impl Session {
                 _ => undo.reset = Some(r),
             }
         }
-        if undo.tenant.is_some() || undo.reset.is_some() {
+        if undo.tenant.is_some() || undo.reset.is_some() || !undo.settings.is_empty() {
             if let Some(a) = self.attached.as_mut() {
                 a.expect.undo_on_error(Box::new(undo));
             }
@@ -1326,6 +1342,12 @@ impl Session {
         self.request_tenant.refused(&mut self.session_tenant);
         if let Some(r) = self.reset_undo.take() {
             r.restore(&mut self.settings, &mut self.startup_settings);
+        }
+        // What its batches ended by Flush ran fails with it: the proxy
+        // raises the refusal where they ran.
+        let keys = std::mem::take(&mut self.request_settings);
+        if let Some(a) = self.attached.as_mut() {
+            forget_settings(&mut self.settings, a, &keys);
         }
     }
 
@@ -1340,9 +1362,15 @@ impl Session {
         if let Some(a) = self.attached.as_mut() {
             if a.target.pool.name == target.pool.name {
                 a.conn.settings_fingerprint = s.fingerprint;
-                // Recorded before its result is known: forgotten if it fails.
-                a.expect
-                    .on_error_of_last(expect::OnError::ForgetSetting(Settings::key(stmt)));
+                // Recorded before its result is known: forgotten if it
+                // fails. In a batch ended by Flush, if its request fails.
+                let key = Settings::key(stmt);
+                if !a
+                    .expect
+                    .on_error_of_last(expect::OnError::ForgetSetting(key))
+                {
+                    self.request_settings.push(key);
+                }
             }
         }
     }
@@ -1423,9 +1451,19 @@ impl Session {
     /// Forgets recorded settings (RESET ALL / DISCARD ALL by the client),
     /// keeping them in `reset_undo` until the request's fate is known.
     fn reset_settings(&mut self) {
+        let earlier = std::mem::take(&mut self.request_settings);
         if self.reset_undo.is_none() {
+            let mut settings = std::mem::take(&mut self.settings);
+            // The request's SETs before it fail with it too: what its
+            // failure gives back is the settings from before them.
+            let pool = self.attached.as_ref().map(|a| &a.target.pool.name);
+            if let Some(s) = pool.and_then(|p| settings.get_mut(p)) {
+                for &key in earlier.iter().rev() {
+                    s.forget(key);
+                }
+            }
             self.reset_undo = Some(Box::new(ResetUndo {
-                settings: std::mem::take(&mut self.settings),
+                settings,
                 startup: std::mem::take(&mut self.startup_settings),
             }));
         }

@@ -283,6 +283,11 @@ pub struct RequestUndo {
     pub tenant: Option<TenantChange>,
     /// The recorded settings before its RESET ALL.
     pub reset: Option<Box<ResetUndo>>,
+    /// The SETs recorded from its batches ended by Flush (`Settings::key`s,
+    /// in the order they ran; `Session::request_settings`): the request's
+    /// Sync entry carries them, as it carries a Sync-ended batch's own
+    /// (`OnError::ForgetSetting`).
+    pub settings: Vec<u64>,
 }
 
 impl RequestUndo {
@@ -300,6 +305,7 @@ impl RequestUndo {
         if self.reset.is_none() {
             self.reset = later.reset;
         }
+        self.settings.extend(later.settings);
     }
 }
 
@@ -549,12 +555,16 @@ mod tests {
         };
         let mut earlier = RequestUndo {
             tenant: Some(change("acme", "globex")),
-            reset: None,
+            settings: vec![1],
+            ..Default::default()
         };
         earlier.merge(RequestUndo {
             tenant: Some(change("globex", "initech")),
-            reset: None,
+            settings: vec![2],
+            ..Default::default()
         });
+        // The SETs of both parts, in the order they ran.
+        assert_eq!(earlier.settings, [1, 2]);
         let mut tenant = some("initech");
         earlier.tenant.unwrap().undo(&mut tenant);
         assert_eq!(tenant, some("acme"));
