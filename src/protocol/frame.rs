@@ -76,6 +76,26 @@ impl<'a> FrameRef<'a> {
     }
 }
 
+/// The messages of a [`FrameBatch`], in order. A plain cursor rather
+/// than a chain of iterator adapters: a batch is walked several times per
+/// request, and the adapters cost several times as much per message.
+pub struct FrameBatchIter<'a> {
+    bytes: &'a [u8],
+    ends: std::slice::Iter<'a, usize>,
+    start: usize,
+}
+
+impl<'a> Iterator for FrameBatchIter<'a> {
+    type Item = FrameRef<'a>;
+    #[inline]
+    fn next(&mut self) -> Option<FrameRef<'a>> {
+        let end = *self.ends.next()?;
+        let bytes = &self.bytes[self.start..end];
+        self.start = end;
+        Some(FrameRef { bytes })
+    }
+}
+
 /// The most a [`FrameBatch`] keeps allocated between batches.
 const KEPT_BATCH: usize = 64 * 1024;
 
@@ -134,11 +154,12 @@ impl FrameBatch {
         self.ends.clear();
     }
     /// The messages in order.
-    pub fn iter(&self) -> impl Iterator<Item = FrameRef<'_>> + '_ {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter()).map(|(start, &end)| FrameRef {
-            bytes: &self.bytes[start..end],
-        })
+    pub fn iter(&self) -> FrameBatchIter<'_> {
+        FrameBatchIter {
+            bytes: &self.bytes,
+            ends: self.ends.iter(),
+            start: 0,
+        }
     }
     pub fn last(&self) -> Option<FrameRef<'_>> {
         let end = *self.ends.last()?;
