@@ -64,7 +64,9 @@ pub struct Workers {
 
 impl Workers {
     /// Makes the calling runtime worker 0 and starts `n - 1` more threads,
-    /// each with a current-thread runtime. Call once, before any pool exists.
+    /// each with a current-thread runtime. Call once, before any pool
+    /// exists, from a current-thread runtime: the calling thread becomes
+    /// the only writer of worker 0's [`PerWorker`] slots.
     pub fn start(n: usize) -> std::io::Result<Workers> {
         let n = n.max(1);
         if SESSIONS.get().is_some() {

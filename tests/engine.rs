@@ -49,14 +49,6 @@ fn setup() -> Setup {
     setup_with("")
 }
 
-async fn client(p: &Proxy, user: &str, pw: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(&p.conninfo(user, pw, "app"), tokio_postgres::NoTls)
-        .await
-        .expect("connect through pgtenant");
-    tokio::spawn(conn);
-    c
-}
-
 #[test]
 fn psql_query_copy_both_ways_and_error_sqlstate() {
     let s = setup();
@@ -160,7 +152,7 @@ fn psql_lo_import_uses_function_call() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tokio_postgres_prepared_pipelined_copy_listen_cancel() {
     let s = setup();
-    let c = client(&s.proxy, "alice@example.com", PW).await;
+    let c = s.proxy.client("alice@example.com", PW, "app").await;
 
     // Prepared statements, executed repeatedly.
     let stmt = c
@@ -250,7 +242,7 @@ async fn listen_notify_reaches_the_listening_client() {
         }
     });
     listener.batch_execute("LISTEN jobs").await.unwrap();
-    let other = client(&s.proxy, "alice@example.com", PW).await;
+    let other = s.proxy.client("alice@example.com", PW, "app").await;
     other.batch_execute("NOTIFY jobs, 'hello'").await.unwrap();
     let got = pgtenant::clock::timeout(Duration::from_secs(10), rx.recv())
         .await
@@ -780,7 +772,7 @@ async fn sessions_on_every_worker_share_one_pool() {
     let proxy = Proxy::start(&config, &[]);
     let mut clients = Vec::new();
     for _ in 0..3 {
-        clients.push(client(&proxy, "alice@example.com", PW).await);
+        clients.push(proxy.client("alice@example.com", PW, "app").await);
     }
     let (code, metrics) = http_get(mport, "/metrics").unwrap();
     assert_eq!(code, 200);
@@ -838,7 +830,7 @@ async fn sessions_on_every_worker_share_one_pool() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_connection_the_server_closed_is_replaced_at_checkout() {
     let Setup { app, proxy } = setup_with("[pool]\nsize = 1\n");
-    let c = client(&proxy, "alice@example.com", PW).await;
+    let c = proxy.client("alice@example.com", PW, "app").await;
     let first: i32 = c
         .query_one("SELECT pg_backend_pid()", &[])
         .await

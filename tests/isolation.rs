@@ -743,6 +743,55 @@ fn a_set_in_a_batch_ended_by_flush_is_forgotten_when_its_request_fails() {
     });
 }
 
+/// An extended COPY FROM STDIN pipelined with its Sync, as drivers send it:
+/// the backend ignores that Sync while copying, and the request ends at the
+/// Sync the client sends after CopyDone, which carries what the first one
+/// did (`ExpectQueue::on_copy_in`). A SET earlier in the request (a batch
+/// ended by Flush) fails with a failed copy, and stands with a good one.
+#[test]
+fn a_copy_carries_its_request_to_the_sync_after_it() {
+    let (app, p) = passthrough("[pool]\nsize = 1\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        let mut b = alice(&p).await;
+        a.send(&[query("SET myapp.x = 'before'")]).await;
+        a.read_until(0, 1).await;
+        for (rows, copied, expected) in [
+            (&b"x\tnot a number\n"[..], "E(22P02", "before"),
+            (&b"3\tthree\n"[..], "C(COPY 1)", "with copy"),
+        ] {
+            a.send(&[
+                parse(b"", b"SET myapp.x = 'with copy'"),
+                bind(b"", b""),
+                execute(b""),
+                flush(),
+            ])
+            .await;
+            a.read_until(b'C', 0).await;
+            a.send(&[
+                parse(b"", b"COPY items FROM STDIN"),
+                bind(b"", b""),
+                execute(b""),
+                sync(),
+            ])
+            .await;
+            assert_eq!(a.read_until(b'G', 0).await, ["1", "2", "G"]);
+            a.send(&[msg(b'd', &[rows]), msg(b'c', &[]), sync()]).await;
+            let r = a.read_until(0, 1).await;
+            assert!(r[0].starts_with(copied), "{r:?}");
+            assert_eq!(r[1..], ["Z(I)"], "one ReadyForQuery: {r:?}");
+            // B takes the pool's only connection: A's settings are replayed.
+            b.send(&[query("SELECT 1")]).await;
+            b.read_until(0, 1).await;
+            a.send(&[query("SELECT current_setting('myapp.x', true)")])
+                .await;
+            let r = a.read_until(0, 1).await;
+            assert!(r.contains(&format!("D({expected})")), "{copied}: {r:?}");
+        }
+    });
+    assert_eq!(app.psql("app", "SELECT count(*) FROM items").trim(), "3");
+}
+
 /// A SET that PostgreSQL undid is not replayed on the session's next
 /// connection: its transaction rolled back (ROLLBACK, or COMMIT of a
 /// failed transaction), or a ROLLBACK TO went back to a savepoint made

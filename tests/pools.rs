@@ -18,15 +18,9 @@ fn fleet_with_pool(config_json: &str) -> Fleet {
     f
 }
 
+/// The service account's client through `p`.
 async fn connect(p: &Proxy) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(
-        &p.conninfo("svc@example.com", PW, "app"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connect: {e}\n{}", p.log_text()));
-    tokio::spawn(conn);
-    c
+    p.client("svc@example.com", PW, "app").await
 }
 
 fn code(e: &tokio_postgres::Error) -> String {

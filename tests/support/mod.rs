@@ -314,7 +314,7 @@ impl Proxy {
         let (c, conn) =
             tokio_postgres::connect(&self.conninfo(user, password, db), tokio_postgres::NoTls)
                 .await
-                .unwrap();
+                .unwrap_or_else(|e| panic!("connect through pgtenant: {e}\n{}", self.log_text()));
         tokio::spawn(conn);
         c
     }
