@@ -239,7 +239,9 @@ impl Session {
                             } else {
                                 fe::rename_bind(&mut wire, f.body(), &b, &stmt.server_name);
                             }
-                            if routing || stmt.changes_session_state {
+                            // Only these can have a session effect to note:
+                            // the text check is conservative.
+                            if stmt.changes_session_state {
                                 bound.push(stmt.query.clone());
                             }
                         }

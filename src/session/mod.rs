@@ -296,6 +296,9 @@ pub struct Session {
     /// that entry by `request_sent`, forgotten at once when an error makes
     /// the backend skip to the Sync.
     request_settings: Vec<u64>,
+    /// `route_batch`'s analyses of a batch's Parses, kept empty between
+    /// batches so that its buffer is reused.
+    parsed_in_batch: Vec<(String, Arc<crate::router::Analysis>)>,
     /// Boxed, as is `kept`: moving the connection between the two slots
     /// every transaction is then a pointer's swap, not `Attached`'s.
     attached: Option<Box<Attached>>,
@@ -462,6 +465,7 @@ impl Session {
             request_tenant: RequestTenant::default(),
             reset_undo: None,
             request_settings: Vec::new(),
+            parsed_in_batch: Vec::new(),
             attached: None,
             parked: HashMap::new(),
             cancel_slot,

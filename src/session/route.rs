@@ -233,9 +233,23 @@ impl Session {
         &mut self,
         batch: &FrameBatch,
     ) -> Result<Option<Target>, PgError> {
+        // The session's list, emptied after each batch: no allocation per batch.
+        let mut parsed = std::mem::take(&mut self.parsed_in_batch);
+        let routed = self.route_batch_with(batch, &mut parsed).await;
+        parsed.clear();
+        self.parsed_in_batch = parsed;
+        routed
+    }
+
+    /// `route_batch`, with `parsed` (empty) to hold the analyses of the
+    /// batch's Parses, by statement name, for its Binds and Describes.
+    async fn route_batch_with(
+        &mut self,
+        batch: &FrameBatch,
+        parsed: &mut Vec<(String, Arc<Analysis>)>,
+    ) -> Result<Option<Target>, PgError> {
         let mut chosen: Option<Target> = None;
         let mut weak: Option<RouteDecision> = None;
-        let mut parsed: Vec<(String, Arc<Analysis>)> = Vec::new();
         for f in batch.iter() {
             let decision = match f.tag() {
                 tag::PARSE => {
@@ -250,7 +264,7 @@ impl Session {
                 tag::BIND => {
                     let b =
                         fe::bind(f.body()).map_err(|e| PgError::fatal("08P01", e.to_string()))?;
-                    let analysis = self.statement_analysis(&parsed, &b.statement)?;
+                    let analysis = self.statement_analysis(parsed, &b.statement)?;
                     let oids = self
                         .prepared
                         .get(&b.statement)
@@ -281,7 +295,7 @@ impl Session {
                     if d.kind != b'S' || batch.iter().any(|m| m.tag() == tag::BIND) {
                         None
                     } else {
-                        let analysis = self.statement_analysis(&parsed, &d.name)?;
+                        let analysis = self.statement_analysis(parsed, &d.name)?;
                         match analysis {
                             Some(a) => Some((self.describe_decision(&a)?, table_less(&a))),
                             None => None,
