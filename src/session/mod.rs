@@ -1442,7 +1442,7 @@ impl Session {
                 att.conn.retire_after_use = true;
             }
         }
-        if contains_ignore_case(sql, "advisory_lock") {
+        if mentions_advisory_lock(sql) {
             // Session-level advisory locks (the `_xact_` variants do not match):
             // the next session to get this connection releases them first.
             if let Some(att) = self.attached.as_mut() {
@@ -1751,13 +1751,19 @@ fn setup_sql(
     setup
 }
 
-fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    let needle = needle.as_bytes();
-    let first = needle[0].to_ascii_lowercase();
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .any(|w| w[0].to_ascii_lowercase() == first && w.eq_ignore_ascii_case(needle))
+/// Whether `sql` calls a session-level advisory lock function
+/// (`pg_advisory_lock…`, `pg_try_advisory_lock…`; the `_xact_` variants end
+/// with their transaction and do not match), in any case.
+fn mentions_advisory_lock(sql: &str) -> bool {
+    const NEEDLE: &[u8] = b"advisory_lock";
+    let h = sql.as_bytes();
+    // Candidates are where its `v` is, a rare letter in SQL, found many
+    // bytes at a time: this runs on every routed statement.
+    memchr::memchr2_iter(b'v', b'V', h).any(|i| {
+        i.checked_sub(2)
+            .and_then(|start| h.get(start..start + NEEDLE.len()))
+            .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
+    })
 }
 
 fn park_key(t: &Target) -> String {
@@ -1824,7 +1830,24 @@ fn quote_ident_path(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::quote_literal;
+    use super::{mentions_advisory_lock, quote_literal};
+
+    #[test]
+    fn advisory_lock_calls_are_found_in_any_case_and_position() {
+        for (hay, found) in [
+            ("SELECT pg_advisory_lock(1)", true),
+            ("select PG_ADVISORY_LOCK(1)", true),
+            ("SELECT pg_Advisory_Lock_shared(1)", true),
+            ("advisory_lock", true),
+            ("SELECT v FROM t WHERE v = 1", false),
+            ("SELECT abalance FROM accounts WHERE aid = 1", false),
+            ("SELECT pg_advisory_loc", false),
+            ("SELECT pg_advisory_xact_lock(1)", false),
+            ("", false),
+        ] {
+            assert_eq!(mentions_advisory_lock(hay), found, "{hay}");
+        }
+    }
 
     #[test]
     fn literals_are_printable_ascii_escape_strings() {
