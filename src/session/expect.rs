@@ -253,8 +253,9 @@ impl ExpectQueue {
     }
 
     /// Gives the simple Query, or the extended-protocol batch (its Sync),
-    /// recorded last what its failure means: an error anywhere in it. No
-    /// effect when the last entry is anything else (a batch ended by Flush).
+    /// recorded last what its failure means: an error anywhere in it.
+    /// Returns whether there was one: the last entry is anything else after
+    /// a batch ended by Flush, whose request's Sync is still to come.
     pub fn on_error_of_last(&mut self, e: OnError) -> bool {
         if let Some(Entry::Wait {
             awaits: Await::Query | Await::Sync,
