@@ -16,7 +16,7 @@ use lru::LruCache;
 use pg_query::protobuf::{ScanToken, Token};
 
 use crate::router::analysis::{analyze_tokens, may_have_comments, scan_tokens, SlotField};
-use crate::router::lexer::{fast_key, LitKind, Literal};
+use crate::router::lexer::{fast_key_in, FastKey, LitKind, Literal};
 use crate::router::{Analysis, RouteError, RouterConfig, TenantValue, TxnControl};
 use crate::workers::PerWorker;
 
@@ -91,6 +91,13 @@ struct Shard {
     misses: AtomicU64,
 }
 
+thread_local! {
+    /// The buffers of the last level-2 key built on this thread, reused by
+    /// the next: a level-2 hit (the common case for texts that differ only
+    /// in literals) then allocates nothing for its key.
+    static SCRATCH_KEY: std::cell::Cell<FastKey> = std::cell::Cell::new(FastKey::default());
+}
+
 impl ParseCache {
     /// Creates a cache holding at most `capacity` entries per level and worker.
     pub fn new(capacity: usize) -> Self {
@@ -149,7 +156,7 @@ impl ParseCache {
 
         // Lexing happens outside the lock: it is the bulk of a level-2 hit
         // and other sessions' level-1 hits should not wait for it.
-        let fast = fast_key(sql);
+        let fast = fast_key_in(sql, SCRATCH_KEY.take());
         let mut seen_before = false;
         if let Some(f) = &fast {
             let shape = {
@@ -169,6 +176,7 @@ impl ParseCache {
                     // an LRU insertion per hit (measured ~0.4 µs, about as much
                     // as the rest of the hit) and evict entries that do repeat.
                     shard.l2_hits.fetch_add(1, Ordering::Relaxed);
+                    SCRATCH_KEY.set(fast.unwrap_or_default());
                     return Ok(a);
                 }
             }
