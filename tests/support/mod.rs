@@ -57,12 +57,27 @@ fn pg_command(bin: &str) -> Command {
     }
 }
 
+/// A port free now that no other test of this process was given. Asking
+/// the kernel for port 0 could hand the same port to two tests in turn
+/// (the first one's probe closes before its cluster or proxy binds it),
+/// and a proxy's metrics port then answered as PostgreSQL. Ports come from
+/// a counter instead, below the kernel's ephemeral range (32768 and up on
+/// Linux, used by outgoing connections), from a start that differs
+/// between test binaries.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left for this test binary");
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running throwaway cluster; stopped and deleted on drop.
