@@ -58,11 +58,11 @@ fn pg_command(bin: &str) -> Command {
 }
 
 /// A port free now that no other test of this process was given. Asking
-/// the kernel for port 0 could hand the same port to two tests in turn
-/// (the first one's probe closes before its cluster or proxy binds it),
-/// and a proxy's metrics port then answered as PostgreSQL. Ports come from
-/// a counter instead, below the kernel's ephemeral range (32768 and up on
-/// Linux, used by outgoing connections), from a start that differs
+/// the kernel for port 0 can hand the same port to two tests in turn (the
+/// first one's probe closes before its cluster or proxy binds it): the
+/// likely cause of a metrics request once met by a broken pipe. Ports come
+/// from a counter instead, below the kernel's ephemeral range (32768 and up
+/// on Linux, used by outgoing connections), from a start that differs
 /// between test binaries.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
