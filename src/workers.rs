@@ -198,15 +198,17 @@ impl<T> Slot<'_, T> {
 struct CacheLine<T>(T);
 
 impl<T: Default> Default for PerWorker<T> {
-    /// One slot per worker (sized by [`count`], so make it after [`Workers::start`]).
+    /// One slot per worker and the shared one (sized by [`count`], so make
+    /// it after [`Workers::start`]: a worker without a slot writes the
+    /// shared one).
     fn default() -> Self {
         PerWorker::new_with(T::default)
     }
 }
 
 impl<T> PerWorker<T> {
-    /// One slot per worker, each made by `make` (sized by [`count`], so
-    /// make it after [`Workers::start`]).
+    /// One slot per worker and the shared one, each made by `make` (sized
+    /// by [`count`], so make it after [`Workers::start`]).
     pub fn new_with(mut make: impl FnMut() -> T) -> Self {
         PerWorker {
             slots: (0..count() + 1).map(|_| CacheLine(make())).collect(),
