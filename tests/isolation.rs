@@ -693,14 +693,7 @@ fn a_set_in_a_batch_ended_by_flush_is_forgotten_when_its_request_fails() {
     rt().block_on(async {
         let mut a = alice(&p).await;
         let mut b = alice(&p).await;
-        let stmt = |sql: &str, end: Vec<u8>| {
-            vec![
-                parse(b"", sql.as_bytes()),
-                bind(b"", b""),
-                execute(b""),
-                end,
-            ]
-        };
+        let stmt = |sql: &str, end: Vec<u8>| [unnamed(sql), vec![end]].concat();
         a.send(&[query("SET myapp.x = 'before'")]).await;
         a.read_until(0, 1).await;
         // B takes the pool's only connection, so that A's next
@@ -760,21 +753,11 @@ fn a_copy_carries_its_request_to_the_sync_after_it() {
             (&b"x\tnot a number\n"[..], "E(22P02", "before"),
             (&b"3\tthree\n"[..], "C(COPY 1)", "with copy"),
         ] {
-            a.send(&[
-                parse(b"", b"SET myapp.x = 'with copy'"),
-                bind(b"", b""),
-                execute(b""),
-                flush(),
-            ])
-            .await;
+            a.send(&[unnamed("SET myapp.x = 'with copy'"), vec![flush()]].concat())
+                .await;
             a.read_until(b'C', 0).await;
-            a.send(&[
-                parse(b"", b"COPY items FROM STDIN"),
-                bind(b"", b""),
-                execute(b""),
-                sync(),
-            ])
-            .await;
+            a.send(&[unnamed("COPY items FROM STDIN"), vec![sync()]].concat())
+                .await;
             assert_eq!(a.read_until(b'G', 0).await, ["1", "2", "G"]);
             a.send(&[msg(b'd', &[rows]), msg(b'c', &[]), sync()]).await;
             let r = a.read_until(0, 1).await;
@@ -1058,7 +1041,6 @@ fn a_tenant_its_failed_request_undid_is_not_used() {
             c.send(&[query("SELECT name FROM accounts")]).await;
             c.read_until(0, 1).await
         };
-        let stmt = |sql: &str| vec![parse(b"", sql.as_bytes()), bind(b"", b""), execute(b"")];
         let failing: [(&str, Vec<Vec<u8>>); 4] = [
             (
                 "simple, error after the SET",
@@ -1077,8 +1059,8 @@ fn a_tenant_its_failed_request_undid_is_not_used() {
             (
                 "extended batch",
                 [
-                    stmt("SET app.tenant_id = 'globex'"),
-                    stmt("SELECT 1/0"),
+                    unnamed("SET app.tenant_id = 'globex'"),
+                    unnamed("SELECT 1/0"),
                     vec![sync()],
                 ]
                 .concat(),
@@ -1100,14 +1082,14 @@ fn a_tenant_its_failed_request_undid_is_not_used() {
         let flushed = [
             (
                 "an error after the Flush",
-                [stmt("SET app.tenant_id = 'globex'"), vec![flush()]].concat(),
-                [stmt("SELECT 1/0"), vec![sync()]].concat(),
+                [unnamed("SET app.tenant_id = 'globex'"), vec![flush()]].concat(),
+                [unnamed("SELECT 1/0"), vec![sync()]].concat(),
             ),
             (
                 "an error before the Flush",
                 [
-                    stmt("SET app.tenant_id = 'globex'"),
-                    stmt("SELECT 1/0"),
+                    unnamed("SET app.tenant_id = 'globex'"),
+                    unnamed("SELECT 1/0"),
                     vec![flush()],
                 ]
                 .concat(),
@@ -1187,10 +1169,10 @@ fn a_tenant_its_failed_request_undid_is_not_used() {
             (
                 "extended",
                 [
-                    stmt("SET app.tenant_id = 'globex'"),
-                    stmt("SELECT 1/0"),
+                    unnamed("SET app.tenant_id = 'globex'"),
+                    unnamed("SELECT 1/0"),
                     vec![sync()],
-                    stmt("SELECT name FROM accounts"),
+                    unnamed("SELECT name FROM accounts"),
                     vec![sync()],
                 ]
                 .concat(),
@@ -1335,14 +1317,13 @@ fn a_refusal_after_a_flush_rolls_back_what_ran_before_it() {
     let (app, p) = passthrough("");
     rt().block_on(async {
         let mut a = alice(&p).await;
-        let stmt = |sql: &[u8]| vec![parse(b"", sql), bind(b"", b""), execute(b"")];
-        let mut first = stmt(b"INSERT INTO items VALUES (3, 'three')");
+        let mut first = unnamed(b"INSERT INTO items VALUES (3, 'three')");
         first.push(flush());
         a.send(&first).await;
         let r = a.read_until(b'C', 0).await;
         assert_eq!(r.last().map(String::as_str), Some("C(INSERT 0 1)"), "{r:?}");
         // Not UTF-8, so pass-through cannot read it: refused (22021).
-        let mut refused = stmt(b"SET myapp.x = '\xff'");
+        let mut refused = unnamed(b"SET myapp.x = '\xff'");
         refused.push(sync());
         a.send(&refused).await;
         let r = a.read_until(0, 1).await;
@@ -1355,7 +1336,7 @@ fn a_refusal_after_a_flush_rolls_back_what_ran_before_it() {
         // the client's Sync answers, with ReadyForQuery.
         a.send(&first).await;
         a.read_until(b'C', 0).await;
-        let mut refused = stmt(b"SET myapp.x = '\xff'");
+        let mut refused = unnamed(b"SET myapp.x = '\xff'");
         refused.push(flush());
         a.send(&refused).await;
         let r = a.read_until(b'E', 0).await;
@@ -1379,11 +1360,7 @@ fn a_refused_batch_ended_by_flush_in_a_block_waits_for_its_sync() {
             .await;
         assert_eq!(a.read_until(0, 1).await.last().unwrap(), "Z(T)");
         // Not UTF-8, so pass-through cannot read it: refused (22021).
-        let mut refused = vec![
-            parse(b"", b"SET myapp.x = '\xff'"),
-            bind(b"", b""),
-            execute(b""),
-        ];
+        let mut refused = unnamed(b"SET myapp.x = '\xff'");
         refused.push(flush());
         a.send(&refused).await;
         let r = a.read_until(b'E', 0).await;

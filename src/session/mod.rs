@@ -250,6 +250,14 @@ impl Settings {
         h.finish()
     }
 
+    /// Forgets the statements `keys` (in the order they ran), each the
+    /// latest recorded with its text: from the last.
+    fn forget_each(&mut self, keys: &[u64]) {
+        for &key in keys.iter().rev() {
+            self.forget(key);
+        }
+    }
+
     /// Removes the last statement recorded with this `key` (it failed on
     /// the server).
     fn forget(&mut self, key: u64) {
@@ -1462,9 +1470,7 @@ impl Session {
             // failure gives back is the settings from before them.
             let pool = self.attached.as_ref().map(|a| &a.target.pool.name);
             if let Some(s) = pool.and_then(|p| settings.get_mut(p)) {
-                for &key in earlier.iter().rev() {
-                    s.forget(key);
-                }
+                s.forget_each(&earlier);
             }
             self.reset_undo = Some(Box::new(ResetUndo {
                 settings,
@@ -1592,10 +1598,7 @@ fn forget_settings(settings: &mut HashMap<String, Settings>, a: &mut Attached, k
     let Some(s) = settings.get_mut(&a.target.pool.name) else {
         return;
     };
-    // From the last: each is the latest recorded with its text.
-    for &key in keys.iter().rev() {
-        s.forget(key);
-    }
+    s.forget_each(keys);
     // The connection has what it had before them, unless that is not
     // known either.
     if a.conn.settings_fingerprint != SETTINGS_UNKNOWN {

@@ -41,6 +41,11 @@ pub fn describe(kind: u8, name: &[u8]) -> Vec<u8> {
 pub fn close(kind: u8, name: &[u8]) -> Vec<u8> {
     msg(b'C', &[&[kind], &cstr(name)])
 }
+/// Parse, Bind and Execute of `sql` as the unnamed statement and portal:
+/// one statement as drivers send it, before their Sync or Flush.
+pub fn unnamed(sql: impl AsRef<[u8]>) -> Vec<Vec<u8>> {
+    vec![parse(b"", sql.as_ref()), bind(b"", b""), execute(b"")]
+}
 pub fn sync() -> Vec<u8> {
     msg(b'S', &[])
 }
