@@ -811,7 +811,7 @@ async fn sessions_on_every_worker_share_one_pool() {
         assert_eq!(a.unwrap(), i as i32);
     }
     // The pool never grew: one backend ran those statements, the one seen above
-    // (the proxy's control connections also say application_name = pgtenant).
+    // (found by its statement: the proxy's control connections are there too).
     let ran: String = app.psql(
         "app",
         "SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE query LIKE '%FROM pg_sleep(0.05)' AND pid <> pg_backend_pid()",

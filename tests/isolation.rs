@@ -1420,3 +1420,61 @@ fn a_parse_in_a_failed_transaction_fails_as_on_postgresql() {
         }
     });
 }
+
+/// A SET sent with other statements in one Query (`SET search_path = x;
+/// SELECT …`) stands when the Query succeeds, and is replayed on the
+/// session's next connection without the statements beside it; it is
+/// forgotten when the Query fails. A SET only bound (Bind, no Execute)
+/// never ran, so nothing is replayed.
+#[test]
+fn a_set_beside_other_statements_is_replayed_alone_and_a_bound_set_only_when_executed() {
+    let (_app, p) = passthrough("[pool]\nsize = 1\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        let mut b = alice(&p).await;
+        // After each request of `a`, `b` takes the one connection, so `a`'s
+        // next transaction runs where its settings must be replayed.
+        async fn turn(a: &mut Raw, b: &mut Raw, req: Vec<Vec<u8>>) -> (Vec<String>, Vec<String>) {
+            a.send(&req).await;
+            let r = a.read_until(0, 1).await;
+            b.send(&[query("SELECT 1")]).await;
+            b.read_until(0, 1).await;
+            a.send(&[query("SELECT name FROM items ORDER BY id LIMIT 1")])
+                .await;
+            (r, a.read_until(0, 1).await)
+        }
+        let (r, seen) = turn(
+            &mut a,
+            &mut b,
+            vec![query("SET search_path = leaked; SELECT 1/0")],
+        )
+        .await;
+        assert!(r.iter().any(|m| m.starts_with("E(22012")), "{r:?}");
+        assert_eq!(
+            seen[1], "D(one)",
+            "a failed Query's SET was replayed: {seen:?}"
+        );
+        let (_, seen) = turn(
+            &mut a,
+            &mut b,
+            vec![
+                parse(b"s1", b"SET search_path = leaked"),
+                bind(b"p1", b"s1"),
+                sync(),
+            ],
+        )
+        .await;
+        assert_eq!(
+            seen[1], "D(one)",
+            "a SET never executed was replayed: {seen:?}"
+        );
+        let (r, seen) = turn(
+            &mut a,
+            &mut b,
+            vec![query("SET search_path = leaked; SELECT 2")],
+        )
+        .await;
+        assert!(r.contains(&"D(2)".to_string()), "{r:?}");
+        assert_eq!(seen[1], "D(LEAKED)", "the SET was lost: {seen:?}");
+    });
+}

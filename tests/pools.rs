@@ -30,7 +30,7 @@ fn code(e: &tokio_postgres::Error) -> String {
 }
 
 fn backend_conns(c: &Cluster, db: &str) -> i64 {
-    c.psql(db, &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtenant' AND datname = '{db}'"))
+    c.psql(db, &format!("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname = '{db}'"))
         .parse()
         .unwrap()
 }
@@ -470,7 +470,7 @@ async fn min_idle_never_opens_past_the_pool_size() {
         f.dedicated.psql(
             "dedicated",
             "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity \
-             WHERE application_name = 'pgtenant' AND datname = 'dedicated'",
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname = 'dedicated'",
         )
     };
     let work = || async {

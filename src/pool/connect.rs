@@ -52,12 +52,21 @@ pub async fn connect(url: &BackendUrl) -> Result<Connected, ConnectError> {
     let mut startup = BytesMut::new();
     startup.put_i32(0);
     startup.put_i32(crate::protocol::startup::PROTOCOL_V3);
+    // No application_name unless the URL gives one: the server's default is
+    // what a client that sets none must see (SHOW, RESET ALL's
+    // ParameterStatus), as it would connecting directly.
+    let app_name = url
+        .application_name
+        .as_deref()
+        .map(|v| ("application_name", v));
     for (k, v) in [
         ("user", url.user.as_str()),
         ("database", url.dbname.as_str()),
         ("client_encoding", "UTF8"),
-        ("application_name", "pgtenant"),
-    ] {
+    ]
+    .into_iter()
+    .chain(app_name)
+    {
         startup.put_slice(k.as_bytes());
         startup.put_u8(0);
         startup.put_slice(v.as_bytes());

@@ -24,7 +24,9 @@ pub struct BackendUrl {
     pub sslmode: SslMode,
     /// CA file for verify-full (libpq's `sslrootcert`); system roots otherwise.
     pub sslrootcert: Option<String>,
-    /// For control-plane connections (the data path always says `pgtenant`).
+    /// Sent at startup when given. Control-plane connections default to
+    /// `pgtenant`; pooled ones send none unless given, so that a client
+    /// sees the server's default, as connecting directly.
     pub application_name: Option<String>,
 }
 

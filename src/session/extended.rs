@@ -38,6 +38,13 @@ fn needs_backend(batch: &FrameBatch) -> Result<bool, PgError> {
     Ok(false)
 }
 
+/// The portal name that begins an Execute or Close body (the bytes before
+/// its NUL; all of them if there is none, which `describe_or_close`
+/// refuses before this is read).
+fn portal_name(body: &[u8]) -> &[u8] {
+    body.split(|b| *b == 0).next().unwrap_or_default()
+}
+
 /// `pgt_` + 128 bits of SHA-256 over the text and declared types.
 fn server_name(query: &[u8], param_types: &[u8]) -> Arc<str> {
     use sha2::{Digest, Sha256};
@@ -158,8 +165,9 @@ impl Session {
         let a = self.attached.as_mut().expect("attached above");
         let cap = a.conn.pool().settings.prepared_per_connection;
         let mut sent_extended = false;
-        // Statements bound in this batch that the proxy must read afterwards
-        // for session-state bookkeeping (usually none: no allocation).
+        // Statements executed in this batch that the proxy must read
+        // afterwards for session-state bookkeeping (usually none: no
+        // allocation).
         let routing = self.shared.routing_enabled();
         let mut bound: Vec<std::sync::Arc<[u8]>> = Vec::new();
         // In a failed transaction PostgreSQL refuses a Parse (25P02) unless
@@ -239,10 +247,15 @@ impl Session {
                             } else {
                                 fe::rename_bind(&mut wire, f.body(), &b, &stmt.server_name);
                             }
-                            // Only these can have a session effect to note:
-                            // the text check is conservative.
+                            // Only these can have a session effect to note
+                            // (the text check is conservative), when an
+                            // Execute runs the portal: a Bind runs nothing.
+                            if !self.setting_portals.is_empty() {
+                                self.setting_portals.retain(|(p, _)| **p != *b.portal);
+                            }
                             if stmt.changes_session_state {
-                                bound.push(stmt.query.clone());
+                                self.setting_portals
+                                    .push((b.portal.into(), stmt.query.clone()));
                             }
                         }
                         // Never forwarded: on the server, the name could be
@@ -301,6 +314,14 @@ impl Session {
                     }
                     // It may end the transaction: the server decides from here.
                     aborted = false;
+                    if !self.setting_portals.is_empty() {
+                        let portal = portal_name(f.body());
+                        if let Some((_, query)) =
+                            self.setting_portals.iter().find(|(p, _)| **p == *portal)
+                        {
+                            bound.push(query.clone());
+                        }
+                    }
                     wire.extend_from_slice(f.raw());
                     a.expect.push_forwarded();
                     sent_extended = true;
@@ -319,6 +340,8 @@ impl Session {
                         a.expect
                             .push_local_undoable(be::close_complete(), undo, out);
                     } else {
+                        let portal = portal_name(&f.body()[1..]);
+                        self.setting_portals.retain(|(p, _)| **p != *portal);
                         wire.extend_from_slice(f.raw());
                         a.expect.push_forwarded();
                         sent_extended = true;
@@ -366,11 +389,15 @@ impl Session {
                             .note(&st.txn, false, &self.session_tenant);
                     }
                 }
-                if self.note_session_effects(&analysis, sql) {
-                    super::push_statement(&mut settings, sql);
-                } else if super::route::resets_all(&analysis) {
+                match self.note_session_effects(&analysis, sql) {
+                    super::Replay::Whole => super::push_statement(&mut settings, sql),
+                    // One statement per Parse: never part of one.
+                    super::Replay::Part(part) => super::push_statement(&mut settings, &part),
                     // Its SETs before it in the batch are cleared too.
-                    settings.clear();
+                    super::Replay::Nothing if super::route::resets_all(&analysis) => {
+                        settings.clear()
+                    }
+                    super::Replay::Nothing => {}
                 }
             }
         }
@@ -549,9 +576,9 @@ fn raise_in_batch(
     a.expect.push(Await::Execute, true);
 }
 
-/// Whether the statement of Parse message `body` ends a transaction
-/// (COMMIT, ROLLBACK [TO SAVEPOINT], PREPARE TRANSACTION): the statements
-/// PostgreSQL still accepts in a failed one.
+/// Whether PostgreSQL accepts the Parse message `body` in a failed
+/// transaction: its statement ends the transaction (COMMIT, ROLLBACK [TO
+/// SAVEPOINT], PREPARE TRANSACTION), or it has none (an empty text).
 fn ends_transaction(shared: &crate::server::Shared, body: &[u8]) -> bool {
     use crate::router::TxnControl;
     let Ok(p) = fe::parse(body) else {
@@ -560,16 +587,20 @@ fn ends_transaction(shared: &crate::server::Shared, body: &[u8]) -> bool {
     let Ok(sql) = std::str::from_utf8(p.query) else {
         return false;
     };
-    matches!(shared.analyze(sql), Ok(Some(a)) if matches!(
-        &a.statements[..],
-        [st] if matches!(
+    let Ok(Some(a)) = shared.analyze(sql) else {
+        return false;
+    };
+    match &a.statements[..] {
+        [] => true,
+        [st] => matches!(
             st.txn,
             TxnControl::Commit
                 | TxnControl::Rollback
                 | TxnControl::RollbackToSavepoint(_)
                 | TxnControl::PrepareTransaction(_)
-        )
-    ))
+        ),
+        _ => false,
+    }
 }
 
 /// Records a client's Parse (`body`, the message's body): `Ok`, or the

@@ -333,6 +333,10 @@ pub struct Session {
     /// `KILL <tenant>` from the console, and pools asking for `kept` back.
     signal: Arc<signal::SessionSignal>,
     prepared: PreparedMap,
+    /// Portals bound to a statement whose text may change session state,
+    /// with that text: it is noted when an Execute runs the portal, since
+    /// a Bind alone runs nothing. Rare, so usually empty.
+    setting_portals: Vec<SettingPortal>,
     next_generation: u64,
     /// A BEGIN not yet sent: it goes to the backend the next statement picks.
     held_begin: Option<String>,
@@ -485,6 +489,7 @@ impl Session {
             client_gone: false,
             signal: Arc::default(),
             prepared: PreparedMap::default(),
+            setting_portals: Vec::new(),
             next_generation: 1,
             held_begin: None,
             client_failed: false,
@@ -1393,10 +1398,10 @@ impl Session {
     /// transaction write it again; RESET ALL / DISCARD ALL (which also drops
     /// server-side prepared statements) retires the connection after use.
     ///
-    /// Returns whether `sql` is a setting to replay: the caller records it
+    /// Returns what of `sql` is a setting to replay: the caller records it
     /// (`record_setting`) once its whole request is known.
     #[must_use]
-    fn note_session_effects(&mut self, a: &crate::router::Analysis, sql: &str) -> bool {
+    fn note_session_effects(&mut self, a: &crate::router::Analysis, sql: &str) -> Replay {
         use crate::router::SessionEffect;
         let effects = a.statements.iter().flat_map(|s| s.effects.iter());
         let mut tenant_touched = false;
@@ -1421,10 +1426,18 @@ impl Session {
                 SessionEffect::Untracked => untracked = true,
             }
         }
-        let replayed = route::replayable_settings(a) && !sql.contains('$');
+        let replay = if !other {
+            Replay::Nothing
+        } else if route::replayable_settings(a) && !sql.contains('$') {
+            Replay::Whole
+        } else if let Some(settings) = route::settings_part(a, sql) {
+            Replay::Part(settings)
+        } else {
+            Replay::Nothing
+        };
         // State the next session on this connection would inherit, and
         // that no reset undoes: the connection closes after this use.
-        untracked |= other && !replayed;
+        untracked |= other && matches!(replay, Replay::Nothing);
         if deallocate_all {
             // PostgreSQL forgets the client's statements (not the unnamed one).
             self.prepared.clear_named();
@@ -1457,7 +1470,7 @@ impl Session {
                 att.conn.lock_owner = Some(self.id);
             }
         }
-        replayed
+        replay
     }
 
     /// Forgets recorded settings (RESET ALL / DISCARD ALL by the client),
@@ -1612,6 +1625,23 @@ fn is_extended(tag: u8) -> bool {
         tag,
         tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::SYNC | tag::FLUSH
     )
+}
+
+/// A portal bound to a statement that may change session state: the
+/// portal's name as sent, and the statement's text (`Session::setting_portals`).
+type SettingPortal = (Box<[u8]>, Arc<[u8]>);
+
+/// What of a statement text the session replays on its next connections
+/// (`Session::note_session_effects`).
+pub(super) enum Replay {
+    /// Nothing: no setting, or one that cannot be replayed (the connection
+    /// then closes after this use).
+    Nothing,
+    /// The whole text: it only changes settings.
+    Whole,
+    /// These statements of a simple Query that mixes settings with
+    /// statements that must not run twice (`route::settings_part`).
+    Part(String),
 }
 
 /// Appends `stmt` to a multi-statement Query `sql`: the `;` that ends it

@@ -7,7 +7,7 @@
 
 use super::expect::Await;
 use super::undo::TenantUndo;
-use super::{Resumed, Session, Target};
+use super::{Replay, Resumed, Session, Target};
 use crate::protocol::backend::{self as be, PgError, TxStatus};
 use crate::protocol::frontend::{self as fe, tag};
 use crate::protocol::FrameBatch;
@@ -598,8 +598,10 @@ impl Session {
         }
         self.send_to_backend(raw, Await::Query, false).await?;
         if let Some(a) = analysis.as_deref() {
-            if self.note_session_effects(a, sql) {
-                self.record_setting(&target, sql);
+            match self.note_session_effects(a, sql) {
+                Replay::Nothing => {}
+                Replay::Whole => self.record_setting(&target, sql),
+                Replay::Part(settings) => self.record_setting(&target, &settings),
             }
         }
         self.request_sent(true);
@@ -655,18 +657,53 @@ impl Session {
 /// tenant's: safe to replay on another connection (re-running anything else
 /// could repeat its writes).
 pub(super) fn replayable_settings(a: &Analysis) -> bool {
-    a.statements.iter().all(|s| {
-        s.tables.is_empty()
-            && !s.unknown_tables
-            && !s.assume_tenant_tables
-            && !s.effects.is_empty()
-            && s.effects
-                .iter()
-                .all(|e| !matches!(e, SessionEffect::ResetAll))
-    }) && a
-        .statements
-        .iter()
-        .any(|s| s.effects.contains(&SessionEffect::Other))
+    a.statements.iter().all(replayable_statement)
+        && a.statements
+            .iter()
+            .any(|s| s.effects.contains(&SessionEffect::Other))
+}
+
+/// One statement of `replayable_settings`: it only changes settings.
+fn replayable_statement(s: &router::StatementInfo) -> bool {
+    s.tables.is_empty()
+        && !s.unknown_tables
+        && !s.assume_tenant_tables
+        && !s.effects.is_empty()
+        && s.effects
+            .iter()
+            .all(|e| !matches!(e, SessionEffect::ResetAll))
+}
+
+/// The settings of a simple Query `sql` that mixes them with statements
+/// that must not run twice (`SET search_path = x; SELECT …`), to replay
+/// without the rest; `None` when they cannot be told apart or replayed.
+/// The text runs as one implicit transaction, so an error anywhere in it
+/// undoes them all, as it would a text of only settings. Not with
+/// transaction control in the text: an error after its COMMIT would leave
+/// them standing, which the request's error does not tell.
+pub(super) fn settings_part(a: &Analysis, sql: &str) -> Option<String> {
+    let plain = |s: &router::StatementInfo| {
+        s.txn == TxnControl::None && !s.effects.contains(&SessionEffect::ResetAll)
+    };
+    if !a.statements.iter().all(plain) {
+        return None;
+    }
+    let texts = pg_query::split_with_parser(sql).ok()?;
+    if texts.len() != a.statements.len() {
+        return None;
+    }
+    let mut settings = String::new();
+    for (s, text) in a.statements.iter().zip(texts) {
+        if !s.effects.contains(&SessionEffect::Other) {
+            continue;
+        }
+        // `$`: a parameter or a dollar quote, as for the whole text.
+        if !replayable_statement(s) || text.contains('$') {
+            return None;
+        }
+        super::push_statement(&mut settings, text.trim());
+    }
+    (!settings.is_empty()).then_some(settings)
 }
 
 /// Whether a statement of `a` clears every setting (RESET ALL, DISCARD ALL).
