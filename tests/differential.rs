@@ -13,7 +13,10 @@
 //! by message (`wire::Raw::read_until`'s summaries).
 //!
 //! The seeds are fixed, so a failure reproduces; `DIFF_SEEDS=a..b` and
-//! `DIFF_STEPS=n` run others, longer, when hunting.
+//! `DIFF_STEPS=n` run others, longer, when hunting, and `DIFF_PROBE=1`
+//! compares the settings after every step, to find the step that made a
+//! difference; `DIFF_MINIMIZE=1` shortens a failing history to the steps
+//! the difference needs.
 mod support;
 
 use support::wire::*;
@@ -83,6 +86,7 @@ impl Rng {
 }
 
 /// One request: its messages, and how a person would read it.
+#[derive(Clone)]
 struct Request {
     messages: Vec<Vec<u8>>,
     text: String,
@@ -102,12 +106,16 @@ struct Request {
 ///   PostgreSQL's own checks (syntax, 42601) could, and a Bind or Execute
 ///   after it gets 25P02 rather than PostgreSQL's 26000 or 34000;
 /// - a named Parse of a name in use gets 42P05 before PostgreSQL's checks
-///   of the statement (42601, 42P01) could.
+///   of the statement (42601, 42P01) could;
+/// - a batch of only Parses and Closes of statements (libpq's PQprepare)
+///   when no connection is free is answered by the proxy, by design (see
+///   docs/architecture.md, "Translation"): a bad statement then fails at
+///   its first Bind instead of at the Parse.
 ///
 /// Hence: no SET beside transaction control, the unnamed statement is
 /// bound or described only after its Parse in the same batch, a failed
-/// transaction is only rolled back, and a named Parse closes the name
-/// first.
+/// transaction is only rolled back, a named Parse closes the name first,
+/// and no batch is only Parses and Closes of statements.
 fn random_request(rng: &mut Rng) -> Request {
     loop {
         let r = any_request(rng);
@@ -115,7 +123,12 @@ fn random_request(rng: &mut Rng) -> Request {
         let control = ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"]
             .iter()
             .any(|w| r.text.contains(w));
-        if !(sets && control) {
+        let prepare_only = r.messages.iter().all(|m| match m[0] {
+            b'P' | b'S' | b'H' => true,
+            b'C' => m[5] == b'S',
+            _ => false,
+        });
+        if !(sets && control) && !prepare_only {
             return r;
         }
     }
@@ -211,49 +224,133 @@ fn same(direct: &[String], proxied: &[String]) -> bool {
     direct == proxied
 }
 
-/// Runs `steps` requests of seed `seed`; the first difference, with the
-/// history that led to it.
-async fn run_seed(proxy_port: u16, pg_port: u16, seed: u64, steps: usize) -> Option<String> {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+/// A client's turn: which client, and its request.
+type Step = (usize, Request);
+
+/// Where the requests come from: a seed's generator, or a list (to replay
+/// a shorter history when hunting).
+enum Steps<'a> {
+    Random { rng: Rng, count: usize },
+    Fixed(&'a [Step]),
+}
+
+/// The first difference: the steps played up to it, and what differed.
+struct Difference {
+    played: Vec<Step>,
+    what: String,
+}
+
+impl Difference {
+    fn report(&self, seed: u64) -> String {
+        let history: Vec<String> = self
+            .played
+            .iter()
+            .enumerate()
+            .map(|(i, (c, r))| format!("  {i:>3} client {c}: {}", r.text))
+            .collect();
+        format!(
+            "seed {seed}, {}:\n{}\n{}",
+            self.played.len() - 1,
+            history.join("\n"),
+            self.what
+        )
+    }
+}
+
+/// Plays `steps` on two fresh clients directly and through the proxy.
+async fn play(proxy_port: u16, pg_port: u16, mut steps: Steps<'_>) -> Result<(), Difference> {
     let mut direct = Vec::new();
     let mut proxied = Vec::new();
     for _ in 0..2 {
         direct.push(Raw::connect(pg_port, "postgres", SUPERUSER_PASSWORD, "app").await);
         proxied.push(Raw::connect(proxy_port, "alice@example.com", PW, "app").await);
     }
+    let probe = std::env::var_os("DIFF_PROBE").is_some();
     // Whether each client is inside a transaction block (from the server's
     // own answers): the other one does not take a turn meanwhile, since
     // with one backend connection it would wait for this one.
     let mut in_block = [false, false];
     let mut failed = [false, false];
     let mut client = 0;
-    let mut history = Vec::new();
-    for step in 0..steps {
-        if !in_block[client] && rng.below(2) == 0 {
-            client = 1 - client;
-        }
-        let req = match failed[client] {
-            false => random_request(&mut rng),
-            true => Request {
-                messages: vec![query("ROLLBACK")],
-                text: "Q \"ROLLBACK\" (failed transaction)".into(),
-            },
+    let mut played: Vec<Step> = Vec::new();
+    loop {
+        let req = match &mut steps {
+            Steps::Random { rng, count } => {
+                if played.len() == *count {
+                    return Ok(());
+                }
+                if !in_block[client] && rng.below(2) == 0 {
+                    client = 1 - client;
+                }
+                match failed[client] {
+                    false => random_request(rng),
+                    true => Request {
+                        messages: vec![query("ROLLBACK")],
+                        text: "Q \"ROLLBACK\" (failed transaction)".into(),
+                    },
+                }
+            }
+            Steps::Fixed(list) => {
+                let Some((c, r)) = list.get(played.len()) else {
+                    return Ok(());
+                };
+                client = *c;
+                r.clone()
+            }
         };
-        history.push(format!("  {step:>3} client {client}: {}", req.text));
         direct[client].send(&req.messages).await;
         let want = direct[client].read_until(0, 1).await;
         proxied[client].send(&req.messages).await;
         let got = proxied[client].read_until(0, 1).await;
+        played.push((client, req));
         if !same(&want, &got) {
-            return Some(format!(
-                "seed {seed}, step {step}:\n{}\n  direct:  {want:?}\n  proxied: {got:?}",
-                history.join("\n")
-            ));
+            let what = format!("  direct:  {want:?}\n  proxied: {got:?}");
+            return Err(Difference { played, what });
         }
         in_block[client] = matches!(want.last().map(String::as_str), Some("Z(T)" | "Z(E)"));
         failed[client] = want.last().map(String::as_str) == Some("Z(E)");
+        if probe && !failed[client] {
+            // Hunting: the settings after every step, so that a difference
+            // shows at the step that made it.
+            let show = [query(STATEMENTS[2])];
+            direct[client].send(&show).await;
+            proxied[client].send(&show).await;
+            let (want, got) = (
+                direct[client].read_until(0, 1).await,
+                proxied[client].read_until(0, 1).await,
+            );
+            if want != got {
+                let what =
+                    format!("  then the settings differ:\n  direct:  {want:?}\n  proxied: {got:?}");
+                return Err(Difference { played, what });
+            }
+        }
     }
-    None
+}
+
+/// Runs `count` requests of seed `seed`; the first difference, with the
+/// history that led to it (shortened, with `DIFF_MINIMIZE`, to the steps
+/// it needs: each is dropped in turn while a difference remains).
+async fn run_seed(proxy_port: u16, pg_port: u16, seed: u64, count: usize) -> Option<String> {
+    let rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut d = play(proxy_port, pg_port, Steps::Random { rng, count })
+        .await
+        .err()?;
+    if std::env::var_os("DIFF_MINIMIZE").is_some() {
+        let mut i = d.played.len() - 1;
+        while i > 0 {
+            i -= 1;
+            let mut fewer = d.played.clone();
+            fewer.remove(i);
+            if let Err(e) = play(proxy_port, pg_port, Steps::Fixed(&fewer)).await {
+                if !e.what.contains("<timeout/eof>") {
+                    i = i.min(e.played.len() - 1);
+                    d = e;
+                }
+            }
+        }
+    }
+    Some(d.report(seed))
 }
 
 fn seeds() -> (std::ops::Range<u64>, usize) {

@@ -1424,10 +1424,11 @@ fn a_parse_in_a_failed_transaction_fails_as_on_postgresql() {
 /// A SET sent with other statements in one Query (`SET search_path = x;
 /// SELECT …`) stands when the Query succeeds, and is replayed on the
 /// session's next connection without the statements beside it; it is
-/// forgotten when the Query fails. A SET only bound (Bind, no Execute)
-/// never ran, so nothing is replayed.
+/// forgotten when the Query fails. A SET or RESET ALL only bound (Bind, no
+/// Execute) never ran, and its portal ends with its transaction: nothing
+/// of it is replayed or reset.
 #[test]
-fn a_set_beside_other_statements_is_replayed_alone_and_a_bound_set_only_when_executed() {
+fn a_set_beside_other_statements_is_replayed_alone_and_a_bound_one_only_when_executed() {
     let (_app, p) = passthrough("[pool]\nsize = 1\n");
     rt().block_on(async {
         let mut a = alice(&p).await;
@@ -1476,5 +1477,30 @@ fn a_set_beside_other_statements_is_replayed_alone_and_a_bound_set_only_when_exe
         .await;
         assert!(r.contains(&"D(2)".to_string()), "{r:?}");
         assert_eq!(seen[1], "D(LEAKED)", "the SET was lost: {seen:?}");
+        // A RESET ALL bound to a portal its transaction then destroyed: an
+        // Execute of that portal later runs nothing (34000), so the
+        // settings stand, also once the block it failed is rolled back.
+        let (_, seen) = turn(
+            &mut a,
+            &mut b,
+            vec![parse(b"r", b"RESET ALL"), bind(b"p2", b"r"), sync()],
+        )
+        .await;
+        assert_eq!(
+            seen[1], "D(LEAKED)",
+            "a RESET ALL never executed ran: {seen:?}"
+        );
+        b.send(&[query("SELECT 1")]).await;
+        b.read_until(0, 1).await;
+        let mut failing = unnamed("BEGIN");
+        failing.extend([execute(b"p2"), sync()]);
+        a.send(&failing).await;
+        let r = a.read_until(0, 1).await;
+        assert!(r.iter().any(|m| m.starts_with("E(34000")), "{r:?}");
+        let (_, seen) = turn(&mut a, &mut b, vec![query("ROLLBACK")]).await;
+        assert_eq!(
+            seen[1], "D(LEAKED)",
+            "a destroyed portal's RESET ALL ran: {seen:?}"
+        );
     });
 }

@@ -957,8 +957,10 @@ impl Session {
             if t == be::tag::READY_FOR_QUERY && a.expect.is_empty() {
                 a.since_sync = false;
                 if a.status == TxStatus::Idle {
-                    // SET LOCAL ends with its transaction, whatever the pooling mode.
+                    // SET LOCAL ends with its transaction, whatever the pooling
+                    // mode, and so do the portals.
                     self.local_tenant = None;
+                    self.setting_portals.clear();
                 }
             }
         }
