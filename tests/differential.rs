@@ -128,7 +128,7 @@ fn random_request(rng: &mut Rng) -> Request {
             b'C' => m[5] == b'S',
             _ => false,
         });
-        if !(sets && control) && !prepare_only {
+        if !(prepare_only || sets && control) {
             return r;
         }
     }
