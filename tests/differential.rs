@@ -16,7 +16,7 @@
 //! `DIFF_STEPS=n` run others, longer, when hunting, and `DIFF_PROBE=1`
 //! compares the settings after every step, to find the step that made a
 //! difference; `DIFF_MINIMIZE=1` shortens a failing history to the steps
-//! the difference needs.
+//! the difference needs (see `random_request` for `DIFF_FAILED_REQUESTS`).
 mod support;
 
 use support::wire::*;
@@ -60,6 +60,7 @@ const MULTI: &[&str] = &[
     "SELECT 1; SELECT 2",
     "SET search_path = leaked; SELECT 1/0",
     "SET work_mem = '7MB'; SELECT 1",
+    "BEGIN; SET work_mem = '8MB'; COMMIT",
     "BEGIN; SET search_path = leaked; ROLLBACK; SELECT name FROM items ORDER BY id",
     "SAVEPOINT sp1; SET search_path = leaked; ROLLBACK TO sp1; SHOW search_path",
 ];
@@ -95,16 +96,12 @@ struct Request {
 /// Two differences the proxy still has, documented in docs/architecture.md
 /// ("Known differences"), that the requests avoid so that everything else
 /// stays guarded:
-/// - a SET in the same request as transaction control: the proxy forgets
-///   the SET when the request fails, even if a COMMIT in it made it stand,
-///   and does not replay a SET from a simple Query that also opens or ends
-///   a block;
+/// - a SET in the same extended-protocol request as transaction control:
+///   the proxy forgets the SET when the request fails, even if a COMMIT in
+///   it made it stand;
 /// - the unnamed statement after PostgreSQL dropped it (a simple Query, a
 ///   failed Parse, an error): the proxy still binds or describes it.
 ///
-/// - in a failed transaction, the proxy answers a Parse with 25P02 before
-///   PostgreSQL's own checks (syntax, 42601) could, and a Bind or Execute
-///   after it gets 25P02 rather than PostgreSQL's 26000 or 34000;
 /// - a named Parse of a name in use gets 42P05 before PostgreSQL's checks
 ///   of the statement (42601, 42P01) could;
 /// - a batch of only Parses and Closes of statements (libpq's PQprepare)
@@ -112,14 +109,18 @@ struct Request {
 ///   docs/architecture.md, "Translation"): a bad statement then fails at
 ///   its first Bind instead of at the Parse.
 ///
-/// Hence: no SET beside transaction control, the unnamed statement is
-/// bound or described only after its Parse in the same batch, a failed
-/// transaction is only rolled back, a named Parse closes the name first,
-/// and no batch is only Parses and Closes of statements.
+/// Hence: no SET beside transaction control in a batch, the unnamed statement is
+/// bound or described only after its Parse in the same batch, a named Parse
+/// closes the name first, and no batch is only Parses and Closes of
+/// statements. A failed transaction is only rolled back
+/// (`DIFF_FAILED_REQUESTS=1` sends random requests there too): random
+/// requests there once made a PostgreSQL 15.18 backend crash (signal 11,
+/// seed 191 of 200 steps), which is PostgreSQL's to fix, not a difference.
 fn random_request(rng: &mut Rng) -> Request {
     loop {
         let r = any_request(rng);
-        let sets = r.text.contains("SET ") || r.text.contains("set_config");
+        let batch = !r.text.starts_with("Q ");
+        let sets = batch && (r.text.contains("SET ") || r.text.contains("set_config"));
         let control = ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"]
             .iter()
             .any(|w| r.text.contains(w));
@@ -266,6 +267,7 @@ async fn play(proxy_port: u16, pg_port: u16, mut steps: Steps<'_>) -> Result<(),
         proxied.push(Raw::connect(proxy_port, "alice@example.com", PW, "app").await);
     }
     let probe = std::env::var_os("DIFF_PROBE").is_some();
+    let failed_requests = std::env::var_os("DIFF_FAILED_REQUESTS").is_some();
     // Whether each client is inside a transaction block (from the server's
     // own answers): the other one does not take a turn meanwhile, since
     // with one backend connection it would wait for this one.
@@ -282,7 +284,7 @@ async fn play(proxy_port: u16, pg_port: u16, mut steps: Steps<'_>) -> Result<(),
                 if !in_block[client] && rng.below(2) == 0 {
                     client = 1 - client;
                 }
-                match failed[client] {
+                match failed[client] && !failed_requests {
                     false => random_request(rng),
                     true => Request {
                         messages: vec![query("ROLLBACK")],

@@ -1504,3 +1504,91 @@ fn a_set_beside_other_statements_is_replayed_alone_and_a_bound_one_only_when_exe
         );
     });
 }
+
+/// What a block does to the recorded settings is decided by the backend's
+/// answers, whichever way the block is sent, and after the session's
+/// settings were replayed on the connection first:
+/// - `BEGIN; SET …; COMMIT` in one Query is replayed, `… ROLLBACK` not;
+/// - a RESET ALL that a ROLLBACK in the same batch undid (sent as a named
+///   statement, which pass-through does not read) gives the settings back;
+/// - a RESET ALL in a block, then a SET with the text of one it cleared,
+///   then ROLLBACK: the settings from before the block, that SET included;
+/// - BEGIN, RESET ALL and an error in one batch, then ROLLBACK: the same.
+#[test]
+fn blocks_decide_the_recorded_settings_by_the_backends_answers() {
+    let (_app, p) = passthrough("[pool]\nsize = 1\n");
+    rt().block_on(async {
+        let mut a = alice(&p).await;
+        let mut b = alice(&p).await;
+        // `a` sends `req`; `b` takes the one connection; `a` reads its
+        // search_path and work_mem, replayed there.
+        async fn then_show(a: &mut Raw, b: &mut Raw, req: Vec<Vec<u8>>) -> String {
+            a.send(&req).await;
+            let n = req.iter().filter(|m| m[0] == b'S' || m[0] == b'Q').count();
+            a.read_until(0, n).await;
+            b.send(&[query("SELECT 1")]).await;
+            b.read_until(0, 1).await;
+            a.send(&[query(
+                "SELECT current_setting('search_path') || ' ' || current_setting('work_mem')",
+            )])
+            .await;
+            a.read_until(0, 1).await[1].clone()
+        }
+        let q = |s: &str| vec![query(s)];
+        let seen = then_show(&mut a, &mut b, q("BEGIN; SET work_mem = '5MB'; COMMIT")).await;
+        assert_eq!(seen, "D(\"$user\", public 5MB)", "a committed SET was lost");
+        let seen = then_show(&mut a, &mut b, q("BEGIN; SET work_mem = '6MB'; ROLLBACK")).await;
+        assert_eq!(
+            seen, "D(\"$user\", public 5MB)",
+            "a rolled back SET was kept"
+        );
+
+        a.send(&[parse(b"rb", b"ROLLBACK"), sync()]).await;
+        a.read_until(0, 1).await;
+        let mut req = unnamed("RESET ALL");
+        req.extend([bind(b"", b"rb"), execute(b""), sync()]);
+        let seen = then_show(&mut a, &mut b, req).await;
+        assert_eq!(
+            seen, "D(\"$user\", public 5MB)",
+            "a rolled back RESET ALL stood"
+        );
+
+        let seen = then_show(
+            &mut a,
+            &mut b,
+            q("BEGIN; RESET ALL; SET work_mem = '5MB'; ROLLBACK"),
+        )
+        .await;
+        assert_eq!(
+            seen, "D(\"$user\", public 5MB)",
+            "the SETs before the block went"
+        );
+        let seen = then_show(
+            &mut a,
+            &mut b,
+            [
+                q("BEGIN"),
+                q("RESET ALL"),
+                q("SET work_mem = '5MB'"),
+                q("ROLLBACK"),
+            ]
+            .concat(),
+        )
+        .await;
+        assert_eq!(
+            seen, "D(\"$user\", public 5MB)",
+            "the SETs before the block went"
+        );
+
+        let mut req = unnamed("BEGIN");
+        req.extend(unnamed("RESET ALL"));
+        req.extend(unnamed("SELECT 1/0"));
+        req.push(sync());
+        req.push(query("ROLLBACK"));
+        let seen = then_show(&mut a, &mut b, req).await;
+        assert_eq!(
+            seen, "D(\"$user\", public 5MB)",
+            "a failed block's RESET ALL stood"
+        );
+    });
+}

@@ -7,7 +7,7 @@
 //! (c) when to emit responses the proxy answers itself (a client's Parse or
 //! Close that never reached this backend), in the position the client expects.
 
-use super::undo::RequestUndo;
+use super::undo::{BlockChanges, RequestUndo};
 use crate::protocol::backend::tag;
 use crate::protocol::FrameRef;
 use bytes::{Bytes, BytesMut};
@@ -38,6 +38,12 @@ pub enum Undone {
     /// The Query or batch that changed the session tenant, or ran a RESET
     /// ALL, outside a block failed: PostgreSQL undid those with it.
     Request(Box<RequestUndo>),
+    /// The client's RESET ALL ran inside a transaction block: it stands
+    /// only if the block commits (the recorded settings before it).
+    ResetInTransaction(Box<super::undo::ResetUndo>),
+    /// What a request holding transaction control changed, to decide at
+    /// its ReadyForQuery (`BlockChanges`).
+    Block(Box<BlockChanges>),
 }
 
 /// What an error in answer to a simple Query means for the session's
@@ -287,6 +293,24 @@ impl ExpectQueue {
         }
     }
 
+    /// What the simple Query, or the extended-protocol batch (its Sync),
+    /// recorded last changed that its ReadyForQuery decides
+    /// (`BlockChanges`); `None` when the last entry is not a Query or Sync.
+    pub fn block_of_last(&mut self) -> Option<&mut BlockChanges> {
+        match self.q.back_mut() {
+            Some(Entry::Wait {
+                awaits: Await::Query | Await::Sync,
+                undo,
+                ..
+            }) => Some(
+                undo.get_or_insert_with(Box::default)
+                    .block
+                    .get_or_insert_with(Box::default),
+            ),
+            _ => None,
+        }
+    }
+
     /// Whether a Query or batch that changed the session tenant is still
     /// waiting for its result (which may undo the change).
     pub fn tenant_change_pending(&self) -> bool {
@@ -466,14 +490,29 @@ impl ExpectQueue {
                 // and `undo`): inside a block, the request's SETs stand
                 // only if the block commits. Reported last first, as the
                 // caller applies them in reverse.
+                let mut undo = undo.map(|u| *u).unwrap_or_default();
+                if let Some(b) = undo.block.take() {
+                    undone.push(Undone::Block(b));
+                }
                 if f.body().first() != Some(&b'I') {
                     if let Some(OnError::ForgetSetting(key)) = on_error {
                         undone.push(Undone::SettingInTransaction(key));
                     }
-                    let flushed = undo.map(|u| u.settings).unwrap_or_default();
-                    for key in flushed.into_iter().rev() {
+                    for key in undo.settings.into_iter().rev() {
                         undone.push(Undone::SettingInTransaction(key));
                     }
+                    // Applied first: the request's SETs ran after its
+                    // RESET ALL (`reset_settings` took those before it).
+                    if let Some(r) = undo.reset {
+                        undone.push(Undone::ResetInTransaction(r));
+                    }
+                } else if let Some(r) = undo.reset {
+                    // No error undid it; a ROLLBACK after it did, if the
+                    // backend reported one (`BlockChanges`).
+                    undone.push(Undone::Block(Box::new(BlockChanges {
+                        keys: Vec::new(),
+                        reset: Some(r),
+                    })));
                 }
             }
         }
@@ -486,8 +525,16 @@ impl ExpectQueue {
         if let Some(Entry::Wait { on_error, undo, .. }) = self.q.front_mut() {
             // The caller undoes in reverse: a SET the request recorded after
             // its RESET ALL is forgotten before the RESET ALL's settings
-            // come back, not among them.
-            undone.extend(undo.take().map(Undone::Request));
+            // come back, not among them. What the error does not decide
+            // stays for the ReadyForQuery.
+            let mut failed = undo.take();
+            if let Some(block) = failed.as_mut().and_then(|u| u.block.take()) {
+                *undo = Some(Box::new(RequestUndo {
+                    block: Some(block),
+                    ..RequestUndo::default()
+                }));
+            }
+            undone.extend(failed.map(Undone::Request));
             match on_error.take() {
                 Some(OnError::Expected) | None => {}
                 Some(e) => undone.push(Undone::Failed(e)),

@@ -183,12 +183,14 @@ impl Session {
                     if self.skip_until_sync {
                         continue;
                     }
-                    if aborted && !ends_transaction(&self.shared, f.body()) {
+                    // The unnamed Parse goes to the server, which fails it
+                    // exactly as it would; the proxy answers named ones.
+                    if aborted && named(&f) && !ends_transaction(&self.shared, f.body()) {
                         raise_in_batch(
                             a,
                             &mut wire,
                             out,
-                            &super::route::transaction_aborted(),
+                            &parse_error_in_failed_transaction(f.body()),
                             true,
                         );
                         sent_extended = true;
@@ -392,7 +394,9 @@ impl Session {
                 match self.note_session_effects(&analysis, sql) {
                     super::Replay::Whole => super::push_statement(&mut settings, sql),
                     // One statement per Parse: never part of one.
-                    super::Replay::Part(part) => super::push_statement(&mut settings, &part),
+                    super::Replay::Part { settings: part, .. } => {
+                        super::push_statement(&mut settings, &part)
+                    }
                     // Its SETs before it in the batch are cleared too.
                     super::Replay::Nothing if super::route::resets_all(&analysis) => {
                         settings.clear()
@@ -402,7 +406,7 @@ impl Session {
             }
         }
         if !settings.is_empty() {
-            self.record_setting(&target, &settings);
+            self.record_setting(&target, &settings, false);
         }
         self.request_sent(ends_with_sync);
         Ok(())
@@ -574,6 +578,19 @@ fn raise_in_batch(
         .push_statement_op(Await::ParseComplete, Arc::from(""));
     a.expect.push(Await::BindComplete, true);
     a.expect.push(Await::Execute, true);
+}
+
+/// PostgreSQL's error for Parse message `body` in a failed transaction:
+/// its syntax error, which the parser reports first, else 25P02.
+fn parse_error_in_failed_transaction(body: &[u8]) -> PgError {
+    let query = fe::parse(body).ok().map(|p| p.query);
+    let syntax = query
+        .and_then(|q| std::str::from_utf8(q).ok())
+        .and_then(|sql| pg_query::parse_protobuf(sql, 0).err());
+    match syntax {
+        Some(pg_query::Error::Parse(m) | pg_query::Error::Scan(m)) => PgError::error("42601", m),
+        _ => super::route::transaction_aborted(),
+    }
 }
 
 /// Whether PostgreSQL accepts the Parse message `body` in a failed

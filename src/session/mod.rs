@@ -95,6 +95,15 @@ struct Attached {
     /// The client's recorded SETs that ran inside the open transaction
     /// block (rare: boxed, so `Attached` stays small to move).
     tx_settings: Option<Box<TxSettings>>,
+    /// The backend answered a ROLLBACK (of a block, or to a savepoint)
+    /// since its last ReadyForQuery: whether a request holding transaction
+    /// control rolled back what it changed (`BlockChanges`).
+    rolled_back_since_ready: bool,
+    /// The same, after the last RESET or DISCARD it answered: whether a
+    /// RESET ALL of the request was rolled back (a ROLLBACK before it was
+    /// not its own). Pass-through reads no COMMIT or ROLLBACK sent with
+    /// the extended protocol, so these tags are what tells.
+    rolled_back_after_reset: bool,
 }
 
 impl Attached {
@@ -823,6 +832,21 @@ impl Session {
                     if let Some(ts) = a.tx_settings.as_mut() {
                         ts.on_command_complete(f.body());
                     }
+                    // First bytes first: most tags are neither.
+                    let tag = f.body();
+                    match tag.first() {
+                        Some(b'R') if tag.starts_with(b"ROLLBACK\0") => {
+                            a.rolled_back_since_ready = true;
+                            a.rolled_back_after_reset = true;
+                        }
+                        Some(b'R') if tag.starts_with(b"RESET\0") => {
+                            a.rolled_back_after_reset = false
+                        }
+                        Some(b'D') if tag.starts_with(b"DISCARD ALL\0") => {
+                            a.rolled_back_after_reset = false
+                        }
+                        _ => {}
+                    }
                 }
                 _ => {}
             }
@@ -880,6 +904,9 @@ impl Session {
                     if a.status == TxStatus::Idle {
                         a.tx_settings = None;
                     }
+                    // The SETs after its RESET ALL go first, then its
+                    // settings come back, without the block's SETs before it.
+                    forget_settings(&mut self.settings, a, &undone.keys);
                     if let Some(r) = undone.reset {
                         reset_undone(
                             *r,
@@ -887,8 +914,8 @@ impl Session {
                             &mut self.startup_settings,
                             &mut a.conn.settings_fingerprint,
                         );
+                        forget_settings(&mut self.settings, a, &undone.before_reset);
                     }
-                    forget_settings(&mut self.settings, a, &undone.keys);
                 }
             }
             if !undone.is_empty() {
@@ -935,6 +962,30 @@ impl Session {
                         expect::Undone::SettingInTransaction(key) => {
                             a.tx_settings.get_or_insert_default().keys.push(key);
                         }
+                        expect::Undone::ResetInTransaction(r) => {
+                            a.tx_settings.get_or_insert_default().reset_all(r);
+                        }
+                        expect::Undone::Block(b) if a.status != TxStatus::Idle => {
+                            let ts = a.tx_settings.get_or_insert_default();
+                            if let Some(r) = b.reset {
+                                ts.reset_all(r);
+                            }
+                            ts.keys.extend(b.keys);
+                        }
+                        expect::Undone::Block(b) => {
+                            if a.rolled_back_since_ready {
+                                forget_settings(&mut self.settings, a, &b.keys);
+                            }
+                            match b.reset {
+                                Some(r) if a.rolled_back_after_reset => reset_undone(
+                                    *r,
+                                    &mut self.settings,
+                                    &mut self.startup_settings,
+                                    &mut a.conn.settings_fingerprint,
+                                ),
+                                _ => {}
+                            }
+                        }
                         expect::Undone::Request(u) => {
                             if let Some(change) = u.tenant {
                                 change.undo(&mut self.session_tenant);
@@ -953,6 +1004,10 @@ impl Session {
                         }
                     }
                 }
+            }
+            if t == be::tag::READY_FOR_QUERY {
+                a.rolled_back_since_ready = false;
+                a.rolled_back_after_reset = false;
             }
             if t == be::tag::READY_FOR_QUERY && a.expect.is_empty() {
                 a.since_sync = false;
@@ -1108,6 +1163,8 @@ impl Session {
                     xact_started: started,
                     last_ready: started.unwrap_or_else(Tick::now),
                     tx_settings: None,
+                    rolled_back_since_ready: false,
+                    rolled_back_after_reset: false,
                 }));
                 setup
             }
@@ -1332,20 +1389,25 @@ impl Session {
                 true => std::mem::take(&mut self.request_settings),
                 false => Vec::new(),
             },
+            block: None,
         };
         if let Some(r) = self.reset_undo.take() {
-            match self.attached.as_mut() {
-                // Inside a block, or with transaction control in the request
-                // (its BEGIN, or a COMMIT ending its implicit block), what
-                // undoes the RESET ALL is a ROLLBACK the backend reports
-                // (`TxSettings`): a COMMIT keeps it.
-                Some(a) if a.status != TxStatus::Idle || txn_control => {
-                    a.tx_settings.get_or_insert_default().reset.get_or_insert(r);
+            let block = match self.attached.as_mut() {
+                Some(a) if ends_request && txn_control => a.expect.block_of_last(),
+                _ => None,
+            };
+            match block {
+                // With transaction control in the request (its BEGIN, or a
+                // COMMIT ending its implicit block), what undoes the RESET
+                // ALL is a ROLLBACK the backend reports: a COMMIT keeps it.
+                Some(b) => {
+                    b.reset.get_or_insert(r);
                 }
-                // Outside one, the implicit transaction runs on to the Sync
-                // and an error anywhere in it undoes the RESET ALL.
-                _ if !ends_request => self.reset_undo = Some(r),
-                _ => undo.reset = Some(r),
+                // The request runs on to its Sync, which takes it.
+                None if !ends_request => self.reset_undo = Some(r),
+                // An error anywhere in the request undoes it; inside a
+                // block, the block's outcome then decides (`TxSettings`).
+                None => undo.reset = Some(r),
             }
         }
         if undo.tenant.is_some() || undo.reset.is_some() || !undo.settings.is_empty() {
@@ -1370,8 +1432,11 @@ impl Session {
         }
     }
 
-    /// Records a session-level SET the client ran on `target`, so it is replayed elsewhere.
-    fn record_setting(&mut self, target: &Target, stmt: &str) {
+    /// Records a session-level SET the client ran on `target`, so it is
+    /// replayed elsewhere. `txn_control`: its request holds transaction
+    /// control, so an error in it does not undo the SET: its ReadyForQuery
+    /// decides (`BlockChanges`).
+    fn record_setting(&mut self, target: &Target, stmt: &str, txn_control: bool) {
         let startup = self.startup_settings.clone();
         let s = self
             .settings
@@ -1384,7 +1449,11 @@ impl Session {
                 // Recorded before its result is known: forgotten if it
                 // fails. In a batch ended by Flush, if its request fails.
                 let key = Settings::key(stmt);
-                if !a
+                if txn_control {
+                    if let Some(block) = a.expect.block_of_last() {
+                        block.keys.push(key);
+                    }
+                } else if !a
                     .expect
                     .on_error_of_last(expect::OnError::ForgetSetting(key))
                 {
@@ -1432,8 +1501,11 @@ impl Session {
             Replay::Nothing
         } else if route::replayable_settings(a) && !sql.contains('$') {
             Replay::Whole
-        } else if let Some(settings) = route::settings_part(a, sql) {
-            Replay::Part(settings)
+        } else if let Some((settings, txn_control)) = route::settings_part(a, sql) {
+            Replay::Part {
+                settings,
+                txn_control,
+            }
         } else {
             Replay::Nothing
         };
@@ -1642,8 +1714,9 @@ pub(super) enum Replay {
     /// The whole text: it only changes settings.
     Whole,
     /// These statements of a simple Query that mixes settings with
-    /// statements that must not run twice (`route::settings_part`).
-    Part(String),
+    /// statements that must not run twice (`route::settings_part`);
+    /// `txn_control`: the Query holds transaction control.
+    Part { settings: String, txn_control: bool },
 }
 
 /// Appends `stmt` to a multi-statement Query `sql`: the `;` that ends it

@@ -597,11 +597,19 @@ impl Session {
             return self.refuse_query(e).await;
         }
         self.send_to_backend(raw, Await::Query, false).await?;
+        // PostgreSQL drops the unnamed statement at every simple Query.
+        self.prepared.remove("");
+        if let Some(a) = self.attached.as_mut() {
+            a.conn.unnamed_owner = None;
+        }
         if let Some(a) = analysis.as_deref() {
             match self.note_session_effects(a, sql) {
                 Replay::Nothing => {}
-                Replay::Whole => self.record_setting(&target, sql),
-                Replay::Part(settings) => self.record_setting(&target, &settings),
+                Replay::Whole => self.record_setting(&target, sql, false),
+                Replay::Part {
+                    settings,
+                    txn_control,
+                } => self.record_setting(&target, &settings, txn_control),
             }
         }
         self.request_sent(true);
@@ -677,16 +685,29 @@ fn replayable_statement(s: &router::StatementInfo) -> bool {
 /// The settings of a simple Query `sql` that mixes them with statements
 /// that must not run twice (`SET search_path = x; SELECT …`), to replay
 /// without the rest; `None` when they cannot be told apart or replayed.
-/// The text runs as one implicit transaction, so an error anywhere in it
-/// undoes them all, as it would a text of only settings. Not with
-/// transaction control in the text: an error after its COMMIT would leave
-/// them standing, which the request's error does not tell.
-pub(super) fn settings_part(a: &Analysis, sql: &str) -> Option<String> {
-    let plain = |s: &router::StatementInfo| {
-        s.txn == TxnControl::None && !s.effects.contains(&SessionEffect::ResetAll)
-    };
-    if !a.statements.iter().all(plain) {
-        return None;
+///
+/// `Some((settings, true))`: the text holds transaction control. It is
+/// then taken only as a block that the text opens first (`BEGIN; SET …;
+/// COMMIT`), its SETs all before any COMMIT or ROLLBACK in it, without
+/// savepoints: every error in it then comes inside that block or after it
+/// ended, so the block's outcome as the backend reports it decides the
+/// SETs (`BlockChanges`). Without transaction control the text is one
+/// implicit transaction, and an error anywhere in it undoes them.
+pub(super) fn settings_part(a: &Analysis, sql: &str) -> Option<(String, bool)> {
+    let mut txn_control = false;
+    let mut ended = false;
+    for (i, s) in a.statements.iter().enumerate() {
+        if s.effects.contains(&SessionEffect::ResetAll) {
+            // Its order against the SETs matters: the whole-text path.
+            return None;
+        }
+        match &s.txn {
+            TxnControl::None if ended && s.effects.contains(&SessionEffect::Other) => return None,
+            TxnControl::None => {}
+            TxnControl::Begin if i == 0 => txn_control = true,
+            TxnControl::Commit | TxnControl::Rollback if txn_control && !ended => ended = true,
+            _ => return None,
+        }
     }
     let texts = pg_query::split_with_parser(sql).ok()?;
     if texts.len() != a.statements.len() {
@@ -703,7 +724,7 @@ pub(super) fn settings_part(a: &Analysis, sql: &str) -> Option<String> {
         }
         super::push_statement(&mut settings, text.trim());
     }
-    (!settings.is_empty()).then_some(settings)
+    (!settings.is_empty()).then_some((settings, txn_control))
 }
 
 /// Whether a statement of `a` clears every setting (RESET ALL, DISCARD ALL).

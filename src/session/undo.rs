@@ -28,7 +28,10 @@ pub(super) struct TxSettings {
     /// Their `Settings::key`s, in the order they ran.
     pub keys: Vec<u64>,
     /// The recorded settings before the block's first RESET ALL.
-    pub reset: Option<Box<ResetUndo>>,
+    reset: Option<Box<ResetUndo>>,
+    /// How many of `keys` had run at that RESET ALL: those are in `reset`'s
+    /// settings, the others were recorded after it.
+    keys_at_reset: usize,
     /// How many of them had run at each SAVEPOINT made since the first.
     savepoints: Vec<usize>,
     /// A ROLLBACK (of the block, or to a savepoint) was answered since the
@@ -37,6 +40,15 @@ pub(super) struct TxSettings {
 }
 
 impl TxSettings {
+    /// The block ran a RESET ALL (after the SETs in `keys`) that cleared
+    /// the recorded settings `before`; only its first counts.
+    pub fn reset_all(&mut self, before: Box<ResetUndo>) {
+        if self.reset.is_none() {
+            self.keys_at_reset = self.keys.len();
+            self.reset = Some(before);
+        }
+    }
+
     /// Follows the block's savepoints and rollbacks by their CommandComplete tags.
     pub fn on_command_complete(&mut self, tag: &[u8]) {
         if tag.starts_with(b"ROLLBACK\0") {
@@ -60,9 +72,16 @@ impl TxSettings {
         // Out of the block: it rolled back. Still in it: a ROLLBACK TO, to
         // a savepoint made before every change here unless one was made since.
         if status == TxStatus::Idle || self.savepoints.is_empty() {
+            let mut keys = std::mem::take(&mut self.keys);
+            let reset = self.reset.take();
+            let before_reset = match reset {
+                Some(_) => keys.drain(..self.keys_at_reset.min(keys.len())).collect(),
+                None => Vec::new(),
+            };
             return SettingsUndone {
-                keys: std::mem::take(&mut self.keys),
-                reset: self.reset.take(),
+                keys,
+                reset,
+                before_reset,
             };
         }
         // Which savepoint it went back to, and so which SETs stand, is not
@@ -79,10 +98,14 @@ impl TxSettings {
 /// What a rollback undid of the recorded settings (`TxSettings::undone_at_ready`).
 #[derive(Default, Debug, PartialEq)]
 pub(super) struct SettingsUndone {
-    /// The SETs it undid, by `Settings::key`.
+    /// The SETs it undid, by `Settings::key`: with `reset`, those that ran
+    /// after the RESET ALL, to forget before its settings come back.
     pub keys: Vec<u64>,
     /// The recorded settings a RESET ALL it undid had cleared.
     pub reset: Option<Box<ResetUndo>>,
+    /// The SETs it undid that ran before that RESET ALL: among `reset`'s
+    /// settings, forgotten once they are back.
+    pub before_reset: Vec<u64>,
 }
 
 /// A session's recorded settings as they were before a RESET ALL (or
@@ -288,6 +311,34 @@ pub struct RequestUndo {
     /// Sync entry carries them, as it carries a Sync-ended batch's own
     /// (`OnError::ForgetSetting`).
     pub settings: Vec<u64>,
+    /// What the request changed that its error does not decide, because
+    /// it holds transaction control (`BlockChanges`).
+    pub block: Option<Box<BlockChanges>>,
+}
+
+/// What a request holding transaction control (its BEGIN, COMMIT or
+/// ROLLBACK) changed of the recorded settings. An error in it does not
+/// tell whether they stand (it may come after a COMMIT that kept them):
+/// they are decided at the request's ReadyForQuery instead. Still in a
+/// block, they join it (`TxSettings`), to stand only if it commits; out of
+/// one, they stand unless the backend reported a ROLLBACK in the request
+/// (`Attached::rolled_back_since_ready`).
+#[derive(Debug, Default, PartialEq)]
+pub struct BlockChanges {
+    /// Its recorded SETs (`Settings::key`s, in the order they ran).
+    pub keys: Vec<u64>,
+    /// The recorded settings before its RESET ALL.
+    pub reset: Option<Box<ResetUndo>>,
+}
+
+impl BlockChanges {
+    /// Adds what a later part of the same request changed.
+    fn merge(&mut self, later: BlockChanges) {
+        self.keys.extend(later.keys);
+        if self.reset.is_none() {
+            self.reset = later.reset;
+        }
+    }
 }
 
 impl RequestUndo {
@@ -306,6 +357,11 @@ impl RequestUndo {
             self.reset = later.reset;
         }
         self.settings.extend(later.settings);
+        match (self.block.as_mut(), later.block) {
+            (Some(earlier), Some(later)) => earlier.merge(*later),
+            (None, later) => self.block = later,
+            (Some(_), None) => {}
+        }
     }
 }
 
@@ -405,6 +461,32 @@ mod tests {
         t.on_command_complete(&cc("SELECT 1"));
         t.on_command_complete(&cc("COMMIT"));
         assert!(t.undone_at_ready(TxStatus::Idle, 0).keys.is_empty());
+    }
+
+    #[test]
+    fn a_rolled_back_reset_all_splits_the_sets_around_it() {
+        let before = || {
+            Box::new(ResetUndo {
+                settings: Default::default(),
+                startup: Default::default(),
+            })
+        };
+        // SET 1; RESET ALL; SET 2; (a second RESET ALL counts not); ROLLBACK.
+        let mut t = TxSettings::default();
+        t.keys.push(1);
+        t.reset_all(before());
+        t.keys.push(2);
+        t.reset_all(before());
+        t.on_command_complete(&cc("ROLLBACK"));
+        let u = t.undone_at_ready(TxStatus::Idle, 0);
+        assert_eq!((u.keys, u.before_reset), (vec![2], vec![1]));
+        assert!(u.reset.is_some());
+        // Without a RESET ALL every SET is simply undone.
+        let mut t = TxSettings::default();
+        t.keys.extend([1, 2]);
+        t.on_command_complete(&cc("ROLLBACK"));
+        let u = t.undone_at_ready(TxStatus::Idle, 0);
+        assert_eq!((u.keys, u.before_reset), (vec![1, 2], vec![]));
     }
 
     #[test]
