@@ -490,23 +490,31 @@ impl ExpectQueue {
                 // and `undo`): inside a block, the request's SETs stand
                 // only if the block commits. Reported last first, as the
                 // caller applies them in reverse.
-                let mut undo = undo.map(|u| *u).unwrap_or_default();
-                if let Some(b) = undo.block.take() {
+                let in_block = f.body().first() != Some(&b'I');
+                // Most requests carry nothing: no work for them.
+                let (reset, settings, block) = match undo {
+                    None => (None, Vec::new(), None),
+                    Some(u) => {
+                        let u = *u;
+                        (u.reset, u.settings, u.block)
+                    }
+                };
+                if let Some(b) = block {
                     undone.push(Undone::Block(b));
                 }
-                if f.body().first() != Some(&b'I') {
+                if in_block {
                     if let Some(OnError::ForgetSetting(key)) = on_error {
                         undone.push(Undone::SettingInTransaction(key));
                     }
-                    for key in undo.settings.into_iter().rev() {
+                    for key in settings.into_iter().rev() {
                         undone.push(Undone::SettingInTransaction(key));
                     }
                     // Applied first: the request's SETs ran after its
                     // RESET ALL (`reset_settings` took those before it).
-                    if let Some(r) = undo.reset {
+                    if let Some(r) = reset {
                         undone.push(Undone::ResetInTransaction(r));
                     }
-                } else if let Some(r) = undo.reset {
+                } else if let Some(r) = reset {
                     // No error undid it; a ROLLBACK after it did, if the
                     // backend reported one (`BlockChanges`).
                     undone.push(Undone::Block(Box::new(BlockChanges {

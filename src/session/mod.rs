@@ -211,6 +211,13 @@ impl PreparedMap {
             self.named.insert(name, p);
         }
     }
+    /// Forgets the unnamed statement (a simple Query destroys it), without
+    /// moving it out: this runs for every simple Query.
+    pub fn forget_unnamed(&mut self) {
+        if self.unnamed.is_some() {
+            self.unnamed = None;
+        }
+    }
     /// Forgets every named statement (DEALLOCATE ALL), not the unnamed one.
     pub fn clear_named(&mut self) {
         self.named.clear();

@@ -598,7 +598,7 @@ impl Session {
         }
         self.send_to_backend(raw, Await::Query, false).await?;
         // PostgreSQL drops the unnamed statement at every simple Query.
-        self.prepared.remove("");
+        self.prepared.forget_unnamed();
         if let Some(a) = self.attached.as_mut() {
             a.conn.unnamed_owner = None;
         }
