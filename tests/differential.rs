@@ -93,15 +93,11 @@ struct Request {
     text: String,
 }
 
-/// Two differences the proxy still has, documented in docs/architecture.md
-/// ("Known differences"), that the requests avoid so that everything else
-/// stays guarded:
+/// Differences the proxy still has, listed in docs/architecture.md ("Known
+/// limits"), that the requests avoid so that everything else stays guarded:
 /// - a SET in the same extended-protocol request as transaction control:
 ///   the proxy forgets the SET when the request fails, even if a COMMIT in
 ///   it made it stand;
-/// - the unnamed statement after PostgreSQL dropped it (a simple Query, a
-///   failed Parse, an error): the proxy still binds or describes it.
-///
 /// - a named Parse of a name in use gets 42P05 before PostgreSQL's checks
 ///   of the statement (42601, 42P01) could;
 /// - a batch of only Parses and Closes of statements (libpq's PQprepare)
@@ -109,8 +105,7 @@ struct Request {
 ///   docs/architecture.md, "Translation"): a bad statement then fails at
 ///   its first Bind instead of at the Parse.
 ///
-/// Hence: no SET beside transaction control in a batch, the unnamed statement is
-/// bound or described only after its Parse in the same batch, a named Parse
+/// Hence: no SET beside transaction control in a batch, a named Parse
 /// closes the name first, and no batch is only Parses and Closes of
 /// statements. A failed transaction is only rolled back
 /// (`DIFF_FAILED_REQUESTS=1` sends random requests there too): random
@@ -150,10 +145,6 @@ fn any_request(rng: &mut Rng) -> Request {
     let mut messages = Vec::new();
     let mut text = Vec::new();
     let show = |n: &[u8]| String::from_utf8_lossy(n).to_string();
-    // Statement names this batch may bind or describe (see `random_request`).
-    let usable = |name: &[u8], messages: &[Vec<u8>]| {
-        !name.is_empty() || messages.iter().any(|m| m.starts_with(b"P") && m[5] == 0)
-    };
     for _ in 0..1 + rng.below(4) {
         match rng.below(9) {
             // The drivers' usual statement, as one unit.
@@ -174,9 +165,6 @@ fn any_request(rng: &mut Rng) -> Request {
             }
             4 => {
                 let (portal, name) = (*rng.pick(PORTALS), *rng.pick(NAMES));
-                if !usable(name, &messages) {
-                    continue;
-                }
                 messages.push(bind(portal, name));
                 text.push(format!("B({}<-{})", show(portal), show(name)));
             }
@@ -190,9 +178,6 @@ fn any_request(rng: &mut Rng) -> Request {
                     0 => (b'S', *rng.pick(NAMES)),
                     _ => (b'P', *rng.pick(PORTALS)),
                 };
-                if kind == b'S' && !usable(name, &messages) {
-                    continue;
-                }
                 messages.push(describe(kind, name));
                 text.push(format!("D({}{})", kind as char, show(name)));
             }

@@ -44,6 +44,22 @@ pub enum Undone {
     /// What a request holding transaction control changed, to decide at
     /// its ReadyForQuery (`BlockChanges`).
     Block(Box<BlockChanges>),
+    /// The client's unnamed Parse failed: PostgreSQL dropped the unnamed
+    /// statement before parsing, so there is none now.
+    UnnamedParseFailed,
+    /// An error made the backend skip the client's unnamed Parse: the
+    /// unnamed statement is still the one from before it.
+    UnnamedParseSkipped(UnnamedBefore),
+}
+
+/// The client's unnamed statement before one of its unnamed Parses, kept
+/// until the server answers that Parse (`Undone::UnnamedParseSkipped`).
+#[derive(Debug)]
+pub enum UnnamedBefore {
+    /// The Parse sent the same statement again: nothing changed.
+    Same,
+    /// The statement it replaced (`None`: there was none).
+    Was(Option<super::Prepared>),
 }
 
 /// What an error in answer to a simple Query means for the session's
@@ -137,6 +153,9 @@ pub struct ExpectQueue {
     /// The changes behind `Entry::Local(_, true)` entries, in queue order:
     /// kept apart so that entries stay cheap to move and to drop.
     undos: VecDeque<MapUndo>,
+    /// What each unanswered unnamed Parse (`Entry::Forwarded` with
+    /// `unnamed_parse`) replaced, in queue order, kept apart likewise.
+    unnamed_before: VecDeque<UnnamedBefore>,
     /// What the Syncs a COPY made the backend ignore carried (`on_error`,
     /// `undo`): the request's implicit transaction now ends at the Sync
     /// the client sends after the copy, which takes them over.
@@ -221,18 +240,22 @@ impl ExpectQueue {
         }
     }
 
-    /// Records the client's own unnamed Parse, forwarded as is: if an error
-    /// skips it, the connection's unnamed statement is not the client's.
-    pub fn push_unnamed_parse(&mut self) {
+    /// Records the client's own unnamed Parse, forwarded as is, and the
+    /// statement it replaced in the client's map: if an error skips it,
+    /// that one is back. Gives `before` back when the backend skips the
+    /// Parse already (an error before a Flush).
+    pub fn push_unnamed_parse(&mut self, before: UnnamedBefore) -> Result<(), UnnamedBefore> {
         if self.skipping {
-            return;
+            return Err(before);
         }
+        self.unnamed_before.push_back(before);
         // First of its entry: whether it was answered is then whether the
         // entry counted a completion.
         self.q.push_back(Entry::Forwarded {
             count: 1,
             unnamed_parse: true,
         });
+        Ok(())
     }
 
     /// Records an injected Parse or Close of server statement `stmt` (swallowed).
@@ -430,6 +453,8 @@ impl ExpectQueue {
                             undone.push(Undone::ParseFailed(s.clone()));
                         }
                     }
+                    // The first entry is the one the error answers.
+                    let mut answered = true;
                     while let Some(front) = self.q.front() {
                         if matches!(
                             front,
@@ -457,9 +482,16 @@ impl ExpectQueue {
                             Some(Entry::Forwarded {
                                 unnamed_parse: true,
                                 ..
-                            }) => undone.push(Undone::Parse(Arc::from(""))),
+                            }) => {
+                                let before = self.unnamed_before.pop_front();
+                                undone.push(match (answered, before) {
+                                    (false, Some(before)) => Undone::UnnamedParseSkipped(before),
+                                    _ => Undone::UnnamedParseFailed,
+                                });
+                            }
                             _ => {}
                         }
+                        answered = false;
                     }
                     // The batch failed: what its failure means applies now
                     // (its Sync only ends the skipping), and so does what a
@@ -572,7 +604,11 @@ impl ExpectQueue {
                 if !is_completion(t) {
                     return Plain::PassedThrough;
                 }
-                *unnamed_parse = false;
+                if *unnamed_parse {
+                    // Its ParseComplete: the statement it replaced is gone.
+                    *unnamed_parse = false;
+                    self.unnamed_before.pop_front();
+                }
                 *count -= 1;
                 if *count > 0 {
                     return Plain::PassedThrough;
@@ -693,7 +729,8 @@ mod tests {
     /// portal, Execute, Sync (pgbench -M extended, most drivers).
     fn unnamed_batch() -> ExpectQueue {
         let mut q = ExpectQueue::default();
-        q.push_unnamed_parse();
+        q.push_unnamed_parse(UnnamedBefore::Same)
+            .expect("not skipping");
         q.push_forwarded();
         q.push_forwarded();
         q.push_forwarded();
@@ -784,8 +821,26 @@ mod tests {
         let mut undone = Vec::new();
         let error = b"E\0\0\0\x0cC42601\0\0";
         assert!(q.on_backend_message(FrameRef::from_raw(error), &mut undone));
-        // The Parse never ran: the connection's unnamed statement is not the client's.
-        assert!(matches!(&undone[..], [Undone::Parse(s)] if s.is_empty()));
+        // The error answers the Parse: PostgreSQL has no unnamed statement now.
+        assert!(matches!(&undone[..], [Undone::UnnamedParseFailed]));
+
+        // Two unnamed statements in one batch, an error after the first's
+        // ParseComplete: the second Parse was skipped, and the unnamed
+        // statement is still what it was before it.
+        let mut q = ExpectQueue::default();
+        for before in [UnnamedBefore::Same, UnnamedBefore::Was(None)] {
+            q.push_unnamed_parse(before).expect("not skipping");
+            q.push_forwarded();
+            q.push_forwarded();
+        }
+        q.push(Await::Sync, false);
+        assert_eq!(q.take_plain(b'1'), Plain::PassedThrough);
+        let mut undone = Vec::new();
+        assert!(q.on_backend_message(FrameRef::from_raw(error), &mut undone));
+        assert!(matches!(
+            &undone[..],
+            [Undone::UnnamedParseSkipped(UnnamedBefore::Was(None))]
+        ));
 
         // An error after the ParseComplete (at Bind, say): the statement
         // is the client's.

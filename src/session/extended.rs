@@ -8,7 +8,7 @@
 //! the proxy in their place in the response stream. Identical statements from
 //! different clients share one server-side statement per connection.
 
-use super::expect::{Await, MapUndo};
+use super::expect::{Await, MapUndo, UnnamedBefore};
 use super::{Prepared, Resumed, Session};
 use crate::protocol::backend::{self as be, PgError, TxStatus};
 use crate::protocol::frontend::{self as fe, tag};
@@ -198,11 +198,16 @@ impl Session {
                         continue;
                     }
                     match record_parse(&mut self.prepared, &mut self.next_generation, f.body())? {
-                        Ok(()) if !named(&f) => {
+                        Ok(before) if !named(&f) => {
                             // The unnamed statement needs no renaming: forward the
                             // client's own Parse (its ParseComplete is the client's).
                             wire.extend_from_slice(f.raw());
-                            a.expect.push_unnamed_parse();
+                            // Skipped by the backend already (an error
+                            // before a Flush): the statement stays as it was.
+                            if let Err(UnnamedBefore::Was(p)) = a.expect.push_unnamed_parse(before)
+                            {
+                                self.prepared.restore_unnamed(p);
+                            }
                             a.conn.unnamed_owner = Some((self.id, self.next_generation - 1));
                             sent_extended = true;
                         }
@@ -443,7 +448,7 @@ impl Session {
                         continue;
                     }
                     match record_parse(&mut self.prepared, &mut self.next_generation, f.body())? {
-                        Ok(()) => self.out.extend_from_slice(PARSE_COMPLETE),
+                        Ok(_) => self.out.extend_from_slice(PARSE_COMPLETE),
                         Err(err) => {
                             self.out.extend_from_slice(&err.encode());
                             self.skip_until_sync = true;
@@ -627,7 +632,7 @@ fn record_parse(
     prepared: &mut super::PreparedMap,
     next_generation: &mut u64,
     body: &[u8],
-) -> Result<Result<(), PgError>, PgError> {
+) -> Result<Result<UnnamedBefore, PgError>, PgError> {
     let generation = *next_generation;
     if let Some(old) = prepared.unnamed_parsed_from(body) {
         // Drivers re-send the same unnamed statement on every execution:
@@ -636,19 +641,19 @@ fn record_parse(
         *next_generation += 1;
         old.generation = generation;
         set_declared_oids(&mut old.param_oids, &old.param_types);
-        return Ok(Ok(()));
+        return Ok(Ok(UnnamedBefore::Same));
     }
     let p = fe::parse(body).map_err(malformed)?;
-    Ok(register_parse(prepared, next_generation, &p))
+    Ok(register_parse(prepared, next_generation, &p).map(UnnamedBefore::Was))
 }
 
 /// Records a decoded Parse; a named statement that already exists is 42P05,
-/// as in PostgreSQL (the unnamed one is simply replaced).
+/// as in PostgreSQL (the unnamed one is simply replaced: it is returned).
 fn register_parse(
     prepared: &mut super::PreparedMap,
     next_generation: &mut u64,
     p: &fe::Parse<'_>,
-) -> Result<(), PgError> {
+) -> Result<Option<Prepared>, PgError> {
     if !p.name.is_empty() && prepared.contains_key(&p.name) {
         return Err(PgError::error(
             "42P05",
@@ -665,7 +670,7 @@ fn register_parse(
     } else {
         server_name(p.query, p.param_types)
     };
-    prepared.insert(
+    Ok(prepared.insert(
         p.name.to_string(),
         Prepared {
             query: p.query.into(),
@@ -679,8 +684,7 @@ fn register_parse(
             },
             changes_session_state: super::may_change_session_state(p.query),
         },
-    );
-    Ok(())
+    ))
 }
 
 /// Sets `oids` to the OIDs a Parse declared (0 = let the server infer),
@@ -754,7 +758,7 @@ mod tests {
     fn record(map: &mut PreparedMap, generation: &mut u64, body: &[u8]) {
         record_parse(map, generation, body)
             .expect("well-formed")
-            .expect("recorded")
+            .expect("recorded");
     }
 
     #[test]

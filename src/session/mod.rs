@@ -204,12 +204,18 @@ impl PreparedMap {
     pub fn contains_key(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
-    pub fn insert(&mut self, name: String, p: Prepared) {
+    /// Adds `p` as statement `name`; the unnamed statement it replaced.
+    pub fn insert(&mut self, name: String, p: Prepared) -> Option<Prepared> {
         if name.is_empty() {
-            self.unnamed = Some(p);
+            self.unnamed.replace(p)
         } else {
             self.named.insert(name, p);
+            None
         }
+    }
+    /// Makes `p` the unnamed statement again (a skipped Parse replaced it).
+    pub fn restore_unnamed(&mut self, p: Option<Prepared>) {
+        self.unnamed = p;
     }
     /// Forgets the unnamed statement (a simple Query destroys it), without
     /// moving it out: this runs for every simple Query.
@@ -932,6 +938,16 @@ impl Session {
                     match u {
                         expect::Undone::Parse(name) if name.is_empty() => {
                             a.conn.unnamed_owner = None
+                        }
+                        expect::Undone::UnnamedParseFailed => {
+                            a.conn.unnamed_owner = None;
+                            self.prepared.forget_unnamed();
+                        }
+                        expect::Undone::UnnamedParseSkipped(before) => {
+                            a.conn.unnamed_owner = None;
+                            if let expect::UnnamedBefore::Was(p) = before {
+                                self.prepared.restore_unnamed(p);
+                            }
                         }
                         expect::Undone::Parse(name) => a.conn.prepared.retain(|n| *n != name),
                         expect::Undone::Close(name) => a.conn.prepared.push_back(name),
