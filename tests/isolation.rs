@@ -1433,6 +1433,10 @@ fn a_set_beside_other_statements_is_replayed_alone_and_a_bound_one_only_when_exe
     rt().block_on(async {
         let mut a = alice(&p).await;
         let mut b = alice(&p).await;
+        // A client that sets no application_name sees the server's default,
+        // as connecting directly (pooled connections send none).
+        a.send(&[query("SHOW application_name")]).await;
+        assert_eq!(a.read_until(0, 1).await[1], "D()");
         // After each request of `a`, `b` takes the one connection, so `a`'s
         // next transaction runs where its settings must be replayed.
         async fn turn(a: &mut Raw, b: &mut Raw, req: Vec<Vec<u8>>) -> (Vec<String>, Vec<String>) {
