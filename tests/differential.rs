@@ -24,9 +24,10 @@ use support::*;
 
 const PW: &str = "alice-secret-1";
 
-/// Statements the requests are made of: session settings (one reported by
-/// ParameterStatus), what shows them, a schema whose table shadows the
-/// public one, transaction control and savepoints, errors of each phase.
+/// Statements the requests are made of: session settings (none reported by
+/// ParameterStatus: see docs/architecture.md "Known limits"), what shows
+/// them, a schema whose table shadows the public one, transaction control
+/// and savepoints, errors of each phase.
 const STATEMENTS: &[&str] = &[
     "SELECT 1",
     "SELECT id, name FROM items ORDER BY id",
