@@ -174,21 +174,17 @@ fn any_request(rng: &mut Rng) -> Request {
                 messages.push(execute(portal));
                 text.push(format!("E({})", show(portal)));
             }
-            6 => {
+            n @ (6 | 7) => {
                 let (kind, name) = match rng.below(2) {
                     0 => (b'S', *rng.pick(NAMES)),
                     _ => (b'P', *rng.pick(PORTALS)),
                 };
-                messages.push(describe(kind, name));
-                text.push(format!("D({}{})", kind as char, show(name)));
-            }
-            7 => {
-                let (kind, name) = match rng.below(2) {
-                    0 => (b'S', *rng.pick(NAMES)),
-                    _ => (b'P', *rng.pick(PORTALS)),
+                let (message, letter) = match n {
+                    6 => (describe(kind, name), 'D'),
+                    _ => (close(kind, name), 'C'),
                 };
-                messages.push(close(kind, name));
-                text.push(format!("C({}{})", kind as char, show(name)));
+                messages.push(message);
+                text.push(format!("{letter}({}{})", kind as char, show(name)));
             }
             _ => {
                 messages.push(flush());
@@ -358,23 +354,7 @@ fn seeds() -> (std::ops::Range<u64>, usize) {
 
 #[test]
 fn random_requests_get_the_same_answers_through_the_proxy_as_directly() {
-    let app = Cluster::start();
-    app.createdb("app");
-    app.psql("app", APP_SCHEMA);
-    add_user(&app, "app", "alice@example.com", &scram(PW), None);
-    app.psql(
-        "app",
-        "CREATE TABLE items (id int PRIMARY KEY, name text); \
-         INSERT INTO items VALUES (1, 'one'), (2, 'two'); \
-         CREATE SCHEMA leaked; CREATE TABLE leaked.items (id int, name text); \
-         INSERT INTO leaked.items VALUES (99, 'LEAKED');",
-    );
-    let config = format!(
-        "[app_db]\nurl = \"{}\"\n[auth]\nquery = \"{}\"\n[routing]\nenabled = false\n[pool]\nsize = 1\n",
-        app.url("app"),
-        auth_query()
-    );
-    let proxy = Proxy::start(&config, &[]);
+    let (app, proxy) = passthrough_with_items(PW, "[pool]\nsize = 1\n");
     let (range, steps) = seeds();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut failures = Vec::new();

@@ -18,25 +18,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// The app DB alone, routing off, with a schema and a role that could leak.
 fn passthrough(extra: &str) -> (Cluster, Proxy) {
-    let app = Cluster::start();
-    app.createdb("app");
-    app.psql("app", APP_SCHEMA);
-    add_user(&app, "app", "alice@example.com", &scram(PW), None);
-    app.psql(
-        "app",
-        "CREATE TABLE items (id int PRIMARY KEY, name text); \
-         INSERT INTO items VALUES (1, 'one'), (2, 'two'); \
-         CREATE SCHEMA leaked; CREATE TABLE leaked.items (id int, name text); \
-         INSERT INTO leaked.items VALUES (99, 'LEAKED'); \
-         CREATE ROLE other_role; GRANT ALL ON ALL TABLES IN SCHEMA public TO other_role;",
-    );
-    let config = format!(
-        "[app_db]\nurl = \"{}\"\n[auth]\nquery = \"{}\"\n[routing]\nenabled = false\n{extra}",
-        app.url("app"),
-        auth_query()
-    );
-    let proxy = Proxy::start(&config, &[]);
-    (app, proxy)
+    passthrough_with_items(PW, extra)
 }
 
 /// The proxy's server-side name for `sql` prepared without declared types:

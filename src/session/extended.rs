@@ -185,7 +185,10 @@ impl Session {
                     }
                     // The unnamed Parse goes to the server, which fails it
                     // exactly as it would; the proxy answers named ones.
-                    if aborted && named(&f) && !ends_transaction(&self.shared, f.body()) {
+                    if aborted
+                        && named(&f)
+                        && !accepted_in_failed_transaction(&self.shared, f.body())
+                    {
                         raise_in_batch(
                             a,
                             &mut wire,
@@ -601,7 +604,7 @@ fn parse_error_in_failed_transaction(body: &[u8]) -> PgError {
 /// Whether PostgreSQL accepts the Parse message `body` in a failed
 /// transaction: its statement ends the transaction (COMMIT, ROLLBACK [TO
 /// SAVEPOINT], PREPARE TRANSACTION), or it has none (an empty text).
-fn ends_transaction(shared: &crate::server::Shared, body: &[u8]) -> bool {
+fn accepted_in_failed_transaction(shared: &crate::server::Shared, body: &[u8]) -> bool {
     use crate::router::TxnControl;
     let Ok(p) = fe::parse(body) else {
         return false;

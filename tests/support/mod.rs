@@ -585,3 +585,30 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .unwrap_or(0);
     Ok((status, body.to_string()))
 }
+
+/// The app DB alone, routing off: the test schema, user alice@example.com
+/// with password `pw`, a table `items` (rows 1 'one', 2 'two') and a schema
+/// `leaked` whose `items` shadows it (row 99 'LEAKED') when on the
+/// search_path, a role that could leak, and a pgtenant in front with `extra`
+/// appended to its configuration.
+pub fn passthrough_with_items(pw: &str, extra: &str) -> (Cluster, Proxy) {
+    let app = Cluster::start();
+    app.createdb("app");
+    app.psql("app", APP_SCHEMA);
+    add_user(&app, "app", "alice@example.com", &scram(pw), None);
+    app.psql(
+        "app",
+        "CREATE TABLE items (id int PRIMARY KEY, name text); \
+         INSERT INTO items VALUES (1, 'one'), (2, 'two'); \
+         CREATE SCHEMA leaked; CREATE TABLE leaked.items (id int, name text); \
+         INSERT INTO leaked.items VALUES (99, 'LEAKED'); \
+         CREATE ROLE other_role; GRANT ALL ON ALL TABLES IN SCHEMA public TO other_role;",
+    );
+    let config = format!(
+        "[app_db]\nurl = \"{}\"\n[auth]\nquery = \"{}\"\n[routing]\nenabled = false\n{extra}",
+        app.url("app"),
+        auth_query()
+    );
+    let proxy = Proxy::start(&config, &[]);
+    (app, proxy)
+}
