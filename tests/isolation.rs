@@ -18,7 +18,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// The app DB alone, routing off, with a schema and a role that could leak.
 fn passthrough(extra: &str) -> (Cluster, Proxy) {
-    passthrough_with_items(PW, extra)
+    passthrough_with_items(PW, extra, &[])
 }
 
 /// The proxy's server-side name for `sql` prepared without declared types:
@@ -43,6 +43,15 @@ fn two_tenants_one_row_each() -> (Fleet, Proxy) {
     );
     let p = f.proxy("");
     (f, p)
+}
+
+/// Runs its closure when dropped, the test passing or not.
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }
 
 async fn alice(p: &Proxy) -> Raw {
@@ -1004,6 +1013,58 @@ fn a_statement_prepared_alone_is_checked_by_the_server() {
         let r = step(c, vec![query("SELECT name FROM accounts")]).await;
         assert_eq!(r.last().map(String::as_str), Some("Z(T)"), "{r:?}");
         step(c, vec![query("COMMIT")]).await;
+    });
+}
+
+/// A transaction's connection is back in the pool before its client reads
+/// the ReadyForQuery that ends it, as PgBouncer releases its server there.
+/// So another client's statement prepared alone right after (pool size 1)
+/// finds it free and is checked by the server, whichever worker thread
+/// serves each client; the other way round, the second client could come
+/// while the first session was still between its answer and its release,
+/// and get the proxy's ParseComplete for a statement that cannot prepare.
+#[test]
+fn a_connection_is_free_once_its_client_has_seen_its_transaction_end() {
+    let (_app, p) = passthrough_with_items(PW, "[pool]\nsize = 1\n", &[("PGTENANT_WORKERS", "2")]);
+    // The proxy and these clients on one CPU: the first client, woken by
+    // its answer, then preempts the proxy's worker right after its send,
+    // which is where the connection used to be still checked out.
+    let taskset = |args: &[&str]| {
+        let out = std::process::Command::new("taskset")
+            .args(args)
+            .output()
+            .expect("taskset (util-linux)");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let me = std::process::id().to_string();
+    // "pid N's current affinity mask: 3": the mask is the last word.
+    let mask = taskset(&["-p", &me]);
+    let mask = mask.rsplit(' ').next().unwrap_or("").to_string();
+    let low: String = mask.chars().filter(|c| *c != ',').collect();
+    let low = &low[low.len().saturating_sub(32)..];
+    let first_cpu = u128::from_str_radix(low, 16)
+        .expect("a hex mask")
+        .trailing_zeros();
+    let one = format!("{:x}", 1u128 << first_cpu);
+    taskset(&["-a", "-p", &one, &p.child.id().to_string()]);
+    taskset(&["-a", "-p", &one, &me]);
+    let _unpin = Defer(|| {
+        taskset(&["-a", "-p", &mask, &me]);
+    });
+    rt().block_on(async {
+        let (a, b) = (&mut alice(&p).await, &mut alice(&p).await);
+        for round in 0..100 {
+            a.send(&[query("SELECT 1")]).await;
+            assert_eq!(
+                a.read_until(0, 1).await.last().map(String::as_str),
+                Some("Z(I)")
+            );
+            b.send(&[parse(b"", b"SELECT * FROM no_such_table"), sync()])
+                .await;
+            let r = b.read_until(0, 1).await;
+            assert!(r[0].starts_with("E(42P01"), "round {round}: {r:?}");
+        }
     });
 }
 

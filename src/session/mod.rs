@@ -576,13 +576,20 @@ impl Session {
             self.report_bytes_in();
             // 2. Whole backend messages already buffered.
             self.backend_messages()?;
+            // The connection goes back before the client reads the end of
+            // its transaction, as PgBouncer releases its server at the
+            // ReadyForQuery before sending it on: a client (or another
+            // one it signals) that then asks for a connection finds this
+            // one free, whatever thread serves it. Answered the other way
+            // round, a PQprepare right after another client's transaction
+            // could find the pool busy and be answered by the proxy.
+            if self.detach_due() && !self.keep_attached() {
+                self.release_attached().await;
+            }
             // Guarded here: an async call costs its future even when it
             // has nothing to do, and this runs twice per transaction.
             if !self.out.is_empty() {
                 self.flush_client().await.map_err(|_| closed())?;
-            }
-            if self.detach_due() && !self.keep_attached() {
-                self.release_attached().await;
             }
 
             // 3. Wait for more bytes from either side, or a KILL. One

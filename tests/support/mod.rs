@@ -590,8 +590,8 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 /// with password `pw`, a table `items` (rows 1 'one', 2 'two') and a schema
 /// `leaked` whose `items` shadows it (row 99 'LEAKED') when on the
 /// search_path, a role that could leak, and a pgtenant in front with `extra`
-/// appended to its configuration.
-pub fn passthrough_with_items(pw: &str, extra: &str) -> (Cluster, Proxy) {
+/// appended to its configuration and `env` in its environment.
+pub fn passthrough_with_items(pw: &str, extra: &str, env: &[(&str, &str)]) -> (Cluster, Proxy) {
     let app = Cluster::start();
     app.createdb("app");
     app.psql("app", APP_SCHEMA);
@@ -609,6 +609,6 @@ pub fn passthrough_with_items(pw: &str, extra: &str) -> (Cluster, Proxy) {
         app.url("app"),
         auth_query()
     );
-    let proxy = Proxy::start(&config, &[]);
+    let proxy = Proxy::start(&config, env);
     (app, proxy)
 }
