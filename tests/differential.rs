@@ -24,10 +24,12 @@ use support::*;
 
 const PW: &str = "alice-secret-1";
 
-/// Statements the requests are made of: session settings (none reported by
-/// ParameterStatus: see docs/architecture.md "Known limits"), what shows
-/// them, a schema whose table shadows the public one, transaction control
-/// and savepoints, errors of each phase.
+/// Statements the requests are made of: session settings (application_name
+/// among them, which ParameterStatus reports), what shows them, a schema
+/// whose table shadows the public one, transaction control and savepoints,
+/// errors of each phase. The clients send no startup parameters, whose
+/// resets the proxy follows only from the next request on (see
+/// docs/architecture.md "Known limits").
 const STATEMENTS: &[&str] = &[
     "SELECT 1",
     "SELECT id, name FROM items ORDER BY id",
@@ -36,6 +38,7 @@ const STATEMENTS: &[&str] = &[
     "SET search_path = public",
     "SET work_mem = '5MB'",
     "SET statement_timeout = '7s'",
+    "SET application_name = 'diff'",
     "SET LOCAL search_path = leaked",
     "SELECT set_config('work_mem', '6MB', false)",
     "RESET ALL",
@@ -363,5 +366,8 @@ fn random_requests_get_the_same_answers_through_the_proxy_as_directly() {
         "{}",
         proxy.log_text()
     );
+    if !failures.is_empty() && std::env::var_os("DIFF_LOG").is_some() {
+        eprintln!("{}", proxy.log_text());
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -1068,6 +1068,87 @@ fn a_connection_is_free_once_its_client_has_seen_its_transaction_end() {
     });
 }
 
+/// What a reset goes back to is the client's startup parameters, as on
+/// PostgreSQL (its own application_name, `options=-c …`), not a pooled
+/// connection's defaults: from the request after the reset on, with the
+/// reported parameters told to the client again. A list value given at
+/// startup (`search_path=leaked,public`, as JDBC's `currentSchema` sends)
+/// stays a list. And a RESET ALL runs where the client's own settings are,
+/// so that it reports what it changes.
+#[test]
+fn a_reset_goes_back_to_the_clients_startup_parameters() {
+    /// Runs `sql`; its messages but ParameterStatus, and in `reported`
+    /// the application_name last reported.
+    async fn run(c: &mut Raw, sql: &str, reported: &mut String) -> Vec<String> {
+        c.send(&[query(sql)]).await;
+        let mut r = c.read_until(0, 1).await;
+        r.retain(|m| match m.strip_prefix("S(application_name=") {
+            Some(v) => {
+                *reported = v.trim_end_matches(')').trim_end_matches('=').to_string();
+                false
+            }
+            None => true,
+        });
+        r
+    }
+    let (_app, p) = passthrough("[pool]\nsize = 1\n");
+    rt().block_on(async {
+        let params = [
+            ("application_name", "start"),
+            ("options", "-c work_mem=3MB -c search_path=leaked,public"),
+        ];
+        let c = &mut Raw::connect_with(p.port, "alice@example.com", PW, "app", &params).await;
+        let mut reported = "start".to_string();
+        let items = "SELECT name FROM items ORDER BY id";
+        let shows = "SELECT current_setting('application_name') || '|' || \
+                     current_setting('work_mem') || '|' || current_setting('search_path')";
+        let start = ["T", "D(start|3MB|leaked,public)", "C(SELECT 1)", "Z(I)"];
+        assert_eq!(run(c, shows, &mut reported).await, start);
+        let r = run(c, items, &mut reported).await;
+        assert_eq!(
+            r[1], "D(LEAKED)",
+            "the schema list, first schema first: {r:?}"
+        );
+
+        for reset in ["RESET ALL", "DISCARD ALL"] {
+            run(c, "SET application_name = 'diff'", &mut reported).await;
+            run(c, "SET work_mem = '5MB'", &mut reported).await;
+            run(c, "SET search_path = public", &mut reported).await;
+            run(c, reset, &mut reported).await;
+            assert_eq!(
+                run(c, shows, &mut reported).await[1],
+                start[1],
+                "after {reset}"
+            );
+            assert_eq!(reported, "start", "the client's view after {reset}");
+        }
+        for reset in ["RESET search_path", "SET search_path TO DEFAULT"] {
+            run(c, "SET search_path = public", &mut reported).await;
+            assert_eq!(run(c, items, &mut reported).await[1], "D(one)");
+            run(c, reset, &mut reported).await;
+            assert_eq!(
+                run(c, items, &mut reported).await[1],
+                "D(LEAKED)",
+                "after {reset}"
+            );
+        }
+        run(c, "SET application_name = 'x'", &mut reported).await;
+        run(c, "RESET application_name", &mut reported).await;
+        assert_eq!(run(c, shows, &mut reported).await[1], start[1]);
+        assert_eq!(reported, "start");
+
+        // Without startup parameters: the RESET ALL reports the change of
+        // the client's own SET, as PostgreSQL does.
+        let plain = &mut alice(&p).await;
+        let mut reported = String::new();
+        run(plain, "SET application_name = 'diff'", &mut reported).await;
+        run(c, "SELECT 1", &mut reported).await;
+        reported = "unchanged".into();
+        run(plain, "RESET ALL", &mut reported).await;
+        assert_eq!(reported, "", "the RESET ALL's own report");
+    });
+}
+
 /// Outside a transaction block a request runs as one implicit
 /// transaction: a tenant SET in a simple Query or an extended batch that
 /// fails is undone with it, as PostgreSQL undoes the setting, and the

@@ -425,6 +425,7 @@ struct Walker<'a> {
     under_or: bool,
     neg_depth: u32,
     effects: Vec<SessionEffect>,
+    resets: Option<String>,
     txn: TxnControl,
     templatable: bool,
     drop_params: bool,
@@ -444,6 +445,7 @@ impl<'a> Walker<'a> {
             under_or: false,
             neg_depth: 0,
             effects: Vec::new(),
+            resets: None,
             txn: TxnControl::None,
             templatable: true,
             drop_params: false,
@@ -492,6 +494,7 @@ impl<'a> Walker<'a> {
             tenant_mentions: self.mentions.into_iter().map(|(v, _)| v).collect(),
             tenant_under_or: self.under_or,
             effects: self.effects,
+            resets: self.resets,
             txn: self.txn,
             unknown_tables: self.unknown,
             assume_tenant_tables: self.assume_tenant,
@@ -820,6 +823,10 @@ impl<'a> Walker<'a> {
                 }
             }
             _ if s.is_local => SessionEffect::LocalSetting,
+            K::VarReset | K::VarSetDefault => {
+                self.resets = Some(s.name.to_ascii_lowercase());
+                SessionEffect::Other
+            }
             _ => SessionEffect::Other,
         };
         self.effects.push(effect);

@@ -201,6 +201,11 @@ pub struct StatementInfo {
     pub tenant_under_or: bool,
     /// Session-state changes, in order.
     pub effects: Vec<SessionEffect>,
+    /// The setting (lower case) a `RESET <name>` or `SET <name> TO
+    /// DEFAULT` puts back to its session default, the tenant's aside: the
+    /// session layer replays it as the client's startup value when it has
+    /// one, since a pooled connection's default is its own.
+    pub resets: Option<String>,
     /// Transaction control kind.
     pub txn: TxnControl,
     /// The statement may touch tables that are not visible in its text

@@ -115,6 +115,10 @@ pub enum Await {
     Sync,
     /// ReadyForQuery closing a simple Query or FunctionCall (errors do not end it).
     Query,
+    /// As `Query`, for the proxy's setup Query whose ParameterStatus
+    /// messages are the client's: the first after the client reset its
+    /// settings (see `Session::report_next_setup`).
+    ReportingQuery,
 }
 
 #[derive(Debug)]
@@ -270,10 +274,14 @@ impl ExpectQueue {
     }
 
     /// Records the setup Query that replays the session's settings
-    /// (swallowed; its failure is `OnError::SettingsUnknown`).
-    pub fn push_setup_settings(&mut self) {
+    /// (swallowed, but for its ParameterStatus messages when `report`; its
+    /// failure is `OnError::SettingsUnknown`).
+    pub fn push_setup_settings(&mut self, report: bool) {
         self.queue(Entry::Wait {
-            awaits: Await::Query,
+            awaits: match report {
+                true => Await::ReportingQuery,
+                false => Await::Query,
+            },
             swallow: true,
             stmt: None,
             on_error: Some(OnError::SettingsUnknown),
@@ -419,7 +427,7 @@ impl ExpectQueue {
         }
         let done = match t {
             tag::ERROR_RESPONSE => {
-                if awaits == Await::Query || awaits == Await::Sync {
+                if matches!(awaits, Await::Query | Await::ReportingQuery | Await::Sync) {
                     self.report_failure_of_front(undone);
                     false
                 } else {
@@ -511,7 +519,10 @@ impl ExpectQueue {
         };
         let forward = if expected_error {
             false
-        } else if t == tag::NOTIFICATION || t == tag::ERROR_RESPONSE {
+        } else if t == tag::NOTIFICATION
+            || t == tag::ERROR_RESPONSE
+            || (t == tag::PARAMETER_STATUS && awaits == Await::ReportingQuery)
+        {
             true
         } else {
             !swallow
@@ -709,7 +720,9 @@ fn is_completion(t: u8) -> bool {
 /// message awaiting `awaits` (errors aside).
 fn completes(awaits: Await, t: u8) -> bool {
     match t {
-        tag::READY_FOR_QUERY => matches!(awaits, Await::Sync | Await::Query),
+        tag::READY_FOR_QUERY => {
+            matches!(awaits, Await::Sync | Await::Query | Await::ReportingQuery)
+        }
         tag::PARSE_COMPLETE => awaits == Await::ParseComplete,
         tag::BIND_COMPLETE => awaits == Await::BindComplete,
         tag::CLOSE_COMPLETE => awaits == Await::CloseComplete,
@@ -755,7 +768,6 @@ mod tests {
         q.undo_on_error(Box::new(RequestUndo {
             reset: Some(Box::new(super::super::undo::ResetUndo {
                 settings: Default::default(),
-                startup: Default::default(),
             })),
             ..Default::default()
         }));
@@ -784,6 +796,22 @@ mod tests {
         assert!(undone.is_empty());
         q.on_backend_message(FrameRef::from_raw(&error), &mut undone);
         assert!(failed(&undone));
+    }
+
+    #[test]
+    fn a_reporting_setup_forwards_only_its_parameter_reports() {
+        for report in [false, true] {
+            let mut q = ExpectQueue::default();
+            q.push_setup_settings(report);
+            let mut undone = Vec::new();
+            let mut forwarded =
+                |raw: &[u8]| q.on_backend_message(FrameRef::from_raw(raw), &mut undone);
+            let status = message(b'S', b"application_name\0start\0");
+            assert!(!forwarded(&message(b'C', b"SET\0")));
+            assert_eq!(forwarded(&status), report);
+            assert!(!forwarded(b"Z\0\0\0\x05I"));
+            assert!(q.is_empty() && undone.is_empty());
+        }
     }
 
     #[test]

@@ -370,6 +370,18 @@ pub struct Session {
     skip_until_sync: bool,
     settings: HashMap<String, Settings>,
     startup_settings: Settings,
+    /// The names (lower case) of the startup parameters `startup_settings`
+    /// sets, in its order.
+    startup_names: Vec<String>,
+    /// The client reset its settings (RESET ALL, DISCARD ALL) while it had
+    /// startup ones. PostgreSQL resets to those, but the connection resets
+    /// to its own, and tells the client so (ParameterStatus); the proxy
+    /// sets them again before the next request (`reset_settings`). That
+    /// setup runs even where the connection seems to match, and its
+    /// ParameterStatus messages go to the client, whose view of the
+    /// reported parameters (application_name, TimeZone, DateStyle,
+    /// client_encoding…) then matches the server's again.
+    report_next_setup: bool,
     /// The last detached connection's (empty) queue, kept so attaching
     /// does not allocate a new one every transaction.
     spare_expect: ExpectQueue,
@@ -459,6 +471,7 @@ impl Session {
             .database()
             .and_then(|db| shared.tenant_by_subdomain(db));
         let mut startup_settings = Settings::default();
+        let mut startup_names = Vec::new();
         for name in [
             "application_name",
             "DateStyle",
@@ -473,6 +486,7 @@ impl Session {
                     continue;
                 }
                 startup_settings.push(set_statement(name, v));
+                startup_names.push(name.to_ascii_lowercase());
             }
         }
         for (k, v) in a.params.options() {
@@ -481,6 +495,7 @@ impl Session {
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
             {
                 startup_settings.push(set_statement(&k, &v));
+                startup_names.push(k.to_ascii_lowercase());
             }
         }
         Session {
@@ -519,6 +534,8 @@ impl Session {
             switching: false,
             settings: HashMap::new(),
             startup_settings,
+            startup_names,
+            report_next_setup: false,
             spare_expect: ExpectQueue::default(),
             kept: None,
             keeper_of: None,
@@ -893,12 +910,7 @@ impl Session {
                 // the changes of its batches sent so far.
                 if let Some(r) = self.reset_undo.take() {
                     if !self.request_tenant.holds_txn_control() {
-                        reset_undone(
-                            *r,
-                            &mut self.settings,
-                            &mut self.startup_settings,
-                            &mut a.conn.settings_fingerprint,
-                        );
+                        reset_undone(*r, &mut self.settings, &mut a.conn.settings_fingerprint);
                     }
                 }
                 self.request_tenant.failed(&mut self.session_tenant);
@@ -928,12 +940,7 @@ impl Session {
                     // settings come back, without the block's SETs before it.
                     forget_settings(&mut self.settings, a, &undone.keys);
                     if let Some(r) = undone.reset {
-                        reset_undone(
-                            *r,
-                            &mut self.settings,
-                            &mut self.startup_settings,
-                            &mut a.conn.settings_fingerprint,
-                        );
+                        reset_undone(*r, &mut self.settings, &mut a.conn.settings_fingerprint);
                         forget_settings(&mut self.settings, a, &undone.before_reset);
                     }
                 }
@@ -1010,7 +1017,6 @@ impl Session {
                                 Some(r) if a.rolled_back_after_reset => reset_undone(
                                     *r,
                                     &mut self.settings,
-                                    &mut self.startup_settings,
                                     &mut a.conn.settings_fingerprint,
                                 ),
                                 _ => {}
@@ -1027,7 +1033,6 @@ impl Session {
                                 reset_undone(
                                     *r,
                                     &mut self.settings,
-                                    &mut self.startup_settings,
                                     &mut a.conn.settings_fingerprint,
                                 );
                             }
@@ -1178,8 +1183,16 @@ impl Session {
                     pool: target.pool.clone(),
                     key: conn.backend_key,
                 });
-                let wanted = settings_for(&self.settings, &self.startup_settings, target);
-                let setup = setup_sql(wanted, self.id, &self.shared, &mut conn, target);
+                let recorded = recorded_before_request(&self.settings, &self.reset_undo);
+                let wanted = settings_for(recorded, &self.startup_settings, target);
+                let setup = setup_sql(
+                    wanted,
+                    self.report_next_setup,
+                    self.id,
+                    &self.shared,
+                    &mut conn,
+                    target,
+                );
                 // One allocation per checkout; a kept connection's
                 // transactions reuse it (`kept`).
                 self.attached = Some(Box::new(Attached {
@@ -1214,7 +1227,10 @@ impl Session {
             let mut q = BytesMut::new();
             if !setup.settings.is_empty() {
                 q.extend_from_slice(&crate::protocol::frontend::encode_query(&setup.settings));
-                a.expect.push_setup_settings();
+                a.expect.push_setup_settings(setup.report);
+                if setup.report {
+                    self.report_next_setup = false;
+                }
             }
             if !setup.session.is_empty() {
                 q.extend_from_slice(&crate::protocol::frontend::encode_query(&setup.session));
@@ -1327,9 +1343,11 @@ impl Session {
         // The request's timers start now, as after a checkout.
         a.query_started = Some(now);
         a.xact_started = Some(now);
-        let wanted = settings_for(&self.settings, &self.startup_settings, target);
+        let recorded = recorded_before_request(&self.settings, &self.reset_undo);
+        let wanted = settings_for(recorded, &self.startup_settings, target);
         Some(setup_sql(
             wanted,
+            self.report_next_setup,
             self.id,
             &self.shared,
             &mut a.conn,
@@ -1452,7 +1470,7 @@ impl Session {
     fn request_refused(&mut self) {
         self.request_tenant.refused(&mut self.session_tenant);
         if let Some(r) = self.reset_undo.take() {
-            r.restore(&mut self.settings, &mut self.startup_settings);
+            r.restore(&mut self.settings);
         }
         // What its batches ended by Flush ran fails with it: the proxy
         // raises the refusal where they ran.
@@ -1527,11 +1545,21 @@ impl Session {
                 SessionEffect::Untracked => untracked = true,
             }
         }
+        // A RESET of one of the client's startup parameters: PostgreSQL
+        // puts back the client's startup value, a pooled connection its own
+        // default. Replayed as the startup value, and the connection, left
+        // with its own default, is retired after this use (below).
+        let startup_value = |st: &crate::router::StatementInfo| {
+            let name = st.resets.as_deref()?;
+            let i = self.startup_names.iter().position(|n| n == name)?;
+            Some(self.startup_settings.stmts[i].as_str())
+        };
+        let resets_startup = a.statements.iter().any(|st| startup_value(st).is_some());
         let replay = if !other {
             Replay::Nothing
-        } else if route::replayable_settings(a) && !sql.contains('$') {
+        } else if !resets_startup && route::replayable_settings(a) && !sql.contains('$') {
             Replay::Whole
-        } else if let Some((settings, txn_control)) = route::settings_part(a, sql) {
+        } else if let Some((settings, txn_control)) = route::settings_part(a, sql, &startup_value) {
             Replay::Part {
                 settings,
                 txn_control,
@@ -1539,6 +1567,10 @@ impl Session {
         } else {
             Replay::Nothing
         };
+        untracked |= resets_startup;
+        // The client was told the connection's default of a reported one
+        // (ParameterStatus): the next setup tells it the startup value.
+        self.report_next_setup |= resets_startup;
         // State the next session on this connection would inherit, and
         // that no reset undoes: the connection closes after this use.
         untracked |= other && matches!(replay, Replay::Nothing);
@@ -1550,6 +1582,7 @@ impl Session {
             // Done already when routing read it before sending; an extended
             // statement in pass-through is read only now.
             self.reset_settings();
+            self.report_next_setup |= !self.startup_settings.stmts.is_empty();
         }
         if let Some(att) = self.attached.as_mut() {
             if tenant_touched || reset_all {
@@ -1589,13 +1622,16 @@ impl Session {
             if let Some(s) = pool.and_then(|p| settings.get_mut(p)) {
                 s.forget_each(&earlier);
             }
-            self.reset_undo = Some(Box::new(ResetUndo {
-                settings,
-                startup: std::mem::take(&mut self.startup_settings),
-            }));
+            self.reset_undo = Some(Box::new(ResetUndo { settings }));
         }
+        // PostgreSQL resets each setting to its value at the start of the
+        // session, which for the client's startup parameters (its
+        // application_name, `options=-c search_path=…`) is theirs: they
+        // stay, to be replayed. The connection, whose own start had none of
+        // them, is back to its defaults, and retired after this use
+        // (`note_session_effects`): the next transaction's connection gets
+        // them again.
         self.settings.clear();
-        self.startup_settings = Settings::default();
         if let Some(a) = self.attached.as_mut() {
             a.conn.settings_fingerprint = 0;
         }
@@ -1782,11 +1818,21 @@ fn copy_run(out: &mut BytesMut, reader: &FrameReader, run: &mut std::ops::Range<
 fn reset_undone(
     r: ResetUndo,
     settings: &mut HashMap<String, Settings>,
-    startup: &mut Settings,
     connection_fingerprint: &mut u64,
 ) {
-    r.restore(settings, startup);
+    r.restore(settings);
     *connection_fingerprint = SETTINGS_UNKNOWN;
+}
+
+/// The session's recorded settings as the request in hand found them: a
+/// RESET ALL in it, read before it is sent (`reset_undo`), has not run yet.
+/// A connection is set up to those, so that the reset runs on what the
+/// client set and reports the parameters it changes, as on PostgreSQL.
+fn recorded_before_request<'a>(
+    recorded: &'a HashMap<String, Settings>,
+    reset_undo: &'a Option<Box<ResetUndo>>,
+) -> &'a HashMap<String, Settings> {
+    reset_undo.as_ref().map_or(recorded, |r| &r.settings)
 }
 
 /// The settings a session replays on `target`'s connections: those recorded
@@ -1810,6 +1856,9 @@ pub(super) struct Setup {
     /// RESET ALL and the session's settings: may fail (a setting the
     /// server refuses), and then the whole Query is rolled back.
     settings: String,
+    /// Its ParameterStatus messages are the client's
+    /// (`Session::report_next_setup`).
+    report: bool,
     /// The advisory-lock release and the tenant setting: cannot fail on an
     /// idle connection, and must hold whatever became of `settings`.
     session: String,
@@ -1838,13 +1887,15 @@ impl Setup {
 /// They go out in the same write as the client's request.
 fn setup_sql(
     wanted: &Settings,
+    report: bool,
     session: u64,
     shared: &Shared,
     conn: &mut PooledConn,
     target: &Target,
 ) -> Setup {
     let mut setup = Setup::default();
-    if conn.settings_fingerprint != wanted.fingerprint {
+    if conn.settings_fingerprint != wanted.fingerprint || report {
+        setup.report = report;
         if conn.settings_fingerprint != 0 {
             // As DISCARD ALL begins: RESET ALL keeps a SET ROLE or SET
             // SESSION AUTHORIZATION, which the first statement undoes.
@@ -1955,15 +2006,17 @@ pub fn quote_literal(s: &str) -> String {
     out
 }
 
+/// The statement that gives a startup parameter its value on a pooled
+/// connection. `set_config` reads the value as the startup packet does, as
+/// the parameter's own text: `search_path=a,b` (JDBC's `currentSchema`,
+/// `options=-c search_path=a,b`) is two schemas, where `SET search_path =
+/// 'a,b'` would be one schema named `a,b`.
 fn set_statement(name: &str, value: &str) -> String {
-    format!("SET {} = {}", quote_ident_path(name), quote_literal(value))
-}
-
-fn quote_ident_path(name: &str) -> String {
-    name.split('.')
-        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(".")
+    format!(
+        "SELECT pg_catalog.set_config({}, {}, false)",
+        quote_literal(name),
+        quote_literal(value)
+    )
 }
 
 #[cfg(test)]

@@ -693,7 +693,15 @@ fn replayable_statement(s: &router::StatementInfo) -> bool {
 /// ended, so the block's outcome as the backend reports it decides the
 /// SETs (`BlockChanges`). Without transaction control the text is one
 /// implicit transaction, and an error anywhere in it undoes them.
-pub(super) fn settings_part(a: &Analysis, sql: &str) -> Option<(String, bool)> {
+///
+/// `replacement` gives the statement to replay instead of one (a RESET of
+/// a startup parameter: `Session::note_session_effects`); the text itself
+/// is replayed otherwise.
+pub(super) fn settings_part<'r>(
+    a: &Analysis,
+    sql: &str,
+    replacement: &dyn Fn(&router::StatementInfo) -> Option<&'r str>,
+) -> Option<(String, bool)> {
     let mut txn_control = false;
     let mut ended = false;
     for (i, s) in a.statements.iter().enumerate() {
@@ -722,7 +730,7 @@ pub(super) fn settings_part(a: &Analysis, sql: &str) -> Option<(String, bool)> {
         if !replayable_statement(s) || text.contains('$') {
             return None;
         }
-        super::push_statement(&mut settings, text.trim());
+        super::push_statement(&mut settings, replacement(s).unwrap_or(text.trim()));
     }
     (!settings.is_empty()).then_some((settings, txn_control))
 }

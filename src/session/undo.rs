@@ -109,22 +109,17 @@ pub(super) struct SettingsUndone {
 }
 
 /// A session's recorded settings as they were before a RESET ALL (or
-/// DISCARD ALL) cleared them: what an undone one gives back.
+/// DISCARD ALL) cleared them: what an undone one gives back. (The startup
+/// settings stay: PostgreSQL resets to them.)
 #[derive(Debug, PartialEq)]
 pub(super) struct ResetUndo {
     pub settings: std::collections::HashMap<String, super::Settings>,
-    pub startup: super::Settings,
 }
 
 impl ResetUndo {
     /// Gives the session back the recorded settings the RESET ALL cleared.
-    pub fn restore(
-        self,
-        settings: &mut std::collections::HashMap<String, super::Settings>,
-        startup: &mut super::Settings,
-    ) {
+    pub fn restore(self, settings: &mut std::collections::HashMap<String, super::Settings>) {
         *settings = self.settings;
-        *startup = self.startup;
     }
 }
 
@@ -468,7 +463,6 @@ mod tests {
         let before = || {
             Box::new(ResetUndo {
                 settings: Default::default(),
-                startup: Default::default(),
             })
         };
         // SET 1; RESET ALL; SET 2; (a second RESET ALL counts not); ROLLBACK.

@@ -63,6 +63,18 @@ pub struct Raw {
 /// A logged-in client connection (SCRAM).
 impl Raw {
     pub async fn connect(port: u16, user: &str, pw: &str, db: &str) -> Raw {
+        Raw::connect_with(port, user, pw, db, &[]).await
+    }
+
+    /// `connect`, with more startup parameters (`application_name`,
+    /// `options`…).
+    pub async fn connect_with(
+        port: u16,
+        user: &str,
+        pw: &str,
+        db: &str,
+        params: &[(&str, &str)],
+    ) -> Raw {
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -70,7 +82,8 @@ impl Raw {
         let mut startup = Vec::new();
         startup.extend_from_slice(&0i32.to_be_bytes());
         startup.extend_from_slice(&196608i32.to_be_bytes());
-        for (k, v) in [("user", user), ("database", db)] {
+        let given = [("user", user), ("database", db)];
+        for (k, v) in given.iter().chain(params) {
             startup.extend_from_slice(k.as_bytes());
             startup.push(0);
             startup.extend_from_slice(v.as_bytes());
