@@ -1137,6 +1137,24 @@ fn a_reset_goes_back_to_the_clients_startup_parameters() {
         assert_eq!(run(c, shows, &mut reported).await[1], start[1]);
         assert_eq!(reported, "start");
 
+        // Session pooling keeps the connection through the reset: the
+        // startup values go back on it before the next request.
+        let (_app, session_mode) = passthrough("[pool]\nmode = \"session\"\n");
+        let s = &mut Raw::connect_with(session_mode.port, "alice@example.com", PW, "app", &params)
+            .await;
+        let mut reported = "start".to_string();
+        for reset in ["RESET ALL", "DISCARD ALL"] {
+            run(s, "SET application_name = 'diff'", &mut reported).await;
+            run(s, "SET work_mem = '5MB'", &mut reported).await;
+            run(s, reset, &mut reported).await;
+            assert_eq!(
+                run(s, shows, &mut reported).await[1],
+                start[1],
+                "after {reset}"
+            );
+            assert_eq!(reported, "start", "the client's view after {reset}");
+        }
+
         // Without startup parameters: the RESET ALL reports the change of
         // the client's own SET, as PostgreSQL does.
         let plain = &mut alice(&p).await;

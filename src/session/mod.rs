@@ -1307,11 +1307,21 @@ impl Session {
     /// The hot paths call it first, and `ensure_attached` with what it
     /// found unless `Resumed::Ready`.
     pub(super) fn resume(&mut self, target: &Target) -> Resumed {
-        if let Some(a) = &self.attached {
-            return match a.target.same(target) {
-                true => Resumed::Ready,
-                false => Resumed::Wait,
-            };
+        if let Some(a) = self.attached.as_mut() {
+            if !a.target.same(target) {
+                return Resumed::Wait;
+            }
+            // Still attached after a reset with nothing in flight: session
+            // pooling, whose connection stays the client's. The startup
+            // settings go back on before the next request, as a new
+            // connection would get them (`report_next_setup`).
+            if self.report_next_setup && a.expect.is_empty() && a.status == TxStatus::Idle {
+                let recorded = recorded_before_request(&self.settings, &self.reset_undo);
+                let wanted = settings_for(recorded, &self.startup_settings, target);
+                let setup = setup_sql(wanted, true, self.id, &self.shared, &mut a.conn, target);
+                return Resumed::Setup(setup);
+            }
+            return Resumed::Ready;
         }
         match self.resume_kept(target) {
             Some(setup) if setup.is_empty() && self.held_begin.is_none() => Resumed::Ready,
