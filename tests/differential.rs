@@ -103,8 +103,8 @@ struct Request {
 /// - a SET in the same extended-protocol request as transaction control:
 ///   the proxy forgets the SET when the request fails, even if a COMMIT in
 ///   it made it stand;
-/// - a named Parse of a name in use gets 42P05 before PostgreSQL's checks
-///   of the statement (42601, 42P01) could.
+/// - a named Parse of a name in use gets 42P05 before PostgreSQL's analysis
+///   of the statement could fail (42P01; its grammar's errors come first).
 ///
 /// Hence: no SET beside transaction control in a batch, and a named Parse
 /// closes the name first. (A batch of only Parses and Closes of statements,

@@ -591,13 +591,28 @@ fn raise_in_batch(
 /// PostgreSQL's error for Parse message `body` in a failed transaction:
 /// its syntax error, which the parser reports first, else 25P02.
 fn parse_error_in_failed_transaction(body: &[u8]) -> PgError {
-    let query = fe::parse(body).ok().map(|p| p.query);
-    let syntax = query
-        .and_then(|q| std::str::from_utf8(q).ok())
-        .and_then(|sql| pg_query::parse_protobuf(sql, 0).err());
-    match syntax {
-        Some(pg_query::Error::Parse(m) | pg_query::Error::Scan(m)) => PgError::error("42601", m),
-        _ => super::route::transaction_aborted(),
+    fe::parse(body)
+        .ok()
+        .and_then(|p| grammar_error(p.query))
+        .unwrap_or_else(super::route::transaction_aborted)
+}
+
+/// The error PostgreSQL's Parse reports from the grammar alone, before it
+/// looks at tables or names: a syntax error (42601), or more than one
+/// statement. `None` when the text parses (or is not UTF-8, which the
+/// server then judges).
+fn grammar_error(query: &[u8]) -> Option<PgError> {
+    let sql = std::str::from_utf8(query).ok()?;
+    match pg_query::parse_protobuf(sql, 0) {
+        Ok(tree) if tree.stmts.len() > 1 => Some(PgError::error(
+            "42601",
+            "cannot insert multiple commands into a prepared statement",
+        )),
+        Ok(_) => None,
+        Err(pg_query::Error::Parse(m) | pg_query::Error::Scan(m)) => {
+            Some(PgError::error("42601", m))
+        }
+        Err(_) => None,
     }
 }
 
@@ -651,13 +666,17 @@ fn record_parse(
 }
 
 /// Records a decoded Parse; a named statement that already exists is 42P05,
-/// as in PostgreSQL (the unnamed one is simply replaced: it is returned).
+/// as in PostgreSQL (the unnamed one is simply replaced: it is returned),
+/// after the errors PostgreSQL finds first, in the statement's grammar.
 fn register_parse(
     prepared: &mut super::PreparedMap,
     next_generation: &mut u64,
     p: &fe::Parse<'_>,
 ) -> Result<Option<Prepared>, PgError> {
     if !p.name.is_empty() && prepared.contains_key(&p.name) {
+        if let Some(e) = grammar_error(p.query) {
+            return Err(e);
+        }
         return Err(PgError::error(
             "42P05",
             format!(
@@ -803,5 +822,30 @@ mod tests {
 
         // Malformed: an error for the connection, not a recorded statement.
         assert!(record_parse(&mut map, &mut generation, b"\0SELECT 1").is_err());
+    }
+
+    #[test]
+    fn a_name_in_use_is_reported_after_the_grammars_errors() {
+        let (mut map, mut generation) = (PreparedMap::default(), 1);
+        record(
+            &mut map,
+            &mut generation,
+            &parse_body("s1", "SELECT 1", &[0, 0]),
+        );
+        let again = |map: &mut PreparedMap, generation: &mut u64, sql: &str| {
+            let body = parse_body("s1", sql, &[0, 0]);
+            let e = record_parse(map, generation, &body).expect("well-formed");
+            match e {
+                Err(e) => e.code,
+                Ok(_) => panic!("{sql:?} was recorded under a name in use"),
+            }
+        };
+        // PostgreSQL parses the text before it looks for the name.
+        assert_eq!(again(&mut map, &mut generation, "SELEC 1"), "42601");
+        assert_eq!(
+            again(&mut map, &mut generation, "SELECT 1; SELECT 2"),
+            "42601"
+        );
+        assert_eq!(again(&mut map, &mut generation, "SELECT 2"), "42P05");
     }
 }
