@@ -106,7 +106,8 @@ struct Request {
 /// - a named Parse of a name in use gets 42P05 before PostgreSQL's analysis
 ///   of the statement could fail (42P01; its grammar's errors come first).
 ///
-/// Hence: no SET beside transaction control in a batch, and a named Parse
+/// Hence: no SET beside transaction control in a batch (nor beside a Bind
+/// of a named statement, which may hold it), and a named Parse
 /// closes the name first. (A batch of only Parses and Closes of statements,
 /// libpq's PQprepare, is answered by the proxy when no connection is free,
 /// by design: see docs/architecture.md, "Translation". Here one always is:
@@ -120,7 +121,8 @@ fn random_request(rng: &mut Rng) -> Request {
         let r = any_request(rng);
         let batch = !r.text.starts_with("Q ");
         let sets = batch && (r.text.contains("SET ") || r.text.contains("set_config"));
-        let control = ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"]
+        // A named statement bound here may be one of them, prepared earlier.
+        let control = ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "<-s"]
             .iter()
             .any(|w| r.text.contains(w));
         if !(sets && control) {
