@@ -589,7 +589,8 @@ fn raise_in_batch(
 }
 
 /// PostgreSQL's error for Parse message `body` in a failed transaction:
-/// its syntax error, which the parser reports first, else 25P02.
+/// its grammar's (`grammar_error`), which the parser reports first, else
+/// 25P02.
 fn parse_error_in_failed_transaction(body: &[u8]) -> PgError {
     fe::parse(body)
         .ok()
