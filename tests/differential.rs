@@ -16,7 +16,8 @@
 //! `DIFF_STEPS=n` run others, longer, when hunting, and `DIFF_PROBE=1`
 //! compares the settings after every step, to find the step that made a
 //! difference; `DIFF_MINIMIZE=1` shortens a failing history to the steps
-//! the difference needs (see `random_request` for `DIFF_FAILED_REQUESTS`).
+//! the difference needs (see `random_request` for `DIFF_FAILED_REQUESTS`);
+//! `DIFF_LOG=1` prints the proxy's log with a failure.
 mod support;
 
 use support::wire::*;
