@@ -1157,6 +1157,33 @@ fn a_reset_goes_back_to_the_clients_startup_parameters() {
             );
             assert_eq!(reported, "start", "the client's view after {reset}");
         }
+        // A reset in a batch ended by Flush: nothing of the proxy's goes
+        // out before the request's Sync. Its error then rolls the reset
+        // back with the request's implicit transaction, and the row written
+        // before it, as on PostgreSQL (a setup Query sent in between would
+        // have committed them).
+        run(s, "SET work_mem = '5MB'", &mut reported).await;
+        let mut reset = unnamed("INSERT INTO items VALUES (3, 'three')");
+        reset.extend(unnamed("RESET ALL"));
+        reset.push(flush());
+        s.send(&reset).await;
+        let mut r = s.read_until(b'C', 0).await;
+        r.extend(s.read_until(b'C', 0).await);
+        assert!(r.ends_with(&["C(RESET)".to_string()]), "{r:?}");
+        let mut fail = unnamed("SELECT 1/0");
+        fail.push(sync());
+        s.send(&fail).await;
+        let r = s.read_until(0, 1).await;
+        assert!(r.iter().any(|m| m.starts_with("E(22012")), "{r:?}");
+        let r = run(s, "SHOW work_mem", &mut reported).await;
+        assert_eq!(r[1], "D(5MB)", "the reset was rolled back: {r:?}");
+        let r = run(
+            s,
+            "SELECT count(*) FROM public.items WHERE id = 3",
+            &mut reported,
+        )
+        .await;
+        assert_eq!(r[1], "D(0)", "the row was rolled back: {r:?}");
 
         // Without startup parameters: the RESET ALL reports the change of
         // the client's own SET, as PostgreSQL does.

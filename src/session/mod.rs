@@ -107,6 +107,15 @@ struct Attached {
 }
 
 impl Attached {
+    /// Nothing in flight and no transaction open: no request has been sent
+    /// that its Sync (or its Query's ReadyForQuery) has not ended. Only
+    /// then may the connection change hands, or the proxy send a Query of
+    /// its own on it (one between a client's Flush and Sync would end the
+    /// implicit transaction of the client's request).
+    fn is_idle(&self) -> bool {
+        self.expect.is_empty() && !self.since_sync && !self.copy_in && self.status == TxStatus::Idle
+    }
+
     /// Marks the start of a request (and of a transaction, if none is open).
     fn note_request(&mut self, bytes: usize) {
         if self.query_started.is_none() {
@@ -1067,13 +1076,9 @@ impl Session {
     /// nothing in flight: `maybe_detach`'s condition, checked before the
     /// call in the relay loop, which runs it twice per transaction.
     fn detach_due(&self) -> bool {
-        self.attached.as_ref().is_some_and(|a| {
-            a.expect.is_empty()
-                && !a.since_sync
-                && !a.copy_in
-                && a.status == TxStatus::Idle
-                && self.pending.is_empty()
-        })
+        self.attached
+            .as_ref()
+            .is_some_and(|a| a.is_idle() && self.pending.is_empty())
     }
 
     /// Gives the connection back once the backend is idle and nothing is in flight.
@@ -1315,7 +1320,7 @@ impl Session {
             // pooling, whose connection stays the client's. The startup
             // settings go back on before the next request, as a new
             // connection would get them (`report_next_setup`).
-            if self.report_next_setup && a.expect.is_empty() && a.status == TxStatus::Idle {
+            if self.report_next_setup && a.is_idle() {
                 let recorded = recorded_before_request(&self.settings, &self.reset_undo);
                 let wanted = settings_for(recorded, &self.startup_settings, target);
                 let setup = setup_sql(wanted, true, self.id, &self.shared, &mut a.conn, target);
@@ -1729,7 +1734,7 @@ impl Session {
             }
         }
         if let Some(a) = self.attached.take() {
-            if a.expect.is_empty() && !a.since_sync && a.status == TxStatus::Idle && !a.copy_in {
+            if a.is_idle() {
                 self.cancel_slot.clear().await;
                 a.conn.release(a.last_ready);
             } else {
