@@ -1094,6 +1094,18 @@ fn a_reset_goes_back_to_the_clients_startup_parameters() {
         });
         r
     }
+    /// RESET ALL and DISCARD ALL after SETs of every startup parameter:
+    /// `shows` gives `want` again, and the client was last told `start`.
+    async fn full_resets_go_back(c: &mut Raw, shows: &str, want: &str, reported: &mut String) {
+        for reset in ["RESET ALL", "DISCARD ALL"] {
+            run(c, "SET application_name = 'diff'", reported).await;
+            run(c, "SET work_mem = '5MB'", reported).await;
+            run(c, "SET search_path = public", reported).await;
+            run(c, reset, reported).await;
+            assert_eq!(run(c, shows, reported).await[1], want, "after {reset}");
+            assert_eq!(reported, "start", "the client's view after {reset}");
+        }
+    }
     let (_app, p) = passthrough("[pool]\nsize = 1\n");
     rt().block_on(async {
         let params = [
@@ -1113,18 +1125,7 @@ fn a_reset_goes_back_to_the_clients_startup_parameters() {
             "the schema list, first schema first: {r:?}"
         );
 
-        for reset in ["RESET ALL", "DISCARD ALL"] {
-            run(c, "SET application_name = 'diff'", &mut reported).await;
-            run(c, "SET work_mem = '5MB'", &mut reported).await;
-            run(c, "SET search_path = public", &mut reported).await;
-            run(c, reset, &mut reported).await;
-            assert_eq!(
-                run(c, shows, &mut reported).await[1],
-                start[1],
-                "after {reset}"
-            );
-            assert_eq!(reported, "start", "the client's view after {reset}");
-        }
+        full_resets_go_back(c, shows, start[1], &mut reported).await;
         for reset in ["RESET search_path", "SET search_path TO DEFAULT"] {
             run(c, "SET search_path = public", &mut reported).await;
             assert_eq!(run(c, items, &mut reported).await[1], "D(one)");
@@ -1146,17 +1147,7 @@ fn a_reset_goes_back_to_the_clients_startup_parameters() {
         let s = &mut Raw::connect_with(session_mode.port, "alice@example.com", PW, "app", &params)
             .await;
         let mut reported = "start".to_string();
-        for reset in ["RESET ALL", "DISCARD ALL"] {
-            run(s, "SET application_name = 'diff'", &mut reported).await;
-            run(s, "SET work_mem = '5MB'", &mut reported).await;
-            run(s, reset, &mut reported).await;
-            assert_eq!(
-                run(s, shows, &mut reported).await[1],
-                start[1],
-                "after {reset}"
-            );
-            assert_eq!(reported, "start", "the client's view after {reset}");
-        }
+        full_resets_go_back(s, shows, start[1], &mut reported).await;
         // A reset in a batch ended by Flush: nothing of the proxy's goes
         // out before the request's Sync. Its error then rolls the reset
         // back with the request's implicit transaction, and the row written

@@ -1188,8 +1188,12 @@ impl Session {
                     pool: target.pool.clone(),
                     key: conn.backend_key,
                 });
-                let recorded = recorded_before_request(&self.settings, &self.reset_undo);
-                let wanted = settings_for(recorded, &self.startup_settings, target);
+                let wanted = settings_for(
+                    &self.settings,
+                    &self.reset_undo,
+                    &self.startup_settings,
+                    target,
+                );
                 let setup = setup_sql(
                     wanted,
                     self.report_next_setup,
@@ -1321,8 +1325,12 @@ impl Session {
             // settings go back on before the next request, as a new
             // connection would get them (`report_next_setup`).
             if self.report_next_setup && a.is_idle() {
-                let recorded = recorded_before_request(&self.settings, &self.reset_undo);
-                let wanted = settings_for(recorded, &self.startup_settings, target);
+                let wanted = settings_for(
+                    &self.settings,
+                    &self.reset_undo,
+                    &self.startup_settings,
+                    target,
+                );
                 let setup = setup_sql(wanted, true, self.id, &self.shared, &mut a.conn, target);
                 return Resumed::Setup(setup);
             }
@@ -1358,8 +1366,12 @@ impl Session {
         // The request's timers start now, as after a checkout.
         a.query_started = Some(now);
         a.xact_started = Some(now);
-        let recorded = recorded_before_request(&self.settings, &self.reset_undo);
-        let wanted = settings_for(recorded, &self.startup_settings, target);
+        let wanted = settings_for(
+            &self.settings,
+            &self.reset_undo,
+            &self.startup_settings,
+            target,
+        );
         Some(setup_sql(
             wanted,
             self.report_next_setup,
@@ -1839,24 +1851,19 @@ fn reset_undone(
     *connection_fingerprint = SETTINGS_UNKNOWN;
 }
 
-/// The session's recorded settings as the request in hand found them: a
-/// RESET ALL in it, read before it is sent (`reset_undo`), has not run yet.
-/// A connection is set up to those, so that the reset runs on what the
-/// client set and reports the parameters it changes, as on PostgreSQL.
-fn recorded_before_request<'a>(
-    recorded: &'a HashMap<String, Settings>,
-    reset_undo: &'a Option<Box<ResetUndo>>,
-) -> &'a HashMap<String, Settings> {
-    reset_undo.as_ref().map_or(recorded, |r| &r.settings)
-}
-
 /// The settings a session replays on `target`'s connections: those recorded
-/// for its pool, else the startup ones.
+/// for its pool, else the startup ones. Recorded as the request in hand
+/// found them: a RESET ALL in it, read before it is sent (`reset_undo`),
+/// has not run yet. A connection is set up to those, so that the reset
+/// runs on what the client set and reports the parameters it changes, as
+/// on PostgreSQL.
 fn settings_for<'a>(
     recorded: &'a HashMap<String, Settings>,
+    reset_undo: &'a Option<Box<ResetUndo>>,
     startup: &'a Settings,
     target: &Target,
 ) -> &'a Settings {
+    let recorded = reset_undo.as_ref().map_or(recorded, |r| &r.settings);
     if recorded.is_empty() {
         // The common case, without hashing the pool's name.
         return startup;
