@@ -1071,6 +1071,55 @@ fn a_connection_is_free_once_its_client_has_seen_its_transaction_end() {
     });
 }
 
+/// A connection another session keeps idle between its transactions is
+/// as good as free for a statement prepared alone: the proxy asks for it
+/// back, and the server checks the statement at its Parse, as PostgreSQL
+/// does. (Pool of 2: `a` keeps one after its transaction, `b` holds the
+/// other in an open transaction; without the recall the proxy would answer
+/// ParseComplete itself for a statement that cannot prepare.) Where no
+/// session holds an idle one, the Parse is still answered by the proxy
+/// rather than queued behind transactions.
+#[test]
+fn a_statement_prepared_alone_gets_a_connection_another_session_keeps() {
+    let (_app, p) = passthrough("[pool]\nsize = 2\n");
+    rt().block_on(async {
+        let (a, b, c) = (
+            &mut alice(&p).await,
+            &mut alice(&p).await,
+            &mut alice(&p).await,
+        );
+        let bad = || vec![parse(b"", b"SELECT * FROM no_such_table"), sync()];
+        let last = |r: Vec<String>| r.last().cloned().unwrap_or_default();
+        for round in 0..20 {
+            a.send(&[query("SELECT 1")]).await;
+            assert_eq!(last(a.read_until(0, 1).await), "Z(I)");
+            b.send(&[query("BEGIN"), query("SELECT 1")]).await;
+            assert_eq!(last(b.read_until(0, 2).await), "Z(T)");
+            c.send(&bad()).await;
+            let r = c.read_until(0, 1).await;
+            assert!(r[0].starts_with("E(42P01"), "round {round}: {r:?}");
+            // `a` lost nothing: its next transaction gets a connection.
+            a.send(&[query("SELECT 2")]).await;
+            let r = a.read_until(0, 1).await;
+            assert_eq!(r, ["T", "D(2)", "C(SELECT 1)", "Z(I)"], "round {round}");
+            b.send(&[query("COMMIT")]).await;
+            assert_eq!(last(b.read_until(0, 1).await), "Z(I)");
+        }
+        // Both connections busy in transactions, none kept: answered by
+        // the proxy, checked at the first Bind, as before.
+        for x in [&mut *a, &mut *b] {
+            x.send(&[query("BEGIN"), query("SELECT 1")]).await;
+            assert_eq!(last(x.read_until(0, 2).await), "Z(T)");
+        }
+        c.send(&bad()).await;
+        assert_eq!(c.read_until(0, 1).await, ["1", "Z(I)"]);
+        for x in [a, b] {
+            x.send(&[query("COMMIT")]).await;
+            assert_eq!(last(x.read_until(0, 1).await), "Z(I)");
+        }
+    });
+}
+
 /// What a reset goes back to is the client's startup parameters, as on
 /// PostgreSQL (its own application_name, `options=-c …`), not a pooled
 /// connection's defaults: from the request after the reset on, with the

@@ -27,6 +27,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// How long [`DataSourcePool::try_checkout`] waits for the connections it
+/// asked other sessions to give back. They are idle, so they come back at
+/// those sessions' next wake (microseconds, or a scheduler's delay on a
+/// loaded machine); the limit bounds the rare case of a session that began
+/// its next transaction with its connection as it was asked.
+pub const RECALL_WAIT: Duration = Duration::from_secs(1);
+
 /// Transaction pooling returns a connection after each transaction; session
 /// pooling keeps it for the client's whole session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,8 +263,10 @@ pub struct DataSourcePool {
 pub trait Keeper: Send + Sync {
     /// Give the kept connection back now if the session is idle, else when
     /// its transaction ends. The pool has forgotten the session by then: it
-    /// registers again if it keeps a connection later.
-    fn give_back_soon(&self);
+    /// registers again if it keeps a connection later. Returns whether the
+    /// session holds an idle connection now, which it gives back at its
+    /// next wake (a hint: it may be using it again already).
+    fn give_back_soon(&self) -> bool;
 }
 
 /// A checked-out connection. Drop it to discard; call `release` to reuse.
@@ -414,11 +423,11 @@ impl DataSourcePool {
 
     /// Asks every session keeping a connection of this pool to give it back
     /// (and forgets them: each registers again when it next keeps one).
-    pub fn recall_kept(&self) {
+    /// Returns how many of them held an idle connection (see
+    /// [`Keeper::give_back_soon`]).
+    pub fn recall_kept(&self) -> usize {
         let keepers = std::mem::take(&mut *self.keepers.lock().unwrap());
-        for k in keepers {
-            k.give_back_soon();
-        }
+        keepers.iter().filter(|k| k.give_back_soon()).count()
     }
 
     /// Closes idle connections last used for `tenant` (KILL).
@@ -512,20 +521,36 @@ impl DataSourcePool {
                 let queued = Counted::new(&self.stats.waiting);
                 // Connections kept idle by other sessions come back first.
                 self.recall_kept();
+                let limit = self.settings.checkout_timeout;
+                let permit = self
+                    .wait_for_permits(tenant_sem, queued, limit)
+                    .await
+                    .map_err(|_| {
+                        PgError::error(
+                            "53300",
+                            format!(
+                                "no server connection available in pool \"{}\" within {} ms",
+                                self.name,
+                                limit.as_millis()
+                            ),
+                        )
+                        .with_hint("The data source is saturated: retry later, or raise the pool size (connection_pool_config.pool_size).")
+                    })?;
                 // After a wait, the caller's reading is stale.
-                (
-                    self.wait_for_permits(tenant_sem, queued).await?,
-                    Tick::now(),
-                )
+                (permit, Tick::now())
             }
         };
         self.checkout_with(tenant_permit, now).await
     }
 
-    /// A checkout that never waits: `None` when the pool (or the tenant's
-    /// share of it) has no room now. For work that may as well be done
-    /// later, which must not queue behind transactions (see
-    /// `Session::attach`'s callers).
+    /// A checkout that never queues behind transactions: `None` when the
+    /// pool (or the tenant's share of it) has no room now. For work that
+    /// may as well be done later (see `Session::attach`'s callers).
+    ///
+    /// Connections other sessions keep idle between their transactions
+    /// count as room in the pool: they are asked back, and the checkout
+    /// waits for them for at most [`RECALL_WAIT`] (a session that held one
+    /// may have begun its next transaction with it as it was asked).
     pub async fn try_checkout(
         self: &Arc<Self>,
         tenant: Option<&str>,
@@ -535,7 +560,31 @@ impl DataSourcePool {
             // Not ahead of those already queued.
             return None;
         }
-        let tenant_permit = self.permits_now(&self.tenant_semaphore(tenant))?;
+        let tenant_sem = self.tenant_semaphore(tenant);
+        let (tenant_permit, now) = match self.permits_now(&tenant_sem) {
+            Some(p) => (p, now),
+            // The tenant's share is full: kept connections of other
+            // tenants, which a recall would bring back, would not help.
+            None if tenant_sem
+                .as_ref()
+                .is_some_and(|s| s.available_permits() == 0) =>
+            {
+                return None;
+            }
+            None => {
+                // Counted before asking, as `checkout` does: a keeper that
+                // looks again then keeps nothing more.
+                let queued = Counted::new(&self.stats.waiting);
+                if self.recall_kept() == 0 {
+                    return None;
+                }
+                let p = self
+                    .wait_for_permits(tenant_sem, queued, RECALL_WAIT)
+                    .await
+                    .ok()?;
+                (p, Tick::now())
+            }
+        };
         Some(self.checkout_with(tenant_permit, now).await)
     }
 
@@ -643,14 +692,15 @@ impl DataSourcePool {
     }
 
     /// Waits (fairly, in arrival order) for the tenant's and the pool's
-    /// permits, at most `checkout_timeout`; 53300 when it runs out.
+    /// permits, at most `limit`.
     async fn wait_for_permits(
         &self,
         tenant_sem: Option<Arc<Semaphore>>,
         queued: Counted<&AtomicUsize>,
-    ) -> Result<Option<OwnedSemaphorePermit>, PgError> {
+        limit: Duration,
+    ) -> Result<Option<OwnedSemaphorePermit>, crate::clock::Elapsed> {
         let started = Tick::now();
-        let waited = crate::clock::timeout(self.settings.checkout_timeout, async {
+        let waited = crate::clock::timeout(limit, async {
             let tenant_permit = match tenant_sem {
                 Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
                 None => None,
@@ -665,17 +715,7 @@ impl DataSourcePool {
         let counters = self.stats.counters.here();
         counters.add(&counters.wait_us_total, wait_us);
         self.stats.max_wait_us.fetch_max(wait_us, Ordering::Relaxed);
-        waited.map_err(|_| {
-            PgError::error(
-                "53300",
-                format!(
-                    "no server connection available in pool \"{}\" within {} ms",
-                    self.name,
-                    self.settings.checkout_timeout.as_millis()
-                ),
-            )
-            .with_hint("The data source is saturated: retry later, or raise the pool size (connection_pool_config.pool_size).")
-        })
+        waited
     }
 
     async fn open(&self) -> Result<Box<ServerConn>, PgError> {

@@ -113,7 +113,8 @@ impl Session {
             // Only Parses and Closes of statements (libpq's PQprepare): the
             // server checks the statements where their tables live, as
             // PostgreSQL reports a bad one at Parse, on a connection free
-            // now. Queueing for one could wait on the transactions of a
+            // now (or kept idle by another session: asked back, see
+            // `DataSourcePool::try_checkout`). Queueing for one could wait on the transactions of a
             // client that multiplexes connections in one thread behind this
             // synchronous call (pgbench -M prepared does): then, and when
             // the statement's source is not known before a Bind, the proxy

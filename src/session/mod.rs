@@ -670,7 +670,7 @@ impl Session {
                 Woke::GiveBack => {
                     // The pool dropped its registration when it asked.
                     self.keeper_of = None;
-                    if let Some(k) = self.kept.take() {
+                    if let Some(k) = self.take_kept() {
                         self.give_back_kept(k).await;
                     }
                 }
@@ -1105,6 +1105,7 @@ impl Session {
             // in: `Attached` is large and this runs every transaction.
             debug_assert!(self.kept.is_none());
             std::mem::swap(&mut self.kept, &mut self.attached);
+            self.signal.set_holding(true);
             return true;
         }
         false
@@ -1362,6 +1363,7 @@ impl Session {
         }
         // Swapped with the empty attached slot (see `keep_attached`).
         std::mem::swap(&mut self.attached, &mut self.kept);
+        self.signal.set_holding(false);
         let a = self.attached.as_mut().expect("kept");
         // The request's timers start now, as after a checkout.
         a.query_started = Some(now);
@@ -1382,11 +1384,21 @@ impl Session {
         ))
     }
 
+    /// Takes the kept connection out of its slot: a pool's recall then no
+    /// longer counts it as coming back (`SessionSignal::set_holding`).
+    fn take_kept(&mut self) -> Option<Box<Attached>> {
+        let k = self.kept.take();
+        if k.is_some() {
+            self.signal.set_holding(false);
+        }
+        k
+    }
+
     /// Ends the session's hold on a kept connection that cannot serve the
     /// next request (`resume_kept`): given back, or closed when no
     /// connection should reuse it (`ServerConn::reusable`).
     async fn let_go_of_kept(&mut self) {
-        let Some(mut k) = self.kept.take() else {
+        let Some(mut k) = self.take_kept() else {
             return;
         };
         // A give-back request that arrived with the client's next request
@@ -1737,7 +1749,7 @@ impl Session {
             let me: Arc<dyn crate::pool::Keeper> = self.signal.clone();
             pool.remove_keeper(&me);
         }
-        if let Some(k) = self.kept.take() {
+        if let Some(k) = self.take_kept() {
             if self.signal.is_fired() {
                 // KILL: the tenant's connections close, this one too.
                 self.cancel_slot.clear().await;

@@ -18,6 +18,9 @@ pub struct SessionSignal {
     /// A pool wants its connections back: the session gives back the one it
     /// kept (see `pool::Keeper`).
     give_back: AtomicBool,
+    /// The session holds an idle connection between its transactions
+    /// (`Session::kept`): what a give-back request frees at once.
+    holding: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -53,6 +56,13 @@ impl SessionSignal {
         self.give_back.load(Ordering::Acquire) && self.give_back.swap(false, Ordering::AcqRel)
     }
 
+    /// Records whether the session holds a kept connection, for the pools'
+    /// recall (`Keeper::give_back_soon`). Relaxed: a stale answer makes a
+    /// recall wait in vain, and that wait is bounded (`pool::RECALL_WAIT`).
+    pub fn set_holding(&self, holding: bool) {
+        self.holding.store(holding, Ordering::Relaxed);
+    }
+
     /// Completes once [`SessionSignal::fire`] was called. Polling it also
     /// registers the task for [`SessionSignal::ask_give_back`]'s wake.
     pub fn fired(&self) -> Fired<'_> {
@@ -61,8 +71,12 @@ impl SessionSignal {
 }
 
 impl crate::pool::Keeper for SessionSignal {
-    fn give_back_soon(&self) {
+    fn give_back_soon(&self) -> bool {
+        // Read before asking: once asked, the session may give it back
+        // (and clear the flag) before a read after would run.
+        let holding = self.holding.load(Ordering::Relaxed);
         self.ask_give_back();
+        holding
     }
 }
 
@@ -144,6 +158,21 @@ mod tests {
         // the same, so that a KILL still wakes the waiting task.
         s.fire();
         assert_eq!(count.0.load(Ordering::SeqCst), 2, "a later fire wakes it");
+    }
+
+    /// A recall learns whether the session holds an idle connection, and
+    /// asks for it back either way.
+    #[test]
+    fn a_recall_learns_whether_a_connection_is_held() {
+        use crate::pool::Keeper;
+        let s = SessionSignal::default();
+        assert!(!s.give_back_soon(), "nothing held");
+        assert!(s.take_give_back(), "asked all the same");
+        s.set_holding(true);
+        assert!(s.give_back_soon());
+        assert!(s.take_give_back());
+        s.set_holding(false);
+        assert!(!s.give_back_soon());
     }
 
     /// A later poll with another waker moves the registration: the fire
