@@ -244,6 +244,18 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f", a / b; else print "-" }'; }
+# "median (min–max), n of m below 1" of the per-round ratios of two
+# sample lists (one sample per round, in round order).
+paired() {
+    awk -v a="$1" -v b="$2" 'BEGIN{
+        n = split(a, x, " "); m = split(b, y, " ")
+        if (n == 0 || n != m) { print "-"; exit }
+        for (i = 1; i <= n; i++) { r[i] = (y[i] > 0) ? x[i] / y[i] : 0; if (r[i] < 1) below++ }
+        for (i = 2; i <= n; i++) { v = r[i]; for (j = i - 1; j >= 1 && r[j] > v; j--) r[j + 1] = r[j]; r[j + 1] = v }
+        med = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+        printf "%.2f (%.2f–%.2f), %d of %d rounds below 1", med, r[1], r[n], below, n
+    }'
+}
 {
     echo "# pgtenant benchmark results"
     echo
@@ -270,6 +282,22 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 > 0) printf "%.2f", a / b; e
                 "$cpu" "$csw" "${FAILED[$k]}" "${ABORTED[$k]}"
         done
     done
+    # The target comparison, paired by round: a round's rows run minutes
+    # apart at most, so their ratio cancels most of the machine's drift,
+    # which moves every row's CPU figure together between rounds.
+    bouncer_key="pgbouncer ${BOUNCER_VERSION:-}"
+    if [[ -n $BOUNCER_PID ]]; then
+        echo
+        echo "Proxy CPU µs/tx of each one-thread pgtenant row ÷ PgBouncer's in the same round: median (min–max) of the per-round ratios:"
+        echo
+        for mode in "${MODES[@]}"; do
+            [[ ${ABORTED["$mode|$bouncer_key"]:-0} == 0 ]] || continue
+            for name in "pgtenant pass-through, 1 thread" "pgtenant routed, 1 thread"; do
+                [[ -n ${CPU_S["$mode|$name"]:-} ]] || continue
+                echo "- $mode, $name: $(paired "${CPU_S["$mode|$name"]}" "${CPU_S["$mode|$bouncer_key"]:-}")"
+            done
+        done
+    fi
     notes=""
     [[ $PT_OK == 0 ]] && notes+="- pgtenant pass-through did not start (see the log above).\n"
     [[ $RT_OK == 0 ]] && notes+="- pgtenant routed did not start (see the log above).\n"
