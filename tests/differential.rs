@@ -107,8 +107,9 @@ struct Request {
 /// - a named Parse of a name in use gets 42P05 before PostgreSQL's analysis
 ///   of the statement could fail (42P01; its grammar's errors come first).
 ///
-/// Hence: no SET beside transaction control in a batch (nor beside a Bind
-/// of a named statement, which may hold it), and a named Parse
+/// Hence: no SET beside transaction control in a batch (a Bind of a named
+/// statement counts as either: it may be a `set_config` or a COMMIT
+/// prepared earlier), and a named Parse
 /// closes the name first. (A batch of only Parses and Closes of statements,
 /// libpq's PQprepare, is answered by the proxy when no connection is free,
 /// by design: see docs/architecture.md, "Translation". Here one always is:
@@ -121,12 +122,14 @@ fn random_request(rng: &mut Rng) -> Request {
     loop {
         let r = any_request(rng);
         let batch = !r.text.starts_with("Q ");
-        let sets = batch && (r.text.contains("SET ") || r.text.contains("set_config"));
-        // A named statement bound here may be one of them, prepared earlier.
-        let control = ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "<-s"]
+        let sets = r.text.contains("SET ") || r.text.contains("set_config");
+        let control = ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"]
             .iter()
             .any(|w| r.text.contains(w));
-        if !(sets && control) {
+        // A named statement bound here, prepared earlier, may be either.
+        let named = r.text.matches("<-s").count();
+        let both = (sets && (control || named > 0)) || (named > 0 && control) || named > 1;
+        if !(batch && both) {
             return r;
         }
     }

@@ -43,9 +43,8 @@ impl TxSettings {
     /// The block ran a RESET ALL (after the SETs in `keys`) that cleared
     /// the recorded settings `before`; only its first counts.
     pub fn reset_all(&mut self, before: Box<ResetUndo>) {
-        if self.reset.is_none() {
+        if keep_first_reset(&mut self.reset, Some(before)) {
             self.keys_at_reset = self.keys.len();
-            self.reset = Some(before);
         }
     }
 
@@ -330,10 +329,20 @@ impl BlockChanges {
     /// Adds what a later part of the same request changed.
     fn merge(&mut self, later: BlockChanges) {
         self.keys.extend(later.keys);
-        if self.reset.is_none() {
-            self.reset = later.reset;
-        }
+        keep_first_reset(&mut self.reset, later.reset);
     }
+}
+
+/// Joins a later RESET ALL's saved settings to a stretch that may have had
+/// one already: only the first counts, since undoing the stretch goes back
+/// to what that one cleared (a later one saved the settings after it).
+/// Returns whether `later` was taken.
+fn keep_first_reset(first: &mut Option<Box<ResetUndo>>, later: Option<Box<ResetUndo>>) -> bool {
+    let taken = first.is_none() && later.is_some();
+    if first.is_none() {
+        *first = later;
+    }
+    taken
 }
 
 impl RequestUndo {
@@ -348,9 +357,7 @@ impl RequestUndo {
             }),
             (earlier, later) => earlier.or(later),
         };
-        if self.reset.is_none() {
-            self.reset = later.reset;
-        }
+        keep_first_reset(&mut self.reset, later.reset);
         self.settings.extend(later.settings);
         match (self.block.as_mut(), later.block) {
             (Some(earlier), Some(later)) => earlier.merge(*later),
