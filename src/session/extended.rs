@@ -114,11 +114,12 @@ impl Session {
             // server checks the statements where their tables live, as
             // PostgreSQL reports a bad one at Parse, on a connection free
             // now (or kept idle by another session: asked back, see
-            // `DataSourcePool::try_checkout`). Queueing for one could wait on the transactions of a
-            // client that multiplexes connections in one thread behind this
-            // synchronous call (pgbench -M prepared does): then, and when
-            // the statement's source is not known before a Bind, the proxy
-            // answers, and the server checks the statement at its first Bind.
+            // `DataSourcePool::try_checkout`). Queueing for one could wait
+            // on the transactions of a client that multiplexes connections
+            // in one thread behind this synchronous call (pgbench -M
+            // prepared does): then, and when the statement's source is not
+            // known before a Bind, the proxy answers, and the server checks
+            // the statement at its first Bind.
             None if self.attached.is_none() && !needs_backend(batch)? => {
                 let Some(t) = self.parse_only_target(batch).await else {
                     return self.answer_batch_locally(batch);
