@@ -58,6 +58,22 @@ pub(crate) fn scan_tokens(sql: &str) -> Result<Vec<ScanToken>, RouteError> {
     pg_query::scan_tokens(sql).map_err(syntax_error)
 }
 
+/// The error PostgreSQL's Parse message reports from the grammar alone,
+/// before it looks at tables or names: a syntax error, or more than one
+/// statement (both 42601). `None` when the text parses (or the parser fails
+/// otherwise, which the server then judges).
+pub fn grammar_error(sql: &str) -> Option<RouteError> {
+    match pg_query::parse_protobuf(sql, 0) {
+        Ok(tree) if tree.stmts.len() > 1 => Some(RouteError::new(
+            "42601",
+            "cannot insert multiple commands into a prepared statement",
+        )),
+        Ok(_) => None,
+        Err(e @ (pg_query::Error::Parse(_) | pg_query::Error::Scan(_))) => Some(syntax_error(e)),
+        Err(_) => None,
+    }
+}
+
 fn syntax_error(e: pg_query::Error) -> RouteError {
     let msg = match e {
         pg_query::Error::Parse(m) | pg_query::Error::Scan(m) => m,

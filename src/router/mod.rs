@@ -21,7 +21,7 @@ mod tests;
 
 use std::fmt;
 
-pub use analysis::analyze;
+pub use analysis::{analyze, grammar_error};
 pub use cache::{CacheStats, ParseCache};
 pub use classify::classify_table;
 pub use decision::{decide, tenant_unknown};

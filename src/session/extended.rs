@@ -600,23 +600,11 @@ fn parse_error_in_failed_transaction(body: &[u8]) -> PgError {
         .unwrap_or_else(super::route::transaction_aborted)
 }
 
-/// The error PostgreSQL's Parse reports from the grammar alone, before it
-/// looks at tables or names: a syntax error (42601), or more than one
-/// statement. `None` when the text parses (or is not UTF-8, which the
-/// server then judges).
+/// `router::grammar_error` of a Parse's query text; `None` for text that
+/// is not UTF-8, which the server then judges.
 fn grammar_error(query: &[u8]) -> Option<PgError> {
     let sql = std::str::from_utf8(query).ok()?;
-    match pg_query::parse_protobuf(sql, 0) {
-        Ok(tree) if tree.stmts.len() > 1 => Some(PgError::error(
-            "42601",
-            "cannot insert multiple commands into a prepared statement",
-        )),
-        Ok(_) => None,
-        Err(pg_query::Error::Parse(m) | pg_query::Error::Scan(m)) => {
-            Some(PgError::error("42601", m))
-        }
-        Err(_) => None,
-    }
+    crate::router::grammar_error(sql).map(PgError::from)
 }
 
 /// Whether PostgreSQL accepts the Parse message `body` in a failed
