@@ -7,21 +7,29 @@
 #   -e ENCRYPTION_KEY=... pgtenant
 
 FROM rust:1-bookworm AS builder
-# pg_query builds libpg_query with bindgen: needs libclang.
+# pg_query builds libpg_query with bindgen: needs libclang. The release
+# binary is built with profile-guided optimization (scripts/build-pgo.sh),
+# which serves pgbench through a throwaway PostgreSQL cluster to record the
+# profile: PostgreSQL, openssl and ss (iproute2) for that, and rustup's
+# llvm-tools for the llvm-profdata that matches rustc.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libclang-dev clang \
- && rm -rf /var/lib/apt/lists/*
+      postgresql postgresql-contrib openssl iproute2 \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup component add llvm-tools
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them. third_party/ holds
-# the patched pg_query (see third_party/pg_query/PATCHES.md).
+# third_party/ holds the patched pg_query (see third_party/pg_query/PATCHES.md).
+# No dependencies-only layer: the PGO builds compile every crate with flags
+# (the profile) that exist only after the training run.
 COPY Cargo.toml Cargo.lock ./
 COPY third_party ./third_party
-RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
- && cargo build --release --locked --bin pgtenant \
- && rm -rf src target/release/.fingerprint/pgtenant-* target/release/deps/pgtenant-* target/release/deps/libpgtenant-*
 COPY src ./src
-RUN cargo build --release --locked --bin pgtenant \
- && strip target/release/pgtenant
+COPY scripts ./scripts
+COPY bench/lib.sh ./bench/lib.sh
+COPY deploy/sql ./deploy/sql
+RUN scripts/build-pgo.sh \
+ && cp target/pgo/release/pgtenant /pgtenant \
+ && strip /pgtenant
 
 FROM debian:bookworm-slim
 # ca-certificates: TLS to data sources; curl: the HEALTHCHECK probe.
@@ -31,7 +39,7 @@ RUN apt-get update \
  && groupadd --system --gid 10001 pgtenant \
  && useradd --system --uid 10001 --gid pgtenant --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin pgtenant
-COPY --from=builder /src/target/release/pgtenant /usr/local/bin/pgtenant
+COPY --from=builder /pgtenant /usr/local/bin/pgtenant
 # A default config; mount your own over it (or set PGTENANT_* variables).
 COPY deploy/pgtenant.example.toml /etc/pgtenant/pgtenant.toml
 # The config path comes from the environment (not --config) so SIGHUP and

@@ -10,7 +10,8 @@
 # tables are tenant tables of tenant "bench"), both again with `workers = 1`
 # (every session on the main thread, like PgBouncer's one thread), PgBouncer
 # (transaction mode, pool 20) when installed. Each in -M simple / extended /
-# prepared.
+# prepared. The pgtenant rows run the profile-guided build users get from the
+# Dockerfile; one more row runs the plain release build (see BENCH_PGO).
 # Prints a markdown table and writes it to bench/results.md.
 #
 # Environment:
@@ -21,6 +22,10 @@
 #   BENCH_ROUNDS      rounds (default 3): every row runs once per round, rounds
 #                     interleave the rows, and the table shows each row's median,
 #                     so a burst of noise on the shared machine hits one sample
+#   BENCH_PGO         1 (default): the pgtenant rows run the profile-guided build
+#                     of scripts/build-pgo.sh (what the Dockerfile ships), and a
+#                     row "no-PGO pass-through, 1 thread" runs the plain release
+#                     build beside them; 0: the plain build only
 #   BENCH_BASELINE    another pgtenant binary, e.g. a copy of target/release/pgtenant
 #                     taken before a change: adds a row "baseline pass-through,
 #                     1 thread" beside the current one, for an A/B within one run
@@ -58,6 +63,13 @@ cargo build --release --quiet --manifest-path "$BENCH_DIR/relay/Cargo.toml" || d
 PGTENANT=$TARGET_DIR/release/pgtenant
 RELAY=$TARGET_DIR/release/bench-relay
 [[ -x $PGTENANT && -x $RELAY ]] || die "binaries missing in $TARGET_DIR/release"
+PLAIN_PGTENANT=""
+if [[ ${BENCH_PGO:-1} != 0 ]]; then
+    log "building pgtenant with profile-guided optimization (scripts/build-pgo.sh)"
+    PLAIN_PGTENANT=$PGTENANT
+    PGTENANT=$("$REPO/scripts/build-pgo.sh" | tail -1) || die "scripts/build-pgo.sh failed (BENCH_PGO=0 skips it)"
+    [[ -x $PGTENANT ]] || die "scripts/build-pgo.sh printed no binary"
+fi
 
 # ---------------------------------------------------------------- helpers
 # shellcheck source=bench/lib.sh
@@ -118,14 +130,24 @@ RT_PID=$!; PIDS+=("$RT_PID")
 PT1_PID=$!; PIDS+=("$PT1_PID")
 "${OWN_SESSION[@]}" "$PGTENANT" serve --config "$TMP/routed1.toml" >"$TMP/pgtenant-routed1.log" 2>&1 &
 RT1_PID=$!; PIDS+=("$RT1_PID")
-BL_OK=0
-if [[ -n ${BENCH_BASELINE:-} ]]; then
-    BL_PORT=$(free_port)
-    write_config "$TMP/baseline1.toml" "$BL_PORT" false 1
-    "${OWN_SESSION[@]}" "$BENCH_BASELINE" serve --config "$TMP/baseline1.toml" >"$TMP/baseline1.log" 2>&1 &
-    BL_PID=$!; PIDS+=("$BL_PID")
-    wait_listen "$BL_PORT" "baseline pass-through 1 thread" "$BL_PID" "$TMP/baseline1.log" && BL_OK=1
-fi
+# Other pgtenant binaries, each as a one-thread pass-through row: name|binary.
+OTHER_BUILDS=()
+[[ -n $PLAIN_PGTENANT ]] && OTHER_BUILDS+=("no-PGO pass-through, 1 thread|$PLAIN_PGTENANT")
+[[ -n ${BENCH_BASELINE:-} ]] && OTHER_BUILDS+=("baseline pass-through, 1 thread|$BENCH_BASELINE")
+OTHER_TARGETS=()
+OTHER_FAILED=""
+for b in "${OTHER_BUILDS[@]}"; do
+    IFS='|' read -r name bin <<<"$b"
+    port=$(free_port) file=${name%%,*}; file=${file// /-}
+    write_config "$TMP/$file.toml" "$port" false 1
+    "${OWN_SESSION[@]}" "$bin" serve --config "$TMP/$file.toml" >"$TMP/pgtenant-$file.log" 2>&1 &
+    pid=$!; PIDS+=("$pid")
+    if wait_listen "$port" "$name" "$pid" "$TMP/pgtenant-$file.log"; then
+        OTHER_TARGETS+=("$name|host=127.0.0.1 dbname=bench sslmode=disable port=$port user=bench@example.com|$pid")
+    else
+        OTHER_FAILED+="- $name ($bin) did not start (see the log above).\n"
+    fi
+done
 wait_listen "$RELAY_PORT" relay "$RELAY_PID" "$TMP/relay.log" || die "relay did not start"
 wait_listen "$RELAY1_PORT" "relay 1 thread" "$RELAY1_PID" "$TMP/relay1.log" || die "relay (1 thread) did not start"
 PT_OK=1; RT_OK=1
@@ -159,7 +181,7 @@ TARGETS=(
 [[ $RT_OK == 1 ]] && TARGETS+=("pgtenant routed|$BASE port=$RT_PORT user=bench@example.com options='-c app.tenant_id=bench'|$RT_PID")
 [[ $PT_OK == 1 ]] && TARGETS+=("pgtenant pass-through, 1 thread|$BASE port=$PT1_PORT user=bench@example.com|$PT1_PID")
 [[ $RT_OK == 1 ]] && TARGETS+=("pgtenant routed, 1 thread|$BASE port=$RT1_PORT user=bench@example.com options='-c app.tenant_id=bench'|$RT1_PID")
-[[ $BL_OK == 1 ]] && TARGETS+=("baseline pass-through, 1 thread|$BASE port=$BL_PORT user=bench@example.com|$BL_PID")
+TARGETS+=("${OTHER_TARGETS[@]}")
 [[ -n $BOUNCER_PID ]] && TARGETS+=("pgbouncer $BOUNCER_VERSION|$BASE port=$BOUNCER_PORT user=postgres|$BOUNCER_PID")
 
 # Sanity check: one query through every path (errors show up here first).
@@ -260,6 +282,11 @@ paired() {
     echo "# pgtenant benchmark results"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $BUILT_FROM"
+    if [[ -n $PLAIN_PGTENANT ]]; then
+        echo "- pgtenant rows: the profile-guided build (scripts/build-pgo.sh); \"no-PGO\": the plain \`cargo build --release\`"
+    else
+        echo "- pgtenant rows: the plain \`cargo build --release\` (BENCH_PGO=0)"
+    fi
     echo "- machine: $(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), shared with other work; load average before/after the runs: $LOAD_BEFORE / $LOAD_AFTER"
     echo "- $(pgbench --version), $("$PG_BIN/postgres" --version | sed 's/postgres (PostgreSQL) /PostgreSQL /')${BOUNCER_VERSION:+, PgBouncer $BOUNCER_VERSION}"
     echo "- \`pgbench -n -S -c $CLIENTS -j $THREADS -T $SECS\`, scale $SCALE, fsync=off, everything on 127.0.0.1"
@@ -292,7 +319,7 @@ paired() {
         echo
         for mode in "${MODES[@]}"; do
             [[ ${ABORTED["$mode|$bouncer_key"]:-0} == 0 ]] || continue
-            for name in "pgtenant pass-through, 1 thread" "pgtenant routed, 1 thread"; do
+            for name in "pgtenant pass-through, 1 thread" "pgtenant routed, 1 thread" "no-PGO pass-through, 1 thread"; do
                 [[ -n ${CPU_S["$mode|$name"]:-} ]] || continue
                 echo "- $mode, $name: $(paired "${CPU_S["$mode|$name"]}" "${CPU_S["$mode|$bouncer_key"]:-}")"
             done
@@ -301,7 +328,7 @@ paired() {
     notes=""
     [[ $PT_OK == 0 ]] && notes+="- pgtenant pass-through did not start (see the log above).\n"
     [[ $RT_OK == 0 ]] && notes+="- pgtenant routed did not start (see the log above).\n"
-    [[ -n ${BENCH_BASELINE:-} && $BL_OK == 0 ]] && notes+="- the baseline binary did not start (see the log above).\n"
+    notes+=$OTHER_FAILED
     [[ -z $BOUNCER ]] && notes+="- PgBouncer not installed: no PgBouncer row.\n"
     [[ -n $BOUNCER && $BOUNCER_PREPARED == 0 ]] && notes+="- PgBouncer $BOUNCER_VERSION < 1.21 has no max_prepared_statements: -M prepared in transaction mode is expected to fail.\n"
     if [[ -n $notes || ${#ERRS[@]} -gt 0 ]]; then

@@ -1237,6 +1237,44 @@ fn a_reset_goes_back_to_the_clients_startup_parameters() {
     });
 }
 
+/// A parameter given both explicitly and in `options` takes the explicit
+/// value, as on PostgreSQL (which applies `options` first), and a RESET of
+/// it goes back to that value. Checked against PostgreSQL itself first.
+#[test]
+fn a_startup_parameter_given_twice_takes_the_explicit_value() {
+    async fn shows(c: &mut Raw, sql: &str) -> Vec<String> {
+        c.send(&[query(sql)]).await;
+        let mut r = c.read_until(0, 1).await;
+        r.retain(|m| m.starts_with("D("));
+        r
+    }
+    let (app, p) = passthrough("[pool]\nsize = 1\n");
+    rt().block_on(async {
+        let params = [
+            ("application_name", "explicit"),
+            ("options", "-c application_name=from_options"),
+        ];
+        let direct =
+            Raw::connect_with(app.port, "postgres", SUPERUSER_PASSWORD, "app", &params).await;
+        let proxied = Raw::connect_with(p.port, "alice@example.com", PW, "app", &params).await;
+        for (path, mut c) in [("direct", direct), ("through the proxy", proxied)] {
+            let c = &mut c;
+            assert_eq!(
+                shows(c, "SHOW application_name").await,
+                ["D(explicit)"],
+                "{path}"
+            );
+            shows(c, "SET application_name = 'changed'").await;
+            shows(c, "RESET application_name").await;
+            assert_eq!(
+                shows(c, "SHOW application_name").await,
+                ["D(explicit)"],
+                "{path}, after RESET"
+            );
+        }
+    });
+}
+
 /// Outside a transaction block a request runs as one implicit
 /// transaction: a tenant SET in a simple Query or an extended batch that
 /// fails is undone with it, as PostgreSQL undoes the setting, and the

@@ -479,8 +479,21 @@ impl Session {
             .params
             .database()
             .and_then(|db| shared.tenant_by_subdomain(db));
+        // In PostgreSQL's order: `options` first, then the explicit
+        // parameters, so that one given both ways takes the explicit value,
+        // as on a direct connection. The setup runs them in this order, and
+        // a RESET replays the last one of a name (`note_session_effects`).
         let mut startup_settings = Settings::default();
         let mut startup_names = Vec::new();
+        for (k, v) in a.params.options() {
+            if k != tenant_setting
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            {
+                startup_settings.push(set_statement(&k, &v));
+                startup_names.push(k.to_ascii_lowercase());
+            }
+        }
         for name in [
             "application_name",
             "DateStyle",
@@ -496,15 +509,6 @@ impl Session {
                 }
                 startup_settings.push(set_statement(name, v));
                 startup_names.push(name.to_ascii_lowercase());
-            }
-        }
-        for (k, v) in a.params.options() {
-            if k != tenant_setting
-                && k.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-            {
-                startup_settings.push(set_statement(&k, &v));
-                startup_names.push(k.to_ascii_lowercase());
             }
         }
         Session {
@@ -1590,7 +1594,7 @@ impl Session {
         // with its own default, is retired after this use (below).
         let startup_value = |st: &crate::router::StatementInfo| {
             let name = st.resets.as_deref()?;
-            let i = self.startup_names.iter().position(|n| n == name)?;
+            let i = self.startup_names.iter().rposition(|n| n == name)?;
             Some(self.startup_settings.stmts[i].as_str())
         };
         let resets_startup = a.statements.iter().any(|st| startup_value(st).is_some());
