@@ -8,10 +8,10 @@
 # Why: the proxy's own code is a small share of its CPU per transaction (the
 # kernel's socket work is most of it), but without a profile the compiler
 # spreads the hot path over more cache lines than the instruction cache
-# holds. Measured with callgrind on pgbench -S extended, 16 clients: 121
-# instruction-cache misses and 6,530 instructions per transaction without a
-# profile, 1 miss and 5,160 instructions with one; user CPU fell from 2.6 to
-# 1.5 µs per transaction (bench/README.md has the full comparison).
+# holds. Measured with callgrind on pgbench -S extended, 16 clients,
+# pass-through: 121 instruction-cache misses and 6,530 instructions per
+# transaction without a profile, 25 and 5,120 with this script's (bench/README.md
+# has the CPU times).
 #
 # Output: $CARGO_TARGET_DIR/pgo/release/pgtenant (CARGO_TARGET_DIR defaults to
 # <repo>/target). The instrumented build lives in $CARGO_TARGET_DIR/pgo-gen.
@@ -27,7 +27,7 @@
 # that reads the raw profiles of rustc's LLVM: rustup's llvm-tools component
 # when installed (always the right version), else the newest Debian
 # llvm-profdata-N that can merge them (installed with apt-get as root when
-# none can; LLVM 19's reads rustc 1.95's profiles).
+# none can: Debian 12 has LLVM 22, rustc 1.95's, and LLVM 19 reads its profiles too).
 #
 # Environment: PGO_SECONDS (seconds per training run, default 5), PG_BIN,
 # CARGO_TARGET_DIR, RUSTFLAGS (kept, the PGO flags are appended).
@@ -80,7 +80,7 @@ install_profdata() {
     [[ -n $pkg ]] || { apt-get update -qq && pkg=$(apt-cache search --names-only '^llvm-[0-9]+$' | awk '{print $1}' | sort -t- -k2 -rn | head -1); }
     [[ -n $pkg ]] || return 1
     log "installing $pkg for llvm-profdata"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
 }
 
 # ---------------------------------------------------------------- instrumented build
