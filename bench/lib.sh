@@ -84,6 +84,19 @@ SQL
     "${PSQL[@]}" -d bench -c "VACUUM ANALYZE"
 }
 
+# The body of an EXIT trap: stops the servers in PIDS (and PgBouncer, by
+# BOUNCER_PIDFILE when set), the cluster if PG_STARTED, and removes $TMP.
+bench_teardown() {
+    set +e
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    if [[ -s ${BOUNCER_PIDFILE:-} ]]; then kill "$(cat "$BOUNCER_PIDFILE")" 2>/dev/null; fi
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    if [[ $PG_STARTED == 1 ]]; then
+        "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$TMP/data" -m immediate -w stop >/dev/null 2>&1
+    fi
+    rm -rf "$TMP"
+}
+
 # A pgtenant config in front of the bench cluster.
 write_config() { # file port routing-enabled [workers]
     cat >"$1" <<EOF

@@ -91,14 +91,7 @@ PG_STARTED=0
 BOUNCER_PIDFILE=$TMP/pgbouncer.pid
 cleanup() {
     local rc=$?
-    set +e
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    if [[ -s $BOUNCER_PIDFILE ]]; then kill "$(cat "$BOUNCER_PIDFILE")" 2>/dev/null; fi
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    if [[ $PG_STARTED == 1 ]]; then
-        "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$TMP/data" -m immediate -w stop >/dev/null 2>&1
-    fi
-    rm -rf "$TMP"
+    bench_teardown
     exit $rc
 }
 trap cleanup EXIT

@@ -48,6 +48,10 @@ if [[ -z ${PG_BIN:-} ]]; then
 fi
 [[ -n $PG_BIN && -x $PG_BIN/initdb ]] || die "no PostgreSQL server binaries (set PG_BIN, or apt-get install postgresql)"
 
+# The throwaway cluster, configs and ports, shared with bench/run.sh.
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
+
 while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^PGTENANT_' || true)
 unset PGHOST PGPORT PGUSER PGDATABASE PGOPTIONS PGSERVICE PGSSLMODE || true
 
@@ -93,13 +97,7 @@ PIDS=()
 PG_STARTED=0
 cleanup() {
     local rc=$?
-    set +e
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    if [[ $PG_STARTED == 1 ]]; then
-        "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$TMP/data" -m immediate -w stop >/dev/null 2>&1
-    fi
-    rm -rf "$TMP"
+    bench_teardown
     exit $rc
 }
 trap cleanup EXIT
@@ -121,8 +119,6 @@ rm -rf "$RAW"
 # select-only and read-write (TPC-B-like) scripts in each protocol mode,
 # through pass-through and routed proxies, one with the default workers (an
 # event loop per core) and one with `workers = 1`.
-# shellcheck source=bench/lib.sh
-source "$REPO/bench/lib.sh"
 start_bench_cluster 1
 export ENCRYPTION_KEY=$(openssl rand -hex 32)
 PT_PORT=$(free_port); RT_PORT=$(free_port)
